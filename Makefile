@@ -1,0 +1,34 @@
+# tff-byz: `make demo` runs the main job, `make test` runs the test suite.
+# Both create the pinned environment in .venv first (idempotent).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= runs
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# TFF 0.87 pins jax/jaxlib 0.4.14, which PyPI does not serve: install its
+# dependencies from requirements.txt + constraints.txt (jax 0.4.13), then TFF
+# itself with --no-deps. See BUILD_NOTES.md.
+$(STAMP): requirements.txt constraints.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt tensorflow-federated
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m pipelines.train --dataset=digits --num_clients=20 --rounds=30 \
+	  --aggregator=mean --output_dir=$(OUT)/demo --run_name=fedavg_digits --overwrite
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) -m benchmarks.throughput
+
+clean:
+	rm -rf $(VENV) *.egg-info
