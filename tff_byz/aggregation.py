@@ -1,0 +1,64 @@
+"""Connects client records to aggregation factories.
+
+Client work emits records `OrderedDict(delta, client_id, num_examples, loss)`
+(see `tff_byz.client_work`). Two kinds of factory consume them:
+
+- any TFF aggregation factory (`tff.aggregators.MeanFactory`, the robust rules
+  used as plain factories, ...) aggregates only the `delta`: the adapter selects
+  it at the clients and calls the factory on it, so the factory composes exactly
+  as in TFF's own algorithms;
+- a `ClientRecordAggregationFactory` receives the whole record, so it can use
+  client ids (tie-breaking, learned per-client weights, measurements that name
+  clients) and reported losses.
+
+Either way the resulting process has TFF's weighted signature
+`next(state, records@CLIENTS, weights@CLIENTS)` and returns the aggregated delta.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow_federated as tff
+
+__all__ = ["ClientRecordAggregationFactory", "build_update_aggregator", "is_weighted"]
+
+
+class ClientRecordAggregationFactory(tff.aggregators.WeightedAggregationFactory):
+    """A weighted factory whose `create(record_type, weight_type)` sees whole client records.
+
+    `record_type` is the client record struct; the returned process's `next`
+    takes `(state, records@CLIENTS, weights@CLIENTS)` and returns the aggregate
+    of the records' `delta` at SERVER.
+    """
+
+
+def is_weighted(factory) -> bool:
+    return isinstance(factory, tff.aggregators.WeightedAggregationFactory)
+
+
+def build_update_aggregator(factory, record_type, weight_type=np.float32
+                            ) -> tff.templates.AggregationProcess:
+    """The aggregation process for client records, for any kind of factory."""
+    if isinstance(factory, ClientRecordAggregationFactory):
+        return factory.create(record_type, tff.to_type(weight_type))
+    if isinstance(factory, tff.aggregators.UnweightedAggregationFactory):
+        factory = tff.aggregators.as_weighted_aggregator(factory)
+    if not isinstance(factory, tff.aggregators.WeightedAggregationFactory):
+        raise TypeError(
+            "aggregator must be a tff.aggregators.WeightedAggregationFactory or "
+            f"UnweightedAggregationFactory; got {type(factory).__name__}.")
+    delta_type = record_type["delta"]
+    process = factory.create(delta_type, tff.to_type(weight_type))
+
+    @tff.tensorflow.computation(record_type)
+    def select_delta(record):
+        return record["delta"]
+
+    @tff.federated_computation(
+        process.state_type,
+        tff.FederatedType(record_type, tff.CLIENTS),
+        tff.FederatedType(weight_type, tff.CLIENTS))
+    def next_fn(state, records, weights):
+        return process.next(state, tff.federated_map(select_delta, records), weights)
+
+    return tff.templates.AggregationProcess(process.initialize, next_fn)

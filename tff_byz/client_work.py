@@ -1,0 +1,174 @@
+"""Honest client work: E local epochs of plain SGD, as a `ClientWorkProcess`.
+
+Each client returns a `ClientResult` whose `update` is a *client record*
+
+    OrderedDict(delta=Δ_i, client_id=int32, num_examples=float32, loss=float32)
+
+with Δ_i = ψ_i − θ the model delta (trainable weights structure; the spec's
+convention: the server applies θ ← θ + server_lr · Agg(Δ)), the client's index,
+its example count and the mean mini-batch training loss of its last local epoch.
+`update_weight` is the example count. Attacks transform this record (issue 4);
+`tff_byz.aggregation` feeds its `delta` to any TFF aggregation factory, or the
+whole record to identity-aware rules.
+
+Randomness is explicit: the process state holds the run seed and the round
+index; each client's shuffles use `stateless_fold_in(seed, round, client_id,
+epoch)`, so a run is reproducible and resumes exactly.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_byz import client_inputs
+
+__all__ = ["build_local_sgd_client_work", "client_record_type", "local_sgd_update",
+           "client_seed", "ClientWorkConfigError"]
+
+
+class ClientWorkConfigError(ValueError):
+    pass
+
+
+def client_record_type(delta_type) -> tff.StructWithPythonType:
+    """TFF type of the client record for a given delta (trainable weights) type."""
+    return tff.StructWithPythonType(
+        [("delta", delta_type), ("client_id", np.int32), ("num_examples", np.float32),
+         ("loss", np.float32)],
+        collections.OrderedDict)
+
+
+def client_seed(run_seed, round_num, client_id):
+    """A stateless seed (int64[2]) from run seed, round index and client id."""
+    seed = tf.stack([tf.cast(run_seed, tf.int64), tf.cast(round_num, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(seed, tf.cast(client_id, tf.int64))
+
+
+def _validate(epochs, batch_size, learning_rate):
+    if not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ClientWorkConfigError(f"--local_epochs must be an integer >= 1; got {epochs!r}.")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ClientWorkConfigError(f"--batch_size must be an integer >= 1; got {batch_size!r}.")
+    if not np.isfinite(learning_rate) or learning_rate <= 0:
+        raise ClientWorkConfigError(f"--client_lr must be a finite number > 0; got {learning_rate!r}.")
+
+
+def local_sgd_update(model, trainable, x, y, seed, *, epochs, batch_size, learning_rate,
+                     shuffle=True, gradient_transform: Callable | None = None):
+    """Plain SGD over `epochs` passes of `(x, y)`; returns (new trainable, last-epoch loss).
+
+    Pure TF; wrap in `tf.function` (its loops need AutoGraph). `trainable` are the
+    model's trainable variables, updated in place. Each epoch visits a fresh
+    seeded permutation (unless `shuffle=False`) in batches of `batch_size`,
+    keeping the last partial batch. `gradient_transform(grads) -> grads` lets
+    attacks (e.g. gradient ascent) act on every mini-batch gradient.
+    """
+    num_examples = tf.shape(y)[0]
+    num_batches = (num_examples + batch_size - 1) // batch_size
+    last_epoch_loss = tf.constant(0.0, tf.float32)
+    for epoch in tf.range(epochs):
+        if shuffle:
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(num_examples), seed=tf.random.experimental.stateless_fold_in(
+                    seed, tf.cast(epoch, tf.int64)))
+        else:
+            order = tf.range(num_examples)
+        loss_sum = tf.constant(0.0, tf.float32)
+        for b in tf.range(num_batches):
+            index = order[b * batch_size:tf.minimum((b + 1) * batch_size, num_examples)]
+            batch = collections.OrderedDict(x=tf.gather(x, index), y=tf.gather(y, index))
+            with tf.GradientTape() as tape:
+                output = model.forward_pass(batch, training=True)
+            gradients = tape.gradient(output.loss, trainable)
+            if gradient_transform is not None:
+                gradients = gradient_transform(gradients)
+            for variable, gradient in zip(trainable, gradients):
+                variable.assign_sub(learning_rate * gradient)
+            loss_sum += tf.cast(output.loss, tf.float32)
+        last_epoch_loss = loss_sum / tf.cast(tf.maximum(num_batches, 1), tf.float32)
+    return last_epoch_loss
+
+
+def build_local_sgd_client_work(
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    *,
+    epochs: int = 1,
+    batch_size: int = 32,
+    learning_rate: float = 0.1,
+    seed: int = 0,
+    shuffle: bool = True,
+) -> tff.learning.templates.ClientWorkProcess:
+    """FedAvg's honest client work: `epochs` of SGD from the broadcast model.
+
+    Process: `initialize()` → state `OrderedDict(seed=int64, round=int64)@SERVER`;
+    `next(state, model_weights@CLIENTS, client_input@CLIENTS)` → client records
+    (see module doc) with example-count weights, measurements
+    `OrderedDict(train_loss, num_examples)` (example-weighted mean loss, total
+    examples) and the round counter advanced.
+    """
+    _validate(epochs, batch_size, learning_rate)
+    with tf.Graph().as_default():
+        probe = model_fn()
+        weights_type = tff.learning.models.weights_type_from_model(probe)
+        example_spec = collections.OrderedDict(
+            x=tf.TensorSpec(probe.input_spec["x"].shape[1:], probe.input_spec["x"].dtype),
+            y=tf.TensorSpec(probe.input_spec["y"].shape[1:], probe.input_spec["y"].dtype))
+    data_type = tff.types.tensorflow_to_type(client_inputs.client_input_spec(example_spec))
+    data_type = tff.StructWithPythonType(
+        [("examples", tff.SequenceType(data_type["examples"])),
+         ("info", tff.SequenceType(data_type["info"]))], collections.OrderedDict)
+    state_type = tff.StructWithPythonType([("seed", np.int64), ("round", np.int64)],
+                                          collections.OrderedDict)
+    record_type = client_record_type(weights_type.trainable)
+
+    @tff.tensorflow.computation
+    def initial_state():
+        return collections.OrderedDict(seed=tf.constant(seed, tf.int64),
+                                       round=tf.constant(0, tf.int64))
+
+    @tff.tensorflow.computation(state_type, weights_type, data_type)
+    def client_update(state, weights, client_input):
+        model = model_fn()
+        model_weights = tff.learning.models.ModelWeights.from_model(model)
+        tf.nest.map_structure(lambda v, w: v.assign(w), model_weights, weights)
+        info = client_inputs.read_client_info(client_input["info"])
+        x, y = client_inputs.materialize_examples(client_input["examples"])
+        loss = tf.function(local_sgd_update)(
+            model, list(model_weights.trainable), x, y,
+            client_seed(state["seed"], state["round"], info["client_id"]),
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, shuffle=shuffle)
+        delta = tf.nest.map_structure(tf.subtract, model_weights.trainable, weights.trainable)
+        num_examples = tf.cast(tf.shape(y)[0], tf.float32)
+        record = collections.OrderedDict(delta=delta, client_id=info["client_id"],
+                                         num_examples=num_examples, loss=loss)
+        return tff.learning.templates.ClientResult(update=record, update_weight=num_examples)
+
+    @tff.tensorflow.computation(state_type)
+    def advance(state):
+        return collections.OrderedDict(seed=state["seed"], round=state["round"] + 1)
+
+    @tff.federated_computation
+    def init_fn():
+        return tff.federated_eval(initial_state, tff.SERVER)
+
+    @tff.federated_computation(
+        tff.FederatedType(state_type, tff.SERVER),
+        tff.FederatedType(weights_type, tff.CLIENTS),
+        tff.FederatedType(data_type, tff.CLIENTS))
+    def next_fn(state, weights, client_data):
+        results = tff.federated_map(client_update,
+                                    (tff.federated_broadcast(state), weights, client_data))
+        measurements = tff.federated_zip(collections.OrderedDict(
+            train_loss=tff.federated_mean(results.update.loss, results.update_weight),
+            num_examples=tff.federated_sum(results.update_weight)))
+        return tff.templates.MeasuredProcessOutput(
+            state=tff.federated_map(advance, state), result=results,
+            measurements=measurements)
+
+    del record_type  # documented by `client_record_type`; the computation infers it.
+    return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)

@@ -1,0 +1,173 @@
+"""Keras model builders and their TFF wrappers.
+
+Every builder takes the input shape, the number of classes and the dataset's
+per-channel normalisation `(mean, std)`; inputs are raw pixels in [0, 1] and the
+model's first layer normalises them (so data poisoning, e.g. a backdoor trigger,
+works in raw pixel units). Outputs are logits; the loss is softmax cross-entropy.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+__all__ = ["MODELS", "build_keras_model", "count_parameters", "make_model_fn", "input_spec"]
+
+Normalization = tuple[Sequence[float], Sequence[float]]
+
+
+def _normalize(input_shape, normalization: Normalization) -> tf.keras.layers.Layer:
+    mean, std = (np.asarray(v, np.float32) for v in normalization)
+    channels = input_shape[-1]
+    if mean.size not in (1, channels) or std.size not in (1, channels):
+        raise ValueError(
+            f"normalization must have 1 or {channels} values per statistic; got mean={mean}, std={std}")
+    # A fixed (non-trainable) layer: (x - mean) / std, broadcast over channels.
+    return tf.keras.layers.Normalization(
+        axis=None, mean=float(mean.ravel()[0]) if mean.size == 1 else mean,
+        variance=float(std.ravel()[0] ** 2) if std.size == 1 else std**2)
+
+
+def mlp(input_shape, num_classes, normalization) -> tf.keras.Model:
+    """FedLAW's MNIST MLP: flatten → 128 ReLU → 64 ReLU → classes (109,386 params at 784/10)."""
+    return tf.keras.Sequential([
+        tf.keras.layers.InputLayer(input_shape=input_shape),
+        _normalize(input_shape, normalization),
+        tf.keras.layers.Flatten(),
+        tf.keras.layers.Dense(128, activation="relu"),
+        tf.keras.layers.Dense(64, activation="relu"),
+        tf.keras.layers.Dense(num_classes),
+    ])
+
+
+def small_mlp(input_shape, num_classes, normalization) -> tf.keras.Model:
+    """A small MLP for the embedded 8×8 `digits` data: flatten → 32 ReLU → classes."""
+    return tf.keras.Sequential([
+        tf.keras.layers.InputLayer(input_shape=input_shape),
+        _normalize(input_shape, normalization),
+        tf.keras.layers.Flatten(),
+        tf.keras.layers.Dense(32, activation="relu"),
+        tf.keras.layers.Dense(num_classes),
+    ])
+
+
+def wide_mlp(input_shape, num_classes, normalization) -> tf.keras.Model:
+    """PDMM's suggested MLP: flatten → 200 ReLU → classes (784-200-10; 4096-256-40 style)."""
+    hidden = 256 if np.prod(input_shape) > 1000 else 200
+    return tf.keras.Sequential([
+        tf.keras.layers.InputLayer(input_shape=input_shape),
+        _normalize(input_shape, normalization),
+        tf.keras.layers.Flatten(),
+        tf.keras.layers.Dense(hidden, activation="relu"),
+        tf.keras.layers.Dense(num_classes),
+    ])
+
+
+def emnist_cnn(input_shape, num_classes, normalization) -> tf.keras.Model:
+    """TFF's EMNIST CNN (simple_fedavg / the EMNIST tutorial): 2 convs, pool, dropout, dense 128."""
+    return tf.keras.Sequential([
+        tf.keras.layers.InputLayer(input_shape=input_shape),
+        _normalize(input_shape, normalization),
+        tf.keras.layers.Conv2D(32, 3, activation="relu"),
+        tf.keras.layers.Conv2D(64, 3, activation="relu"),
+        tf.keras.layers.MaxPool2D(2),
+        tf.keras.layers.Dropout(0.25),
+        tf.keras.layers.Flatten(),
+        tf.keras.layers.Dense(128, activation="relu"),
+        tf.keras.layers.Dropout(0.5),
+        tf.keras.layers.Dense(num_classes),
+    ])
+
+
+def lenet(input_shape, num_classes, normalization) -> tf.keras.Model:
+    """The robust-aggregation literature's MNIST CNN: conv5×5×20 → pool → conv5×5×50 → pool → 500 → classes."""
+    return tf.keras.Sequential([
+        tf.keras.layers.InputLayer(input_shape=input_shape),
+        _normalize(input_shape, normalization),
+        tf.keras.layers.Conv2D(20, 5, activation="relu"),
+        tf.keras.layers.MaxPool2D(2),
+        tf.keras.layers.Conv2D(50, 5, activation="relu"),
+        tf.keras.layers.MaxPool2D(2),
+        tf.keras.layers.Flatten(),
+        tf.keras.layers.Dense(500, activation="relu"),
+        tf.keras.layers.Dense(num_classes),
+    ])
+
+
+def cifar_cnn(input_shape, num_classes, normalization) -> tf.keras.Model:
+    """FedLAW's CIFAR GroupNorm CNN (2,492,170 params at 32×32×3/10 classes)."""
+
+    def conv_block(filters, groups, pool):
+        layers = [
+            tf.keras.layers.Conv2D(filters, 3, padding="same"),
+            tf.keras.layers.GroupNormalization(groups=groups, epsilon=1e-5),
+            tf.keras.layers.ReLU(),
+        ]
+        return layers + ([tf.keras.layers.MaxPool2D(2, strides=2)] if pool else [])
+
+    return tf.keras.Sequential([
+        tf.keras.layers.InputLayer(input_shape=input_shape),
+        _normalize(input_shape, normalization),
+        *conv_block(32, 4, True),
+        *conv_block(64, 8, True),
+        *conv_block(128, 16, False),
+        *conv_block(256, 32, True),
+        tf.keras.layers.Flatten(),
+        tf.keras.layers.Dense(512, activation="relu"),
+        tf.keras.layers.Dense(num_classes),
+    ])
+
+
+MODELS: dict[str, Callable[..., tf.keras.Model]] = collections.OrderedDict(
+    mlp=mlp, small_mlp=small_mlp, wide_mlp=wide_mlp, emnist_cnn=emnist_cnn, lenet=lenet,
+    cifar_cnn=cifar_cnn)
+
+
+def build_keras_model(name: str, input_shape, num_classes: int, normalization: Normalization,
+                      seed: int | None = None) -> tf.keras.Model:
+    """Builds model `name`; with `seed`, its initial weights are deterministic."""
+    if name not in MODELS:
+        raise ValueError(f"--model: unknown model {name!r}; valid choices: {', '.join(MODELS)}.")
+    if seed is not None:
+        tf.keras.utils.set_random_seed(seed)
+    return MODELS[name](tuple(input_shape), num_classes, normalization)
+
+
+def count_parameters(model: tf.keras.Model) -> int:
+    return int(sum(np.prod(v.shape) for v in model.trainable_variables))
+
+
+def input_spec(input_shape) -> collections.OrderedDict:
+    """Element spec of one batch: raw pixels `x` and integer labels `y`."""
+    return collections.OrderedDict(
+        x=tf.TensorSpec([None, *input_shape], tf.float32),
+        y=tf.TensorSpec([None], tf.int32),
+    )
+
+
+def make_model_fn(name: str, input_shape, num_classes: int, normalization: Normalization,
+                  initial_weights: Sequence[np.ndarray] | None = None):
+    """A no-arg `model_fn` returning a `tff.learning.models.VariableModel`.
+
+    `initial_weights` (Keras `get_weights()` order) fixes the initial model, so
+    a run is reproducible and equal across processes built from the same fn.
+    """
+
+    def model_fn() -> tff.learning.models.VariableModel:
+        keras_model = MODELS[name](tuple(input_shape), num_classes, normalization)
+        if initial_weights is not None:
+            keras_model.set_weights(initial_weights)
+        return tff.learning.models.from_keras_model(
+            keras_model,
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            input_spec=input_spec(input_shape),
+            metrics=[tf.keras.metrics.SparseCategoricalAccuracy()],
+        )
+
+    if name not in MODELS:
+        raise ValueError(f"--model: unknown model {name!r}; valid choices: {', '.join(MODELS)}.")
+    return model_fn
