@@ -62,7 +62,7 @@ def local_sgd_update(model, trainable, x, y, seed, *, epochs, batch_size, learni
                      shuffle=True, gradient_transform: Callable | None = None):
     """Plain SGD over `epochs` passes of `(x, y)`; returns (new trainable, last-epoch loss).
 
-    Pure TF; wrap in `tf.function` (its loops need AutoGraph). `trainable` are the
+    Pure TF; call inside a `tf.function` (its loops need AutoGraph). `trainable` are the
     model's trainable variables, updated in place. Each epoch visits a fresh
     seeded permutation (unless `shuffle=False`) in batches of `batch_size`,
     keeping the last partial batch. `gradient_transform(grads) -> grads` lets
@@ -135,18 +135,26 @@ def build_local_sgd_client_work(
     def client_update(state, weights, client_input):
         model = model_fn()
         model_weights = tff.learning.models.ModelWeights.from_model(model)
-        tf.nest.map_structure(lambda v, w: v.assign(w), model_weights, weights)
-        info = client_inputs.read_client_info(client_input["info"])
-        x, y = client_inputs.materialize_examples(client_input["examples"])
-        loss = tf.function(local_sgd_update)(
-            model, list(model_weights.trainable), x, y,
-            client_seed(state["seed"], state["round"], info["client_id"]),
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, shuffle=shuffle)
-        delta = tf.nest.map_structure(tf.subtract, model_weights.trainable, weights.trainable)
-        num_examples = tf.cast(tf.shape(y)[0], tf.float32)
-        record = collections.OrderedDict(delta=delta, client_id=info["client_id"],
-                                         num_examples=num_examples, loss=loss)
-        return tff.learning.templates.ClientResult(update=record, update_weight=num_examples)
+
+        # One tf.function: automatic control dependencies order the weight
+        # assignment before training (a bare graph would drop the assigns).
+        @tf.function
+        def update(state, weights, client_input):
+            tf.nest.map_structure(lambda v, w: v.assign(w), model_weights, weights)
+            info = client_inputs.read_client_info(client_input["info"])
+            x, y = client_inputs.materialize_examples(client_input["examples"])
+            loss = local_sgd_update(
+                model, list(model_weights.trainable), x, y,
+                client_seed(state["seed"], state["round"], info["client_id"]),
+                epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                shuffle=shuffle)
+            delta = tf.nest.map_structure(tf.subtract, model_weights.trainable, weights.trainable)
+            num_examples = tf.cast(tf.shape(y)[0], tf.float32)
+            record = collections.OrderedDict(delta=delta, client_id=info["client_id"],
+                                             num_examples=num_examples, loss=loss)
+            return tff.learning.templates.ClientResult(update=record, update_weight=num_examples)
+
+        return update(state, weights, client_input)
 
     @tff.tensorflow.computation(state_type)
     def advance(state):

@@ -1,0 +1,127 @@
+"""Runs one experiment: `python -m pipelines.train --dataset=digits --aggregator=mean ...`.
+
+Thin: parse flags → validated `ExperimentConfig` → `tff_byz.training.run_experiment`
+inside a managed TFF execution context → print a short summary. Exit codes:
+0 complete, 1 failed (e.g. the model became non-finite), 2 invalid flags or run
+directory (one line on stderr, nothing written), 130/143 interrupted by
+SIGINT/SIGTERM (state saved; continue with --resume).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+import sys  # noqa: E402
+
+from absl import flags  # noqa: E402
+
+flags.DEFINE_string("dataset", "digits", "digits (embedded, no files), mnist, fashion_mnist, "
+                    "emnist, cifar10, olivetti, synthetic.")
+flags.DEFINE_string("data_dir", None, "Directory holding real datasets (e.g. ../shared/data).")
+flags.DEFINE_string("partition", "iid", "iid, q (label groups), dirichlet, natural (emnist writers).")
+flags.DEFINE_float("q", 0.5, "q-split: probability an example goes to its label's group.")
+flags.DEFINE_string("q_mode", "sample", "q-split mode: sample (paper) or exact (authors' code).")
+flags.DEFINE_float("alpha", 0.5, "Dirichlet concentration for --partition=dirichlet.")
+flags.DEFINE_integer("num_clients", 20, "Number of clients (writers to keep for emnist; 0 = all).")
+flags.DEFINE_integer("clients_per_round", 0, "Clients sampled per round (0 = all).")
+flags.DEFINE_string("model", None, "mlp, small_mlp, wide_mlp, emnist_cnn, lenet, cifar_cnn "
+                    "(default: per dataset).")
+flags.DEFINE_string("aggregator", "mean", "NAME[:key=value,...]; see --list_aggregators.")
+flags.DEFINE_string("attack", "none", "NAME[:key=value,...]; see --list_attacks.")
+flags.DEFINE_float("byzantine_fraction", 0.0, "Fraction of Byzantine clients (declared to defences).")
+flags.DEFINE_integer("rounds", 30, "Number of rounds.")
+flags.DEFINE_integer("local_epochs", 1, "Local epochs per round (local_sgd).")
+flags.DEFINE_integer("batch_size", 32, "Client mini-batch size.")
+flags.DEFINE_float("client_lr", 0.1, "Client SGD learning rate (local_sgd).")
+flags.DEFINE_string("client_work", "local_sgd", "local_sgd (FedAvg) or momentum_sgd.")
+flags.DEFINE_float("momentum", 0.9, "Client momentum β (momentum_sgd).")
+flags.DEFINE_float("weight_decay", 0.0, "Weight decay (momentum_sgd).")
+flags.DEFINE_float("server_lr", 1.0, "Server learning rate: θ ← θ + server_lr · Agg(Δ).")
+flags.DEFINE_integer("eval_every", 1, "Evaluate on the test set every k rounds (and at the end).")
+flags.DEFINE_integer("checkpoint_every", 0, "Save program state every k rounds (0 = eval_every).")
+flags.DEFINE_integer("seed", 0, "Run seed: data split, initial model, sampling, shuffles.")
+flags.DEFINE_string("output_dir", "runs", "Parent directory of run directories.")
+flags.DEFINE_string("run_name", None, "Run directory name (default: derived from the settings).")
+flags.DEFINE_bool("resume", False, "Continue the run in --output_dir/--run_name from its state.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing run directory.")
+flags.DEFINE_string("tff_workers", "", "Remote TFF workers host:port,... (default: a local worker).")
+flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+flags.DEFINE_bool("list_aggregators", False, "Print every aggregator with its parameters and exit.")
+flags.DEFINE_bool("list_attacks", False, "Print every attack with its parameters and exit.")
+
+FLAGS = flags.FLAGS
+
+_CONFIG_FLAGS = ("dataset", "data_dir", "partition", "q", "q_mode", "alpha", "num_clients",
+                 "clients_per_round", "model", "aggregator", "attack", "byzantine_fraction",
+                 "rounds", "local_epochs", "batch_size", "client_lr", "client_work", "momentum",
+                 "weight_decay", "server_lr", "eval_every", "checkpoint_every", "seed",
+                 "output_dir", "run_name", "tff_workers")
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    FLAGS.unparse_flags()  # main() may be called repeatedly in one process (tests)
+    try:
+        remaining = FLAGS(argv)
+    except flags.Error as error:
+        return _error(str(error).splitlines()[0])
+    if len(remaining) > 1:
+        return _error(f"unexpected positional arguments {remaining[1:]}; all settings are --flags.")
+
+    from aggregators import AGGREGATORS  # pylint: disable=import-outside-toplevel
+    from attacks import ATTACKS  # pylint: disable=import-outside-toplevel
+    if FLAGS.list_aggregators or FLAGS.list_attacks:
+        if FLAGS.list_aggregators:
+            print(AGGREGATORS.describe())
+        if FLAGS.list_attacks:
+            print(ATTACKS.describe())
+        return 0
+
+    from tff_byz import context, training  # pylint: disable=import-outside-toplevel
+    from tff_byz.config import ConfigError, ExperimentConfig  # pylint: disable=import-outside-toplevel
+
+    config = ExperimentConfig(**{name: getattr(FLAGS, name) for name in _CONFIG_FLAGS})
+    try:
+        resolved = config.resolved()
+        training.prepare_run_directory(resolved, resume=FLAGS.resume, overwrite=FLAGS.overwrite)
+        workers = context.parse_worker_addresses(resolved.tff_workers) if resolved.tff_workers else ()
+    except (ConfigError, ValueError) as error:
+        return _error(str(error))
+
+    try:
+        with context.managed_execution_context(
+                workers, log_path=os.environ.get("TFF_BYZ_WORKER_LOG")):
+            summary = training.run_experiment(resolved, resume=FLAGS.resume,
+                                              overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+    except ConfigError as error:  # includes missing dataset files; nothing was written
+        return _error(str(error))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: state saved; continue with --resume (run {resolved.run_name})",
+              file=sys.stderr)
+        return 130
+    except SystemExit as exit_request:
+        print(f"\nterminated: state saved; continue with --resume (run {resolved.run_name})",
+              file=sys.stderr)
+        return exit_request.code if isinstance(exit_request.code, int) else 143
+
+    run_dir = os.path.join(resolved.output_dir, resolved.run_name)
+    accuracy = summary["final_test_accuracy"]
+    print(f"{summary['status']}: {resolved.run_name}: {summary['rounds_completed']}/"
+          f"{resolved.rounds} rounds, final test accuracy "
+          f"{'n/a' if accuracy is None else f'{accuracy:.4f}'}, {summary['wall_seconds']:.1f} s "
+          f"({run_dir})")
+    if summary["status"] != "complete":
+        print(f"reason: {summary['reason']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Shared fixtures: one TFF execution context (one worker) for the whole session."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(os.environ.get("TFF_BYZ_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def tff_context():
+    """The session's TFF context; tests that execute computations request it."""
+    from tff_byz.context import ExecutionContext  # pylint: disable=import-outside-toplevel
+    with ExecutionContext() as context:
+        yield context
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATA} (set TFF_BYZ_DATA_DIR)")
+    return str(SHARED_DATA)

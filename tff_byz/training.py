@@ -1,0 +1,397 @@
+"""The training loop of one experiment and its run directory.
+
+    <output_dir>/<run_name>/config.json    resolved config, every default explicit
+    <output_dir>/<run_name>/metrics.csv    one row per round (tff.program CSV release manager)
+    <output_dir>/<run_name>/summary.json   status (running|complete|failed), final metrics
+    <output_dir>/<run_name>/state/         tff.program.FileProgramStateManager checkpoints
+    <output_dir>/<run_name>/tensorboard/   the same metrics for TensorBoard
+
+A run is deterministic for its config: initial weights come from a seeded Keras
+model, client sampling from (seed, round), client shuffles from the process
+state. `--resume` reloads the latest checkpoint (falling back to an older one if
+the newest is unreadable, e.g. after SIGKILL during a save) and continues; the
+CSV manager drops rows after the checkpoint, so a resumed run's metrics equal an
+uninterrupted run's. Ctrl-C/SIGTERM save the last completed round and mark the
+run resumable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+import tqdm
+
+from aggregators import AggregatorContext, build_aggregator
+from tff_byz import client_inputs, datasets, fedavg, models
+from tff_byz.config import RESUMABLE_CHANGES, ConfigError, ExperimentConfig
+
+__all__ = ["RunPaths", "Experiment", "run_experiment", "write_json_atomic", "NonFiniteModelError",
+           "RunDirectoryError", "sample_clients"]
+
+
+class NonFiniteModelError(RuntimeError):
+    pass
+
+
+class RunDirectoryError(ConfigError):
+    """The run directory is in a state the flags do not allow (CLI: exit 2)."""
+
+
+def write_json_atomic(path: str, value: Any) -> None:
+    """Writes JSON via a temporary file and `os.replace`: never a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f, indent=2, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    root: str
+
+    @property
+    def config(self): return os.path.join(self.root, "config.json")
+    @property
+    def metrics(self): return os.path.join(self.root, "metrics.csv")
+    @property
+    def summary(self): return os.path.join(self.root, "summary.json")
+    @property
+    def state(self): return os.path.join(self.root, "state")
+    @property
+    def tensorboard(self): return os.path.join(self.root, "tensorboard")
+    @property
+    def worker_log(self): return os.path.join(self.root, "worker.log")
+
+
+def sample_clients(num_clients: int, clients_per_round: int, seed: int, round_index: int) -> np.ndarray:
+    """Sorted client indices of a round: all clients, or M drawn from (seed, round)."""
+    if clients_per_round in (0, num_clients):
+        return np.arange(num_clients)
+    rng = np.random.default_rng([seed, 0x5A3B, round_index])
+    return np.sort(rng.choice(num_clients, size=clients_per_round, replace=False))
+
+
+def _flatten(structure, prefix="") -> "collections.OrderedDict[str, Any]":
+    """Nested metrics → `a/b/c` keys (empty structures vanish)."""
+    flat = collections.OrderedDict()
+    if isinstance(structure, dict):
+        items = structure.items()
+    elif hasattr(structure, "_asdict"):
+        items = structure._asdict().items()
+    else:
+        flat[prefix] = np.asarray(structure).tolist()
+        return flat
+    for key, value in items:
+        flat.update(_flatten(value, f"{prefix}/{key}" if prefix else str(key)))
+    return flat
+
+
+def _is_finite(weights) -> bool:
+    return all(np.all(np.isfinite(np.asarray(w))) for w in tf.nest.flatten(weights))
+
+
+class _Evaluator:
+    """Centralised test-set evaluation of server model weights (plain TF, no TFF)."""
+
+    def __init__(self, keras_model: tf.keras.Model, x: np.ndarray, y: np.ndarray, batch_size=1000):
+        self._model = keras_model
+        self._dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).cache()
+        loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+
+        @tf.function
+        def evaluate():
+            loss_sum, correct, count = 0.0, 0, 0
+            for xb, yb in self._dataset:
+                logits = self._model(xb, training=False)
+                loss_sum += loss_fn(yb, logits)
+                correct += tf.reduce_sum(tf.cast(tf.equal(
+                    tf.argmax(logits, axis=-1, output_type=tf.int32), yb), tf.int32))
+                count += tf.shape(yb)[0]
+            return loss_sum / tf.cast(count, tf.float32), tf.cast(correct, tf.float32) / tf.cast(count, tf.float32)
+
+        self._evaluate = evaluate
+
+    def __call__(self, weights: tff.learning.models.ModelWeights) -> tuple[float, float]:
+        for variable, value in zip(self._model.trainable_variables, weights.trainable):
+            variable.assign(value)
+        for variable, value in zip(self._model.non_trainable_variables, weights.non_trainable):
+            variable.assign(value)
+        loss, accuracy = self._evaluate()
+        return float(loss), float(accuracy)
+
+
+class Experiment:
+    """Everything one run needs, built from a resolved config (no TFF execution yet)."""
+
+    def __init__(self, config: ExperimentConfig):
+        self.config = config
+        self.dataset = datasets.load_federated_dataset(
+            config.dataset, data_dir=config.data_dir, partition=config.partition,
+            num_clients=config.num_clients, seed=config.seed, q=config.q, alpha=config.alpha,
+            q_mode=config.q_mode)
+        self.num_clients = len(self.dataset.client_ids)
+        input_shape = self.dataset.input_shape
+        keras_model = models.build_keras_model(
+            config.model, input_shape, self.dataset.num_classes, self.dataset.normalization,
+            seed=config.seed)
+        self.num_parameters = models.count_parameters(keras_model)
+        self.initial_weights = fedavg.model_weights_from_keras(keras_model)
+        self.model_fn = models.make_model_fn(config.model, input_shape, self.dataset.num_classes,
+                                             self.dataset.normalization)
+        self.evaluator = _Evaluator(keras_model, self.dataset.test_x, self.dataset.test_y)
+        # Which clients are Byzantine is decided by the attacks issue's selector;
+        # with `--attack=none` every client is honest.
+        self.byzantine = np.zeros(self.num_clients, dtype=bool)
+        per_round = config.clients_per_round or self.num_clients
+        self.aggregator = build_aggregator(config.aggregator, AggregatorContext(
+            declared_byzantine_fraction=config.byzantine_fraction, clients_per_round=per_round,
+            seed=config.seed))
+        self.process, self.client_states = self._build_process()
+        self._client_inputs = {}
+
+    def _build_process(self):
+        config = self.config
+        if config.client_work == "local_sgd":
+            process = fedavg.build_fedavg_process(
+                self.model_fn, self.initial_weights, aggregator=self.aggregator,
+                server_lr=config.server_lr, local_epochs=config.local_epochs,
+                batch_size=config.batch_size, client_lr=config.client_lr, seed=config.seed)
+            return process, None
+        from tff_byz import client_state, momentum  # pylint: disable=import-outside-toplevel
+        process = momentum.build_momentum_sgd_process(
+            self.model_fn, self.initial_weights, aggregator=self.aggregator,
+            batch_size=config.batch_size, momentum=config.momentum,
+            weight_decay=config.weight_decay, server_lr=config.server_lr, seed=config.seed)
+        store = client_state.ClientStateStore(process.client_state_template, self.num_clients)
+        return process, store
+
+    def client_input(self, index: int):
+        if index not in self._client_inputs:
+            examples = self.dataset.client_data.create_tf_dataset_for_client(
+                self.dataset.client_ids[index])
+            self._client_inputs[index] = client_inputs.make_client_input(
+                examples, int(index), bool(self.byzantine[index]))
+        return self._client_inputs[index]
+
+    def model_weights(self, state) -> tff.learning.models.ModelWeights:
+        if self.client_states is None:
+            return state.global_model_weights
+        return state["global_model_weights"]
+
+    def next(self, state, clients: np.ndarray):
+        """One round on `clients`; returns (state, metrics)."""
+        inputs = [self.client_input(i) for i in clients]
+        if self.client_states is None:
+            output = self.process.next(state, inputs)
+            return output.state, output.metrics
+        output = self.process.next(state, inputs, self.client_states.get(clients))
+        returned = [int(s["client_id"]) for s in output["client_states"]]
+        if returned != [int(i) for i in clients]:
+            raise RuntimeError(f"client states came back for clients {returned}, expected {list(clients)}")
+        self.client_states.put(clients, output["client_states"])
+        return output["state"], output["metrics"]
+
+    def program_state(self, state, round_num: int, wall_seconds: float):
+        value = collections.OrderedDict(process_state=state, round=np.int64(round_num),
+                                        wall_seconds=np.float64(wall_seconds))
+        if self.client_states is not None:
+            value["client_states"] = self.client_states.state_dict()
+        return value
+
+    def restore(self, program_state):
+        if self.client_states is not None:
+            self.client_states.load_state_dict(program_state["client_states"])
+        return (program_state["process_state"], int(program_state["round"]),
+                float(program_state["wall_seconds"]))
+
+
+def _run_sync(coroutine):
+    return asyncio.run(coroutine)
+
+
+def prepare_run_directory(config: ExperimentConfig, *, resume: bool, overwrite: bool) -> RunPaths:
+    """Checks the run directory against the flags before anything is written."""
+    paths = RunPaths(os.path.join(config.output_dir, config.run_name))
+    exists = os.path.exists(paths.config)
+    if resume and overwrite:
+        raise RunDirectoryError("--resume and --overwrite exclude each other; choose one.")
+    if resume:
+        if not exists:
+            raise RunDirectoryError(f"--resume: no run to resume at {paths.root} (no config.json).")
+        with open(paths.config) as f:
+            stored = ExperimentConfig.from_dict(json.load(f))
+        differing = stored.differences(config)
+        if differing:
+            details = ", ".join(f"{k}={getattr(stored, k)!r}→{getattr(config, k)!r}" for k in differing)
+            raise RunDirectoryError(f"--resume: settings differ from the stored run at {paths.root}: "
+                                    f"{details}; only {', '.join(RESUMABLE_CHANGES)} may change.")
+    elif exists and not overwrite:
+        raise RunDirectoryError(f"run directory {paths.root} already holds a run; "
+                                "pass --resume to continue it or --overwrite to replace it.")
+    return paths
+
+
+def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = False,
+                   progress: bool = True, on_round: Optional[Callable[[int, dict], None]] = None
+                   ) -> dict[str, Any]:
+    """Runs (or resumes) one experiment; returns its summary.
+
+    Must be called inside an open `tff_byz.context.ExecutionContext`. Raises
+    `ConfigError` (bad settings or run directory, nothing written) before any
+    file is touched.
+    """
+    config = config.resolved()
+    paths = prepare_run_directory(config, resume=resume, overwrite=overwrite)
+    try:  # loads data and builds the process: bad settings fail here, before writing
+        experiment = Experiment(config)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(str(error).splitlines()[0]) from error
+
+    if overwrite and os.path.isdir(paths.root):
+        shutil.rmtree(paths.root)
+    os.makedirs(paths.root, exist_ok=True)
+    write_json_atomic(paths.config, config.to_dict())
+
+    state_manager = tff.program.FileProgramStateManager(paths.state, keep_total=2, keep_first=False)
+    csv_manager = tff.program.CSVFileReleaseManager(paths.metrics, key_fieldname="round")
+    tensorboard_manager = tff.program.TensorBoardReleaseManager(paths.tensorboard)
+
+    state = experiment.process.initialize()
+    start_round, wall_before = 0, 0.0
+    if resume:
+        template = experiment.program_state(state, 0, 0.0)
+        loaded = _load_latest_state(state_manager, template)
+        if loaded is not None:
+            state, start_round, wall_before = experiment.restore(loaded)
+
+    summary = collections.OrderedDict(
+        run_name=config.run_name, status="running", reason="", rounds_completed=start_round,
+        rounds_planned=config.rounds, final_test_accuracy=None, final_test_loss=None,
+        best_test_accuracy=None, wall_seconds=wall_before, num_parameters=experiment.num_parameters,
+        num_clients=experiment.num_clients, byzantine_ids=np.flatnonzero(experiment.byzantine).tolist())
+    _merge_previous_summary(paths, summary, resume)
+    write_json_atomic(paths.summary, summary)
+
+    bar = tqdm.tqdm(total=config.rounds, initial=start_round, desc=config.run_name, unit="round",
+                    file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    started = time.monotonic()
+    saved_round = start_round
+    round_num = start_round
+    try:
+        for round_index in range(start_round, config.rounds):
+            clients = sample_clients(experiment.num_clients, config.clients_per_round, config.seed,
+                                     round_index)
+            t0 = time.monotonic()
+            new_state, metrics = experiment.next(state, clients)
+            round_seconds = time.monotonic() - t0
+            state, round_num = new_state, round_index + 1
+            weights = experiment.model_weights(state)
+            finite = _is_finite(weights)
+            evaluate = finite and (round_num % config.eval_every == 0 or round_num == config.rounds)
+            test_loss, test_accuracy = experiment.evaluator(weights) if evaluate else (math.nan, math.nan)
+            flat = _flatten(metrics)
+            row = collections.OrderedDict(
+                test_accuracy=test_accuracy, test_loss=test_loss,
+                train_loss=flat.get("client_work/train_loss", math.nan),
+                round_seconds=round_seconds, clients=len(clients))
+            row.update(flat)
+            _run_sync(csv_manager.release(row, key=round_num))
+            _run_sync(tensorboard_manager.release(
+                collections.OrderedDict((k, v) for k, v in row.items() if np.isscalar(v)), key=round_num))
+            summary["rounds_completed"] = round_num
+            summary["wall_seconds"] = wall_before + time.monotonic() - started
+            if evaluate:
+                summary["final_test_accuracy"], summary["final_test_loss"] = test_accuracy, test_loss
+                best = summary["best_test_accuracy"]
+                summary["best_test_accuracy"] = test_accuracy if best is None else max(best, test_accuracy)
+            if not finite:
+                raise NonFiniteModelError(
+                    f"model became non-finite at round {round_num} (aggregate non-finite: "
+                    f"{flat.get('finalizer/update_non_finite', '?')}); the aggregator "
+                    f"{config.aggregator!r} let a NaN/Inf update through.")
+            if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
+                _run_sync(state_manager.save(experiment.program_state(
+                    state, round_num, summary["wall_seconds"]), round_num))
+                saved_round = round_num
+            write_json_atomic(paths.summary, summary)
+            bar.update(1)
+            if evaluate:
+                bar.set_postfix(acc=f"{test_accuracy:.4f}")
+            if on_round is not None:
+                on_round(round_num, row)
+        summary["status"] = "complete"
+    except NonFiniteModelError as error:
+        summary["status"], summary["reason"] = "failed", str(error)
+    except (KeyboardInterrupt, SystemExit) as interrupt:
+        if round_num > saved_round:
+            _run_sync(state_manager.save(experiment.program_state(
+                state, round_num, summary["wall_seconds"]), round_num))
+        summary["status"] = "running"
+        summary["interrupted"] = True
+        summary["reason"] = (f"interrupted after round {round_num} "
+                             f"({type(interrupt).__name__}); continue with --resume")
+        write_json_atomic(paths.summary, summary)
+        raise
+    except BaseException as error:
+        summary["status"], summary["reason"] = "failed", f"{type(error).__name__}: {error}"
+        write_json_atomic(paths.summary, summary)
+        raise
+    finally:
+        bar.close()
+    summary.pop("interrupted", None)
+    write_json_atomic(paths.summary, summary)
+    return summary
+
+
+def _merge_previous_summary(paths: RunPaths, summary: dict, resume: bool) -> None:
+    """On resume, recover final/best accuracy from the metrics rows up to the checkpoint."""
+    if not resume or not os.path.exists(paths.metrics) or summary["rounds_completed"] == 0:
+        return
+    import pandas as pd  # pylint: disable=import-outside-toplevel
+    rows = pd.read_csv(paths.metrics)
+    rows = rows[(rows["round"] <= summary["rounds_completed"]) & rows["test_accuracy"].notna()]
+    if len(rows):
+        last = rows.sort_values("round").iloc[-1]
+        summary["final_test_accuracy"] = float(last["test_accuracy"])
+        summary["final_test_loss"] = float(last["test_loss"])
+        summary["best_test_accuracy"] = float(rows["test_accuracy"].max())
+
+
+def _load_latest_state(manager, template):
+    """The newest readable checkpoint (an older one if the newest is corrupt), or None."""
+    versions = _run_sync(manager.get_versions()) or []
+    for version in sorted(versions, reverse=True):
+        try:
+            return _run_sync(manager.load(version, template))
+        except Exception as error:  # pylint: disable=broad-except
+            print(f"warning: checkpoint {version} unreadable ({type(error).__name__}: {error}); "
+                  "trying an older one", file=sys.stderr)
+    return None
