@@ -119,27 +119,43 @@ def _is_finite(weights) -> bool:
 
 
 class _Evaluator:
-    """Centralised test-set evaluation of server model weights (plain TF, no TFF)."""
+    """Centralised test-set evaluation of server model weights (plain TF, no TFF).
 
-    def __init__(self, keras_model: tf.keras.Model, x: np.ndarray, y: np.ndarray, batch_size=1000):
-        self._model = keras_model
-        self._dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).cache()
+    The Keras model is built on first use: a Keras model created before TFF
+    traces its computations (which build models inside `tf.Graph`s) is left in
+    an "invalid state" by Keras, so it must come after process construction.
+    """
+
+    def __init__(self, build_model: Callable[[], tf.keras.Model], x: np.ndarray, y: np.ndarray,
+                 batch_size=1000):
+        self._build_model = build_model
+        self._data = (x, y, batch_size)
+        self._model = None
+        self._evaluate = None
+
+    def _build(self):
+        self._model = self._build_model()
+        x, y, batch_size = self._data
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).cache()
         loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
 
         @tf.function
         def evaluate():
             loss_sum, correct, count = 0.0, 0, 0
-            for xb, yb in self._dataset:
+            for xb, yb in dataset:
                 logits = self._model(xb, training=False)
                 loss_sum += loss_fn(yb, logits)
                 correct += tf.reduce_sum(tf.cast(tf.equal(
                     tf.argmax(logits, axis=-1, output_type=tf.int32), yb), tf.int32))
                 count += tf.shape(yb)[0]
-            return loss_sum / tf.cast(count, tf.float32), tf.cast(correct, tf.float32) / tf.cast(count, tf.float32)
+            count = tf.cast(count, tf.float32)
+            return loss_sum / count, tf.cast(correct, tf.float32) / count
 
         self._evaluate = evaluate
 
     def __call__(self, weights: tff.learning.models.ModelWeights) -> tuple[float, float]:
+        if self._model is None:
+            self._build()
         for variable, value in zip(self._model.trainable_variables, weights.trainable):
             variable.assign(value)
         for variable, value in zip(self._model.non_trainable_variables, weights.non_trainable):
@@ -166,7 +182,10 @@ class Experiment:
         self.initial_weights = fedavg.model_weights_from_keras(keras_model)
         self.model_fn = models.make_model_fn(config.model, input_shape, self.dataset.num_classes,
                                              self.dataset.normalization)
-        self.evaluator = _Evaluator(keras_model, self.dataset.test_x, self.dataset.test_y)
+        self.evaluator = _Evaluator(
+            lambda: models.build_keras_model(config.model, input_shape, self.dataset.num_classes,
+                                             self.dataset.normalization),
+            self.dataset.test_x, self.dataset.test_y)
         # Which clients are Byzantine is decided by the attacks issue's selector;
         # with `--attack=none` every client is honest.
         self.byzantine = np.zeros(self.num_clients, dtype=bool)
