@@ -24,8 +24,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -256,6 +258,32 @@ def _run_sync(coroutine):
     return asyncio.run(coroutine)
 
 
+_DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _save_checkpoint(manager, program_state, version: int) -> None:
+    """Saves with SIGINT/SIGTERM/SIGHUP deferred, so Ctrl-C never half-writes a checkpoint.
+
+    The save runs partly in an executor thread, so masking the main thread is
+    not enough: the Python-level handlers are swapped for recorders and a
+    recorded signal is re-raised after the save. SIGKILL cannot be deferred:
+    resume discards an unreadable checkpoint (`_load_latest_state`).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        _run_sync(manager.save(program_state, version))
+        return
+    received = []
+    previous = {s: signal.signal(s, lambda signum, _: received.append(signum))
+                for s in _DEFERRED_SIGNALS}
+    try:
+        _run_sync(manager.save(program_state, version))
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            os.kill(os.getpid(), received[0])
+
+
 def prepare_run_directory(config: ExperimentConfig, *, resume: bool, overwrite: bool) -> RunPaths:
     """Checks the run directory against the flags before anything is written."""
     paths = RunPaths(os.path.join(config.output_dir, config.run_name))
@@ -357,8 +385,8 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
                     f"{flat.get('finalizer/update_non_finite', '?')}); the aggregator "
                     f"{config.aggregator!r} let a NaN/Inf update through.")
             if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
-                _run_sync(state_manager.save(experiment.program_state(
-                    state, round_num, summary["wall_seconds"]), round_num))
+                _save_checkpoint(state_manager, experiment.program_state(
+                    state, round_num, summary["wall_seconds"]), round_num)
                 saved_round = round_num
             write_json_atomic(paths.summary, summary)
             bar.update(1)
@@ -371,8 +399,8 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
         summary["status"], summary["reason"] = "failed", str(error)
     except (KeyboardInterrupt, SystemExit) as interrupt:
         if round_num > saved_round:
-            _run_sync(state_manager.save(experiment.program_state(
-                state, round_num, summary["wall_seconds"]), round_num))
+            _save_checkpoint(state_manager, experiment.program_state(
+                state, round_num, summary["wall_seconds"]), round_num)
         summary["status"] = "running"
         summary["interrupted"] = True
         summary["reason"] = (f"interrupted after round {round_num} "
@@ -405,12 +433,18 @@ def _merge_previous_summary(paths: RunPaths, summary: dict, resume: bool) -> Non
 
 
 def _load_latest_state(manager, template):
-    """The newest readable checkpoint (an older one if the newest is corrupt), or None."""
+    """The newest readable checkpoint, or None.
+
+    A checkpoint cut short by SIGKILL cannot be read; it is deleted (so the
+    round can be saved again) and the next older one is tried.
+    """
     versions = _run_sync(manager.get_versions()) or []
     for version in sorted(versions, reverse=True):
         try:
             return _run_sync(manager.load(version, template))
         except Exception as error:  # pylint: disable=broad-except
-            print(f"warning: checkpoint {version} unreadable ({type(error).__name__}: {error}); "
-                  "trying an older one", file=sys.stderr)
+            path = manager._get_path_for_version(version)  # pylint: disable=protected-access
+            print(f"warning: checkpoint {path} unreadable ({type(error).__name__}); "
+                  "deleting it and trying an older one", file=sys.stderr)
+            shutil.rmtree(path, ignore_errors=True)
     return None

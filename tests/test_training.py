@@ -1,0 +1,168 @@
+"""The training loop end to end on the embedded dataset: accuracy, files, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tff_byz import training
+from tff_byz.config import ExperimentConfig
+
+from tests.workers import wait_until_gone, worker_pids
+
+# Columns whose values must be identical between a resumed and an uninterrupted run.
+DETERMINISTIC_COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss",
+                         "client_work/num_examples", "clients"]
+
+
+def small_config(tmp_path, **overrides):
+    values = dict(dataset="digits", num_clients=10, rounds=6, eval_every=1, checkpoint_every=1,
+                  output_dir=str(tmp_path), run_name="run", seed=3)
+    values.update(overrides)
+    return ExperimentConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """FedAvg on digits, 20 clients, the demo's settings."""
+    from tff_byz.context import ExecutionContext  # pylint: disable=import-outside-toplevel
+    out = tmp_path_factory.mktemp("digits")
+    config = ExperimentConfig(dataset="digits", num_clients=20, rounds=25, eval_every=5,
+                              output_dir=str(out), run_name="fedavg", seed=0)
+    with ExecutionContext():
+        summary = training.run_experiment(config, progress=False)
+    return out / "fedavg", summary
+
+
+def test_fedavg_on_digits_reaches_90_percent(digits_run):
+    _, summary = digits_run
+    assert summary["status"] == "complete"
+    assert summary["rounds_completed"] == 25
+    assert summary["final_test_accuracy"] >= 0.90
+
+
+def test_run_directory_layout_and_stable_names(digits_run):
+    run_dir, summary = digits_run
+    assert sorted(os.listdir(run_dir)) == ["config.json", "metrics.csv", "state", "summary.json",
+                                           "tensorboard"]
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    for column in ("round", "test_accuracy", "test_loss", "train_loss", "round_seconds"):
+        assert column in metrics.columns
+    assert metrics["round"].tolist() == list(range(1, 26))
+    evaluated = metrics.dropna(subset=["test_accuracy"])["round"].tolist()
+    assert evaluated == [5, 10, 15, 20, 25]
+    assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
+    from tff_byz.datasets import load_federated_dataset  # pylint: disable=import-outside-toplevel
+    train_examples = load_federated_dataset("digits", num_clients=20, seed=0).label_histograms.sum()
+    assert (metrics["client_work/num_examples"] == train_examples).all()  # every client, every round
+    assert summary["final_test_accuracy"] == pytest.approx(metrics["test_accuracy"].iloc[-1])
+    stored = json.loads((run_dir / "summary.json").read_text())
+    for key in ("status", "final_test_accuracy", "rounds_completed", "wall_seconds"):
+        assert key in stored
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"] == "small_mlp"  # defaults are explicit
+    assert config["checkpoint_every"] == 5
+    assert config["aggregator"] == "mean:weighted=true"
+    assert set(config) == set(ExperimentConfig().to_dict())
+
+
+def test_runs_are_deterministic_and_resume_extends_exactly(tmp_path, tff_context):
+    """6 rounds in one go == 3 rounds, then --resume with rounds=6."""
+    whole = training.run_experiment(small_config(tmp_path / "a"), progress=False)
+    training.run_experiment(small_config(tmp_path / "b", rounds=3), progress=False)
+    resumed = training.run_experiment(small_config(tmp_path / "b"), resume=True, progress=False)
+    a = pd.read_csv(tmp_path / "a" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
+    b = pd.read_csv(tmp_path / "b" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
+    pd.testing.assert_frame_equal(a, b)
+    assert resumed["final_test_accuracy"] == whole["final_test_accuracy"]
+    assert resumed["best_test_accuracy"] == whole["best_test_accuracy"]
+
+
+def test_clients_per_round_samples_deterministically(tmp_path, tff_context):
+    summary = training.run_experiment(small_config(tmp_path, clients_per_round=4, rounds=2),
+                                      progress=False)
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert (metrics["clients"] == 4).all()
+    assert summary["status"] == "complete"
+    rounds = [training.sample_clients(10, 4, 3, r) for r in range(3)]
+    assert all(len(set(r)) == 4 and list(r) == sorted(r) for r in rounds)
+    assert not np.array_equal(rounds[0], rounds[1])
+    np.testing.assert_array_equal(rounds[0], training.sample_clients(10, 4, 3, 0))
+
+
+def cli(*args, **kwargs):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.Popen([sys.executable, "-m", "pipelines.train", "--progress=false", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            **kwargs)
+
+
+def wait_for_round(metrics_path, round_num, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        if os.path.exists(metrics_path):
+            rounds = pd.read_csv(metrics_path)["round"]
+            if len(rounds) and rounds.max() >= round_num:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"round {round_num} never appeared in {metrics_path}")
+
+
+@pytest.mark.parametrize("how", ["sigkill", "sigint"])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tff_context, how):
+    """Kill the CLI after round 3 (SIGKILL: mid-anything; SIGINT: clean save), resume."""
+    reference = training.run_experiment(small_config(tmp_path / "ref"), progress=False)
+    out = tmp_path / "killed"
+    before = worker_pids()
+    flags = ["--dataset=digits", "--num_clients=10", "--rounds=6", "--checkpoint_every=1",
+             f"--output_dir={out}", "--run_name=run", "--seed=3"]
+    process = cli(*flags)
+    wait_for_round(out / "run" / "metrics.csv", 3, process)
+    process.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert wait_until_gone(worker_pids() - before), "the killed run's worker survived"
+    if how == "sigint":
+        assert process.returncode == 130, stderr
+        assert "--resume" in stderr
+        summary = json.loads((out / "run" / "summary.json").read_text())
+        assert summary["status"] == "running" and summary["interrupted"]
+    else:
+        assert process.returncode == -signal.SIGKILL
+    resumed = training.run_experiment(small_config(out), resume=True, progress=False)
+    a = pd.read_csv(tmp_path / "ref" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
+    b = pd.read_csv(out / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
+    pd.testing.assert_frame_equal(a, b)
+    assert resumed["status"] == "complete"
+    assert resumed["final_test_accuracy"] == reference["final_test_accuracy"]
+
+
+def test_cli_completes_in_a_pipe_and_leaves_no_worker(tmp_path):
+    """`python -m pipelines.train ... | cat` terminates, and no worker survives."""
+    before = worker_pids()
+    command = (f"{sys.executable} -m pipelines.train --progress=false --dataset=digits "
+               f"--num_clients=5 --rounds=2 --output_dir={tmp_path} --run_name=piped | cat")
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=180,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("complete: piped: 2/2 rounds")
+    assert wait_until_gone(worker_pids() - before)
+
+
+def test_cli_failure_after_start_leaves_no_worker(tmp_path):
+    """A dataset missing its files fails inside the context: exit 2, one line, worker gone."""
+    before = worker_pids()
+    process = cli("--dataset=mnist", f"--data_dir={tmp_path / 'empty'}",
+                  f"--output_dir={tmp_path / 'out'}")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("error: mnist") and "train-images-idx3-ubyte" in line
+    assert not (tmp_path / "out").exists()
+    assert wait_until_gone(worker_pids() - before)
