@@ -166,3 +166,17 @@ def test_cli_failure_after_start_leaves_no_worker(tmp_path):
     assert line.startswith("error: mnist") and "train-images-idx3-ubyte" in line
     assert not (tmp_path / "out").exists()
     assert wait_until_gone(worker_pids() - before)
+
+
+def test_momentum_sgd_learns_and_resumes_with_client_state(tmp_path, tff_context):
+    """momentum_sgd keeps each client's momentum by id, saved with the program state."""
+    settings = dict(client_work="momentum_sgd", server_lr=0.5, num_clients=10, eval_every=5)
+    whole = training.run_experiment(small_config(tmp_path / "a", rounds=40, **settings),
+                                    progress=False)
+    assert whole["final_test_accuracy"] >= 0.85
+    training.run_experiment(small_config(tmp_path / "b", rounds=20, **settings), progress=False)
+    training.run_experiment(small_config(tmp_path / "b", rounds=40, **settings), resume=True,
+                            progress=False)
+    a = pd.read_csv(tmp_path / "a" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
+    b = pd.read_csv(tmp_path / "b" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
+    pd.testing.assert_frame_equal(a, b)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import gc
 import os
 import signal
 import subprocess
@@ -240,6 +241,28 @@ class ExecutionContext:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class _NoExecutionContext(tff.framework.SyncContext):
+    """Default context after interpreter shutdown began: computations cannot run."""
+
+    def invoke(self, comp, arg):
+        raise RuntimeError("no TFF execution context is open; use tff_byz.context.ExecutionContext")
+
+
+def _release_tff_default_context() -> None:
+    """At exit, drop the default context `import tensorflow_federated` installed.
+
+    Its never-started worker manager has a `__del__` that, when it runs during
+    interpreter teardown, prints "Exception ignored ... 'NoneType' object has no
+    attribute 'Popen'". Releasing it from an atexit hook collects it while
+    modules are still alive, silently.
+    """
+    tff.framework.get_context_stack().set_default_context(_NoExecutionContext())
+    gc.collect()
+
+
+atexit.register(_release_tff_default_context)
 
 
 def _raise_system_exit(signum, frame):  # pylint: disable=unused-argument

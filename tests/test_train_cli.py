@@ -1,0 +1,85 @@
+"""Every CLI error path: exit 2, one line naming the flag/value, nothing written."""
+
+import json
+
+import pytest
+
+from pipelines import train
+
+
+def run_cli(capsys, tmp_path, *args):
+    code = train.main(["train", "--progress=false", f"--output_dir={tmp_path / 'out'}", *args])
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--dataset=bogus"], "--dataset: invalid value 'bogus'; valid choices: digits"),
+    (["--partition=bogus"], "--partition: invalid value 'bogus'; valid choices: iid, q"),
+    (["--q_mode=bogus"], "--q_mode: invalid value 'bogus'"),
+    (["--model=bogus"], "--model: invalid value 'bogus'; valid choices: mlp"),
+    (["--client_work=adam"], "--client_work: invalid value 'adam'; valid choices: local_sgd, momentum_sgd"),
+    (["--rounds=0"], "--rounds must be an integer >= 1; got 0"),
+    (["--rounds=abc"], "flag --rounds=abc"),
+    (["--num_clients=0"], "--num_clients must be an integer >= 1; got 0"),
+    (["--num_clients=5", "--clients_per_round=6"], "--clients_per_round must be <= --num_clients=5"),
+    (["--q=1.5"], "--q must be in [0, 1]; got 1.5"),
+    (["--alpha=0"], "--alpha must be in (0, inf); got 0.0"),
+    (["--byzantine_fraction=1"], "--byzantine_fraction must be in [0, 1); got 1.0"),
+    (["--client_lr=-0.1"], "--client_lr must be in (0, inf); got -0.1"),
+    (["--server_lr=0"], "--server_lr must be in (0, inf)"),
+    (["--momentum=1"], "--momentum must be in [0, 1); got 1.0"),
+    (["--eval_every=0"], "--eval_every must be an integer >= 1"),
+    (["--aggregator=bogus"], "--aggregator: unknown name 'bogus'; valid choices: mean"),
+    (["--aggregator=mean:foo=1"], "--aggregator: mean has no parameter 'foo'; valid parameters: weighted"),
+    (["--aggregator=mean:weighted=maybe"], "--aggregator: mean:weighted='maybe' is not a valid bool"),
+    (["--aggregator=mean:weighted"], "expected key=value"),
+    (["--attack=bogus"], "--attack: unknown name 'bogus'; valid choices: none"),
+    (["--tff_workers=nohost"], "--tff_workers: invalid worker address 'nohost'"),
+    (["--run_name=a/b"], "--run_name must be a non-empty name without '/'"),
+    (["--unknown_flag=1"], "Unknown command line flag 'unknown_flag'"),
+    (["positional"], "unexpected positional arguments ['positional']"),
+    (["--resume"], "--resume: no run to resume"),
+    (["--resume", "--overwrite"], "--resume and --overwrite exclude each other"),
+    (["--partition=natural"], "natural"),
+    (["--dataset=mnist"], "mnist"),
+])
+def test_invalid_flags_exit_2_with_one_line_and_write_nothing(capsys, tmp_path, args, expected):
+    code, captured = run_cli(capsys, tmp_path, *args)
+    assert code == 2
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("error: ")
+    assert expected in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_dataset_files_name_file_and_directory(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, captured = run_cli(capsys, tmp_path, "--dataset=fashion_mnist",
+                             f"--data_dir={tmp_path / 'empty'}")
+    assert code == 2
+    (line,) = captured.err.strip().splitlines()
+    assert "fashion_mnist" in line and "train-images-idx3-ubyte" in line and str(tmp_path) in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_run_needs_resume_or_overwrite_and_resume_checks_settings(capsys, tmp_path):
+    run_dir = tmp_path / "out" / "r"
+    run_dir.mkdir(parents=True)
+    from tff_byz.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
+    stored = ExperimentConfig(output_dir=str(tmp_path / "out"), run_name="r").resolved()
+    (run_dir / "config.json").write_text(json.dumps(stored.to_dict()))
+    before = sorted(p.name for p in run_dir.iterdir())
+
+    code, captured = run_cli(capsys, tmp_path, "--run_name=r")
+    assert code == 2 and "already holds a run; pass --resume" in captured.err
+    code, captured = run_cli(capsys, tmp_path, "--run_name=r", "--resume", "--client_lr=0.5")
+    assert code == 2 and "settings differ" in captured.err and "client_lr=0.1→0.5" in captured.err
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+def test_list_aggregators_and_attacks(capsys, tmp_path):
+    code, captured = run_cli(capsys, tmp_path, "--list_aggregators", "--list_attacks")
+    assert code == 0
+    assert "mean [rule]:" in captured.out
+    assert "weighted (bool; default true)" in captured.out
+    assert "none [local]:" in captured.out
