@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import json
 import math
@@ -260,22 +261,22 @@ def _run_sync(coroutine):
 _DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def _save_checkpoint(manager, program_state, version: int) -> None:
-    """Saves with SIGINT/SIGTERM/SIGHUP deferred, so Ctrl-C never half-writes a checkpoint.
+@contextlib.contextmanager
+def _signals_deferred():
+    """Holds back SIGINT/SIGTERM/SIGHUP inside the block; re-delivers one at its end.
 
-    The save runs partly in an executor thread, so masking the main thread is
-    not enough: the Python-level handlers are swapped for recorders and a
-    recorded signal is re-raised after the save. SIGKILL cannot be deferred:
-    resume discards an unreadable checkpoint (`_load_latest_state`).
+    The checkpoint save runs partly in an executor thread, so masking the main
+    thread is not enough: the Python-level handlers are swapped for recorders.
+    SIGKILL cannot be deferred: resume discards an unreadable checkpoint.
     """
     if threading.current_thread() is not threading.main_thread():
-        _run_sync(manager.save(program_state, version))
+        yield
         return
     received = []
     previous = {s: signal.signal(s, lambda signum, _: received.append(signum))
                 for s in _DEFERRED_SIGNALS}
     try:
-        _run_sync(manager.save(program_state, version))
+        yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -384,9 +385,10 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
                     f"{flat.get('finalizer/update_non_finite', '?')}); the aggregator "
                     f"{config.aggregator!r} let a NaN/Inf update through.")
             if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
-                _save_checkpoint(state_manager, experiment.program_state(
-                    state, round_num, summary["wall_seconds"]), round_num)
-                saved_round = round_num
+                with _signals_deferred():  # Ctrl-C never half-writes a checkpoint
+                    _run_sync(state_manager.save(experiment.program_state(
+                        state, round_num, summary["wall_seconds"]), round_num))
+                    saved_round = round_num
             write_json_atomic(paths.summary, summary)
             bar.update(1)
             if evaluate:
@@ -398,8 +400,8 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
         summary["status"], summary["reason"] = "failed", str(error)
     except (KeyboardInterrupt, SystemExit) as interrupt:
         if round_num > saved_round:
-            _save_checkpoint(state_manager, experiment.program_state(
-                state, round_num, summary["wall_seconds"]), round_num)
+            _run_sync(state_manager.save(experiment.program_state(
+                state, round_num, summary["wall_seconds"]), round_num))
         summary["status"] = "running"
         summary["interrupted"] = True
         summary["reason"] = (f"interrupted after round {round_num} "
