@@ -1,0 +1,164 @@
+"""Base class of the stacked robust rules: wiring into TFF, shared once.
+
+A rule subclasses `RobustAggregationFactory` and supplies only TF math:
+
+- `aggregate(values, weights, client_ids, *, f, state, seed)` → (vector `[D]`,
+  new rule state, measurements `OrderedDict`), on the finite rows sorted by
+  client id (`values [n, D]` float32, `weights [n]` normalised to sum 1 when the
+  rule is weighted, else uniform);
+- `min_clients(f)` (the rule's requirement as `n >= min_clients(f)`, written
+  with arithmetic only so it works on ints at build time and tensors per round);
+- optionally `initial_state(dim)`.
+
+The base class handles what the spec makes common to every rule
+(aggregators.md §0): client values arrive as client records (ids used) or plain
+values; rows with any NaN/Inf are dropped and counted (`non_finite_clients`) and
+the rule runs with n' = n − k and f' = max(f − k, 0); f = ⌈declared fraction · n⌉
+unless an explicit `f` is given; the requirement is checked when the factory is
+built (with the expected clients per round) and again every round; a per-round
+seed `(seed, round)` for randomised steps. If every row is non-finite the
+aggregate is zero (the model does not move) and the count says so.
+
+The factory is a `tff.aggregators.WeightedAggregationFactory`, so it composes
+like `MeanFactory` in TFF's own algorithms (plain values: ids are −1 and arrival
+order is kept); in this project's processes it receives whole client records.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from aggregators import stacking
+from tff_byz.aggregation import ClientRecordAggregationFactory
+
+__all__ = ["RobustAggregationFactory", "declared_f", "RequirementError"]
+
+
+class RequirementError(ValueError):
+    """A rule's requirement on (n, f) is violated (CLI: exit 2)."""
+
+
+def declared_f(fraction: float, n):
+    """f = ⌈fraction · n⌉ (ints or tensors); a tiny slack absorbs float error (0.3·10)."""
+    if isinstance(n, (int, np.integer)):
+        return int(math.ceil(fraction * n - 1e-9))
+    return tf.cast(tf.math.ceil(fraction * tf.cast(n, tf.float64) - 1e-9), tf.int32)
+
+
+class RobustAggregationFactory(ClientRecordAggregationFactory):
+    """Shared TFF wiring of a stacked rule; see the module docstring."""
+
+    name: str = "robust"
+    requirement: str = "n >= 1"  # human-readable form of min_clients
+
+    def __init__(self, *, byzantine_fraction: float = 0.0, f: Optional[int] = None,
+                 weighted: bool = False, seed: int = 0, expected_clients: Optional[int] = None):
+        if isinstance(byzantine_fraction, bool) or not 0.0 <= float(byzantine_fraction) < 1.0:
+            raise ValueError(f"{self.name}: byzantine_fraction must be in [0, 1); "
+                             f"got {byzantine_fraction!r}.")
+        if f is not None and (isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 0):
+            raise ValueError(f"{self.name}: f must be an integer >= 0; got {f!r}.")
+        self.byzantine_fraction = float(byzantine_fraction)
+        self.f = None if f is None else int(f)
+        self.weighted = bool(weighted)
+        self.seed = int(seed)
+        if expected_clients:
+            self.check_requirement(int(expected_clients))
+
+    # --- to be provided by rules -------------------------------------------
+    def min_clients(self, f):
+        return 1 + 0 * f
+
+    def initial_state(self, dim: int):  # pylint: disable=unused-argument
+        return collections.OrderedDict()
+
+    def aggregate(self, values, weights, client_ids, *, f, state, seed):
+        raise NotImplementedError
+
+    # --- shared --------------------------------------------------------------
+    def f_for(self, n):
+        return self.f if self.f is not None else declared_f(self.byzantine_fraction, n)
+
+    def check_requirement(self, n: int, f: Optional[int] = None) -> None:
+        f = self.f_for(n) if f is None else f
+        if n < self.min_clients(f):
+            raise RequirementError(
+                f"{self.name} needs {self.requirement}; got n={n}, f={f} "
+                f"(needs n >= {self.min_clients(f)}).")
+
+    def create(self, value_type, weight_type=None):
+        value_type = tff.to_type(value_type)
+        weight_type = None if weight_type is None else tff.to_type(weight_type)
+        flattener, stack = stacking.build_stack_fn(value_type, weight_type)
+        result_type = value_type["delta"] if stacking.is_client_record_type(value_type) else value_type
+        like = tff.types.type_to_tf_tensor_specs(result_type)
+        stacked_type = stack.type_signature.result.member
+
+        @tff.tensorflow.computation
+        def init_tf():
+            return collections.OrderedDict(round=tf.constant(0, tf.int64),
+                                           rule=self.initial_state(flattener.size))
+
+        state_type = init_tf.type_signature.result
+
+        @tff.tensorflow.computation(state_type, stacked_type)
+        def server_step(state, stacked):
+            return self._server_step(state, stacked, flattener, like)
+
+        @tff.federated_computation
+        def init_fn():
+            return tff.federated_eval(init_tf, tff.SERVER)
+
+        if weight_type is None:
+            @tff.federated_computation(init_fn.type_signature.result,
+                                       tff.FederatedType(value_type, tff.CLIENTS))
+            def next_fn(state, values):
+                out = tff.federated_map(server_step, (state, stack(values)))
+                return tff.templates.MeasuredProcessOutput(out.state, out.result, out.measurements)
+        else:
+            @tff.federated_computation(init_fn.type_signature.result,
+                                       tff.FederatedType(value_type, tff.CLIENTS),
+                                       tff.FederatedType(weight_type, tff.CLIENTS))
+            def next_fn(state, values, weights):
+                out = tff.federated_map(server_step, (state, stack(values, weights)))
+                return tff.templates.MeasuredProcessOutput(out.state, out.result, out.measurements)
+
+        return tff.templates.AggregationProcess(init_fn, next_fn)
+
+    def _server_step(self, state, stacked, flattener, like):
+        @tf.function
+        def step(state, stacked):
+            values, weights, ids = (stacked[k] for k in stacking.STACKED_KEYS)
+            n_total = tf.shape(values)[0]
+            finite = tf.reduce_all(tf.math.is_finite(values), axis=1)
+            values = tf.boolean_mask(values, finite)
+            weights = tf.boolean_mask(weights, finite)
+            ids = tf.boolean_mask(ids, finite)
+            n = tf.shape(values)[0]
+            excluded = n_total - n
+            f = tf.maximum(tf.cast(self.f_for(n_total), tf.int32) - excluded, 0)
+            tf.debugging.assert_greater_equal(
+                n, tf.cast(self.min_clients(f), tf.int32),
+                message=f"{self.name} needs {self.requirement} (after excluding non-finite clients)")
+            if self.weighted:
+                weights = weights / tf.maximum(tf.reduce_sum(weights), 1e-30)
+            else:
+                weights = tf.ones_like(weights) / tf.cast(tf.maximum(n, 1), tf.float32)
+            seed = tf.stack([tf.constant(self.seed, tf.int64), state["round"]])
+            vector, rule_state, measurements = self.aggregate(
+                values, weights, ids, f=f, state=state["rule"], seed=seed)
+            vector = tf.where(n > 0, vector, tf.zeros_like(vector))
+            all_measurements = collections.OrderedDict(non_finite_clients=excluded, f=f)
+            all_measurements.update(measurements)
+            return collections.OrderedDict(
+                state=collections.OrderedDict(round=state["round"] + 1, rule=rule_state),
+                result=flattener.unflatten(vector, like),
+                measurements=all_measurements)
+
+        return step(state, stacked)

@@ -1,0 +1,131 @@
+"""The shared mechanism: every client's value at the server, stacked, with its client id.
+
+Order-statistic rules (median, Krum, ...) need all client values at once. Inside
+a federated computation each client turns its value (any structure of float
+tensors) into one row `[1, D]` (the leaves flattened and concatenated) plus its
+weight and client id; `tff.federated_aggregate` concatenates the rows into
+`[n, D]` at the server, where they are **sorted by client id**: TFF treats
+CLIENTS values as a multiset, so nothing may depend on arrival order. Rules then
+are pure TF functions of the stacked tensors.
+
+Cost: the accumulator grows by one row per client, so concatenation copies
+O(n²·D) floats in total (`benchmarks/aggregators.py` reports this step alone).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+__all__ = ["Flattener", "is_client_record_type", "build_stack_fn", "STACKED_KEYS"]
+
+STACKED_KEYS = ("values", "weights", "client_ids")
+
+
+def is_client_record_type(value_type) -> bool:
+    """Whether `value_type` is a client record (has `delta` and `client_id`)."""
+    if not isinstance(value_type, tff.StructType):
+        return False
+    names = set(n for n, _ in tff.structure.iter_elements(value_type) if n)
+    return {"delta", "client_id"} <= names
+
+
+class Flattener:
+    """Maps a structure of float tensors (of a fixed TFF type) to one `[D]` vector and back."""
+
+    def __init__(self, value_type):
+        leaves = tff.structure.flatten(value_type) if isinstance(value_type, tff.StructType) else [value_type]
+        self.value_type = value_type
+        for leaf in leaves:
+            if not isinstance(leaf, tff.TensorType) or not np.issubdtype(leaf.dtype, np.floating) \
+                    or leaf.shape is None or any(d is None for d in leaf.shape):
+                raise TypeError(f"robust aggregation needs float tensors of known shape; got {leaf}")
+        self.shapes = [tuple(leaf.shape) for leaf in leaves]
+        self.dtypes = [leaf.dtype for leaf in leaves]
+        self.sizes = [int(math.prod(shape)) for shape in self.shapes]
+        self.size = int(sum(self.sizes))
+
+    def flatten(self, value) -> tf.Tensor:
+        leaves = tf.nest.flatten(value)
+        return tf.concat([tf.reshape(tf.cast(leaf, tf.float32), [-1]) for leaf in leaves], axis=0)
+
+    def unflatten(self, vector: tf.Tensor, like_structure):
+        parts = tf.split(vector, self.sizes) if len(self.sizes) > 1 else [vector]
+        leaves = [tf.cast(tf.reshape(part, shape), dtype)
+                  for part, shape, dtype in zip(parts, self.shapes, self.dtypes)]
+        return tf.nest.pack_sequence_as(like_structure, leaves)
+
+
+def _unknown_rows(tensor, trailing):
+    # A `[None, ...]` static shape, as the accumulator type must admit any n.
+    return tf.compat.v1.placeholder_with_default(tensor, [None, *trailing])
+
+
+def build_stack_fn(value_type, weight_type=None):
+    """Returns (`to_rows`, `stack`) for clients' values of `value_type`.
+
+    `to_rows` is a tf_computation (value[, weight]) → one-row stacked struct;
+    `stack(values@CLIENTS[, weights@CLIENTS])` is a federated computation
+    returning `OrderedDict(values=[n, D], weights=[n], client_ids=[n])@SERVER`
+    sorted by client id. Plain values (not client records) get id −1 and keep
+    arrival order; weights default to 1.
+    """
+    record = is_client_record_type(value_type)
+    flattener = Flattener(value_type["delta"] if record else value_type)
+    dim = flattener.size
+    row_type = tff.to_type(collections.OrderedDict(
+        values=tff.TensorType(np.float32, [None, dim]),
+        weights=tff.TensorType(np.float32, [None]),
+        client_ids=tff.TensorType(np.int32, [None])))
+
+    def rows(value, weight):
+        vector = flattener.flatten(value["delta"] if record else value)
+        client_id = tf.cast(value["client_id"], tf.int32) if record else tf.constant(-1, tf.int32)
+        return collections.OrderedDict(
+            values=_unknown_rows(vector[tf.newaxis], [dim]),
+            weights=_unknown_rows(tf.reshape(tf.cast(weight, tf.float32), [1]), []),
+            client_ids=_unknown_rows(client_id[tf.newaxis], []))
+
+    if weight_type is None:
+        @tff.tensorflow.computation(value_type)
+        def to_rows(value):
+            return rows(value, 1.0)
+    else:
+        @tff.tensorflow.computation(value_type, weight_type)
+        def to_rows(value, weight):
+            return rows(value, weight)
+
+    @tff.tensorflow.computation
+    def empty():
+        return collections.OrderedDict(
+            values=_unknown_rows(tf.zeros([0, dim]), [dim]),
+            weights=_unknown_rows(tf.zeros([0]), []),
+            client_ids=_unknown_rows(tf.zeros([0], tf.int32), []))
+
+    @tff.tensorflow.computation(row_type, row_type)
+    def concat(a, b):
+        return collections.OrderedDict((k, tf.concat([a[k], b[k]], axis=0)) for k in STACKED_KEYS)
+
+    @tff.tensorflow.computation(row_type)
+    def sort_by_client_id(stacked):
+        # Stable: plain values (all id −1) keep arrival order.
+        order = tf.argsort(stacked["client_ids"], stable=True)
+        return collections.OrderedDict((k, tf.gather(stacked[k], order)) for k in STACKED_KEYS)
+
+    if weight_type is None:
+        @tff.federated_computation(tff.FederatedType(value_type, tff.CLIENTS))
+        def stack(values):
+            return tff.federated_aggregate(tff.federated_map(to_rows, values), empty(), concat,
+                                           concat, sort_by_client_id)
+    else:
+        @tff.federated_computation(tff.FederatedType(value_type, tff.CLIENTS),
+                                   tff.FederatedType(weight_type, tff.CLIENTS))
+        def stack(values, weights):
+            return tff.federated_aggregate(tff.federated_map(to_rows, (values, weights)), empty(),
+                                           concat, concat, sort_by_client_id)
+
+    return flattener, stack

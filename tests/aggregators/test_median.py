@@ -1,0 +1,140 @@
+"""Coordinate-wise median: exact values, properties, and the TFF factory."""
+
+import collections
+
+import hypothesis
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+
+from aggregators.base import RequirementError
+from aggregators.median import MedianFactory, median, weighted_median
+from tests.aggregators import helpers
+
+# Inputs on which rules disagree (STYLE.md): mean 23.2, median 6, trimmed mean (f=1) 5.
+DISAGREE = np.array([[1.0], [2.0], [6.0], [7.0], [100.0]], np.float32)
+
+
+def test_odd_n():
+    np.testing.assert_array_equal(median(DISAGREE), [6.0])
+
+
+def test_even_n_mean_and_lower():
+    np.testing.assert_array_equal(median(DISAGREE[:4]), [4.0])
+    np.testing.assert_array_equal(median(DISAGREE[:4], even="lower"), [2.0])
+
+
+def test_per_coordinate_with_ties():
+    x = np.array([[1, 5], [1, 3], [2, 3], [9, 3]], np.float32)
+    np.testing.assert_array_equal(median(x), [1.5, 3.0])  # (1+2)/2; 3 tied
+
+
+def test_weighted_exact_values():
+    np.testing.assert_array_equal(weighted_median(DISAGREE, np.ones(5)), [6.0])
+    # cumulative 1/6, 2/6, 3/6 (= 1/2 exactly at 6: average with 7), 1
+    np.testing.assert_allclose(weighted_median(DISAGREE[:4], [1, 1, 1, 3]), [6.5])
+    # the heavy client alone holds more than half the mass
+    np.testing.assert_array_equal(weighted_median(DISAGREE, [1, 1, 1, 1, 10]), [100.0])
+
+
+def test_weighted_equal_weights_equals_unweighted_even():
+    x = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    np.testing.assert_allclose(weighted_median(x, np.ones(6)), median(x), rtol=1e-6)
+
+
+def test_invalid_even():
+    with pytest.raises(ValueError, match="even"):
+        median(DISAGREE, even="upper")
+
+
+rows = hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=3, max_side=8),
+                  elements=dict(min_value=-1e3, max_value=1e3))
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(rows, hypothesis.strategies.randoms(use_true_random=False))
+def test_permutation_invariance(x, rnd):
+    order = list(range(len(x)))
+    rnd.shuffle(order)
+    np.testing.assert_array_equal(median(x), median(x[order]))
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(rows, hypothesis.strategies.floats(-100, 100, width=32))
+def test_translation_equivariance(x, shift):
+    np.testing.assert_allclose(median(x + np.float32(shift)), median(x) + np.float32(shift),
+                               atol=1e-3)
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(rows, hypothesis.strategies.sampled_from([1e30, -1e30, 3e38]))
+def test_up_to_f_huge_rows_stay_within_honest_range(x, huge):
+    n = len(x)
+    f = (n - 1) // 2
+    attacked = x.copy()
+    attacked[:f] = huge
+    honest = x[f:]
+    out = median(attacked).numpy()
+    assert np.all(out >= honest.min(0) - 1e-3) and np.all(out <= honest.max(0) + 1e-3)
+
+
+def test_identical_inputs_return_that_input():
+    x = np.tile(np.array([[1.5, -2.0, 3.0]], np.float32), (5, 1))
+    np.testing.assert_array_equal(median(x), x[0])
+
+
+# --- the factory inside TFF ---------------------------------------------------------------
+
+NESTED = [collections.OrderedDict(a=np.array([v], np.float32), b=np.array([[v, -v]], np.float32))
+          for v in (1.0, 2.0, 6.0, 7.0, 100.0)]
+
+
+def test_factory_on_nested_values_and_signature(tff_context):
+    output = helpers.run_once(MedianFactory(), NESTED)
+    np.testing.assert_array_equal(output.result["a"], [6.0])
+    np.testing.assert_array_equal(output.result["b"], [[6.0, -6.0]])
+    assert list(output.measurements) == ["non_finite_clients", "f"]
+    process = helpers.build_process(MedianFactory(), NESTED[0])
+    signature = process.next.type_signature
+    assert str(signature.result.measurements) == "<non_finite_clients=int32,f=int32>@SERVER"
+    assert str(signature.result.result) == "<a=float32[1],b=float32[1,2]>@SERVER"
+    assert str(process.initialize.type_signature.result) == "<round=int64,rule=<>>@SERVER"
+    assert output.state["round"] == 1
+
+
+def test_factory_excludes_non_finite_rows_and_counts_them(tff_context):
+    values = [np.array([v], np.float32) for v in (1.0, np.nan, 6.0, np.inf, 100.0, 7.0, 2.0)]
+    output = helpers.run_once(MedianFactory(byzantine_fraction=0.3), values)
+    assert output.measurements["non_finite_clients"] == 2
+    assert output.measurements["f"] == 1  # ⌈0.3·7⌉ = 3, minus the 2 excluded
+    np.testing.assert_array_equal(output.result, [6.0])
+
+
+def test_factory_order_does_not_matter(tff_context):
+    values = [np.array([v, -v], np.float32) for v in (1.0, 2.0, 6.0, 7.0)]
+    a = helpers.run_once(MedianFactory(), values, client_ids=[0, 1, 2, 3]).result
+    b = helpers.run_once(MedianFactory(), values[::-1], client_ids=[3, 2, 1, 0]).result
+    np.testing.assert_array_equal(a, b)
+
+
+def test_weighted_factory_uses_example_counts(tff_context):
+    values = [np.array([v], np.float32) for v in (1.0, 2.0, 6.0, 7.0)]
+    output = helpers.run_once(MedianFactory(weighted=True), values, weights=[1, 1, 1, 3])
+    np.testing.assert_allclose(output.result, [6.5])
+
+
+def test_requirement_checked_at_build_and_each_round(tff_context):
+    with pytest.raises(RequirementError, match=r"median needs f < n/2.*n=4, f=2"):
+        MedianFactory(byzantine_fraction=0.4, expected_clients=4)
+    factory = MedianFactory(f=2)
+    with pytest.raises(Exception, match="median needs"):
+        helpers.run_once(factory, [np.array([1.0], np.float32)] * 4)
+
+
+def test_plain_tff_use_without_client_records(tff_context):
+    """Composes like MeanFactory: `create(value_type, weight_type)` on plain values."""
+    import tensorflow_federated as tff  # pylint: disable=import-outside-toplevel
+    process = MedianFactory().create(tff.TensorType(np.float32, [2]), tff.TensorType(np.float32))
+    out = process.next(process.initialize(), [np.array([v, v], np.float32) for v in (3, 1, 2)],
+                       [np.float32(1)] * 3)
+    np.testing.assert_array_equal(out.result, [2.0, 2.0])
