@@ -56,6 +56,9 @@ class RobustAggregationFactory(ClientRecordAggregationFactory):
 
     name: str = "robust"
     requirement: str = "n >= 1"  # human-readable form of min_clients
+    # The spec's plain mean keeps non-finite rows (its output becomes non-finite
+    # and the run stops); every robust rule drops them.
+    drops_non_finite: bool = True
 
     def __init__(self, *, byzantine_fraction: float = 0.0, f: Optional[int] = None,
                  weighted: bool = False, seed: int = 0, expected_clients: Optional[int] = None):
@@ -137,6 +140,9 @@ class RobustAggregationFactory(ClientRecordAggregationFactory):
             values, weights, ids = (stacked[k] for k in stacking.STACKED_KEYS)
             n_total = tf.shape(values)[0]
             finite = tf.reduce_all(tf.math.is_finite(values), axis=1)
+            non_finite = n_total - tf.reduce_sum(tf.cast(finite, tf.int32))
+            if not self.drops_non_finite:
+                finite = tf.ones_like(finite)
             values = tf.boolean_mask(values, finite)
             weights = tf.boolean_mask(weights, finite)
             ids = tf.boolean_mask(ids, finite)
@@ -154,7 +160,7 @@ class RobustAggregationFactory(ClientRecordAggregationFactory):
             vector, rule_state, measurements = self.aggregate(
                 values, weights, ids, f=f, state=state["rule"], seed=seed)
             vector = tf.where(n > 0, vector, tf.zeros_like(vector))
-            all_measurements = collections.OrderedDict(non_finite_clients=excluded, f=f)
+            all_measurements = collections.OrderedDict(non_finite_clients=non_finite, f=f)
             all_measurements.update(measurements)
             return collections.OrderedDict(
                 state=collections.OrderedDict(round=state["round"] + 1, rule=rule_state),

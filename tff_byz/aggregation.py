@@ -17,10 +17,14 @@ Either way the resulting process has TFF's weighted signature
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
+import tensorflow as tf
 import tensorflow_federated as tff
 
-__all__ = ["ClientRecordAggregationFactory", "build_update_aggregator", "is_weighted"]
+__all__ = ["ClientRecordAggregationFactory", "NonFiniteCountingFactory", "build_update_aggregator",
+           "is_weighted"]
 
 
 class ClientRecordAggregationFactory(tff.aggregators.WeightedAggregationFactory):
@@ -62,3 +66,46 @@ def build_update_aggregator(factory, record_type, weight_type=np.float32
         return process.next(state, tff.federated_map(select_delta, records), weights)
 
     return tff.templates.AggregationProcess(process.initialize, next_fn)
+
+
+class NonFiniteCountingFactory(tff.aggregators.WeightedAggregationFactory):
+    """Wraps any TFF factory and adds measurement `non_finite_clients`.
+
+    The count of clients whose value holds any NaN/Inf, next to the inner
+    factory's own measurements. Nothing is dropped: with TFF's mean the
+    aggregate becomes non-finite, and the training loop stops saying so.
+    """
+
+    def __init__(self, inner):
+        if isinstance(inner, tff.aggregators.UnweightedAggregationFactory):
+            inner = tff.aggregators.as_weighted_aggregator(inner)
+        self._inner = inner
+
+    def create(self, value_type, weight_type):
+        process = self._inner.create(value_type, weight_type)
+
+        @tff.tensorflow.computation(value_type)
+        def is_non_finite(value):
+            finite = [tf.reduce_all(tf.math.is_finite(t)) for t in tf.nest.flatten(value)]
+            return tf.cast(tf.logical_not(tf.reduce_all(finite)), tf.int32)
+
+        inner_measurements = process.next.type_signature.result.measurements.member
+
+        @tff.tensorflow.computation(inner_measurements, np.int32)
+        def merge(measurements, count):
+            merged = collections.OrderedDict(non_finite_clients=count)
+            for name, value in tff.structure.iter_elements(
+                    tff.structure.from_container(measurements)):
+                merged[name] = value
+            return merged
+
+        @tff.federated_computation(
+            process.state_type, tff.FederatedType(value_type, tff.CLIENTS),
+            tff.FederatedType(weight_type, tff.CLIENTS))
+        def next_fn(state, values, weights):
+            count = tff.federated_sum(tff.federated_map(is_non_finite, values))
+            output = process.next(state, values, weights)
+            return tff.templates.MeasuredProcessOutput(
+                output.state, output.result, tff.federated_map(merge, (output.measurements, count)))
+
+        return tff.templates.AggregationProcess(process.initialize, next_fn)

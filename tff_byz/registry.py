@@ -73,9 +73,10 @@ class Resolved:
 
     @property
     def canonical(self) -> str:
-        if not self.params:
+        explicit = [(k, v) for k, v in self.params.items() if v is not None]  # None: automatic
+        if not explicit:
             return self.name
-        return self.name + ":" + ",".join(f"{k}={_format(v)}" for k, v in self.params.items())
+        return self.name + ":" + ",".join(f"{k}={_format(v)}" for k, v in explicit)
 
 
 def _format(value) -> str:
@@ -181,7 +182,7 @@ class Registry:
             kind = f" [{entry.kind}]" if entry.kind else ""
             lines.append(f"{head}{kind}: {entry.help}")
             for key, param in entry.params.items():
-                default = "declared by flags" if param.default is None else _format(param.default)
+                default = "auto" if param.default is None else _format(param.default)
                 choices = f" one of {'|'.join(param.choices)};" if param.choices else ""
                 lines.append(f"    {key} ({param.type.__name__};{choices} default {default}): {param.help}")
         return "\n".join(lines)
