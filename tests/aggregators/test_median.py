@@ -138,3 +138,13 @@ def test_plain_tff_use_without_client_records(tff_context):
     out = process.next(process.initialize(), [np.array([v, v], np.float32) for v in (3, 1, 2)],
                        [np.float32(1)] * 3)
     np.testing.assert_array_equal(out.result, [2.0, 2.0])
+
+
+def test_many_clients_fill_several_stacking_blocks(tff_context):
+    """More clients than one accumulator block: every row arrives, sorted by id."""
+    from aggregators import stacking  # pylint: disable=import-outside-toplevel
+    n = 3 * stacking.BLOCK_ROWS + 5
+    values = [np.array([float(i)], np.float32) for i in range(n)]
+    ids = list(np.random.default_rng(0).permutation(n))
+    output = helpers.run_once(MedianFactory(), values, client_ids=ids)
+    np.testing.assert_array_equal(output.result, [np.median(np.arange(n))])

@@ -1,0 +1,43 @@
+"""The id-preserving stacking mechanism: every row arrives, sorted by client id."""
+
+import collections
+
+import numpy as np
+import pytest
+import tensorflow_federated as tff
+
+from aggregators import stacking
+from tff_byz.client_work import client_record_type
+from tests.aggregators import helpers
+
+
+@pytest.mark.parametrize("n", [1, stacking.BLOCK_ROWS, 3 * stacking.BLOCK_ROWS + 5])
+def test_rows_weights_and_ids_arrive_sorted_by_client_id(tff_context, n):
+    delta_type = tff.to_type(collections.OrderedDict(
+        a=tff.TensorType(np.float32, [2]), b=tff.TensorType(np.float32, [1, 3])))
+    _, stack = stacking.build_stack_fn(client_record_type(delta_type), tff.TensorType(np.float32))
+    ids = np.random.default_rng(n).permutation(n)
+    values = [collections.OrderedDict(a=np.array([i, -i], np.float32),
+                                      b=np.array([[i, 2 * i, 3 * i]], np.float32)) for i in ids]
+    out = stack(helpers.records(values, ids), [np.float32(i + 0.5) for i in ids])
+    np.testing.assert_array_equal(out["client_ids"], np.arange(n))
+    np.testing.assert_array_equal(out["weights"], np.arange(n) + 0.5)
+    k = np.arange(n, dtype=np.float32)
+    np.testing.assert_array_equal(out["values"], np.stack([k, -k, k, 2 * k, 3 * k], axis=1))
+
+
+def test_plain_values_keep_arrival_order_with_id_minus_one(tff_context):
+    _, stack = stacking.build_stack_fn(tff.TensorType(np.float32, [1]))
+    out = stack([np.array([v], np.float32) for v in (3.0, 1.0, 2.0)])
+    np.testing.assert_array_equal(out["values"][:, 0], [3.0, 1.0, 2.0])
+    np.testing.assert_array_equal(out["client_ids"], [-1, -1, -1])
+    np.testing.assert_array_equal(out["weights"], [1.0, 1.0, 1.0])
+
+
+def test_flattener_round_trip_and_rejects_ints():
+    value_type = tff.to_type(collections.OrderedDict(
+        a=tff.TensorType(np.float32, [2, 2]), b=tff.TensorType(np.float32, [3])))
+    flattener = stacking.Flattener(value_type)
+    assert flattener.size == 7
+    with pytest.raises(TypeError, match="float tensors"):
+        stacking.Flattener(tff.TensorType(np.int32, [2]))
