@@ -1,0 +1,115 @@
+"""Round time of each aggregation rule ÷ TFF `MeanFactory`'s, side by side in one run.
+
+Same FedAvg process (honest local SGD, one epoch of `--examples_per_client`
+random 28×28 examples per client), same data, same clients; only the
+aggregator differs. `stacked_mean` (stacking + a plain mean) isolates the cost of
+bringing every client's value to the server (the stacking step alone).
+
+    python -m benchmarks.aggregators                     # mlp and emnist_cnn, n = 10, 50, 200
+    python -m benchmarks.aggregators --models=emnist_cnn --clients=50 --rules=median,trimmed_mean
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import collections  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
+
+from aggregators import AGGREGATORS, AggregatorContext, build_aggregator  # noqa: E402
+from aggregators.mean import StackedMeanFactory  # noqa: E402
+from tff_byz import client_inputs, context, fedavg, models  # noqa: E402
+
+flags.DEFINE_list("models", ["mlp", "emnist_cnn"], "Models (~1e5 and ~1.2e6 parameters).")
+flags.DEFINE_list("clients", ["10", "50", "200"], "Client counts.")
+flags.DEFINE_list("rules", None, "Aggregator specs (default: every registered rule).")
+flags.DEFINE_integer("rounds", 2, "Timed rounds per measurement (after one warm-up).")
+flags.DEFINE_integer("examples_per_client", 32, "Training examples per client.")
+flags.DEFINE_float("byzantine_fraction", 0.1, "Declared fraction given to the rules.")
+flags.DEFINE_string("output", None, "Also write the table as JSON here.")
+FLAGS = flags.FLAGS
+
+SHAPE, CLASSES, NORM = (28, 28, 1), 10, ((0.5,), (0.25,))
+
+
+def default_rules():
+    rules = [name for name in AGGREGATORS.names
+             if AGGREGATORS.entry(name).kind == "rule" and name != "mean"]
+    if "bucketing" in AGGREGATORS:
+        rules.append("bucketing:s=2+median")
+    return rules
+
+
+def client_data(n, per_client, seed=0):
+    rng = np.random.default_rng(seed)
+    datasets = []
+    for i in range(n):
+        x = rng.random((per_client, *SHAPE), dtype=np.float32)
+        y = rng.integers(0, CLASSES, per_client).astype(np.int32)
+        datasets.append(client_inputs.make_client_input(
+            tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)), i))
+    return datasets
+
+
+def time_rounds(process, inputs, rounds):
+    state = process.initialize()
+    state = process.next(state, inputs).state  # warm-up
+    start = time.perf_counter()
+    for _ in range(rounds):
+        state = process.next(state, inputs).state
+    return (time.perf_counter() - start) / rounds
+
+
+def main(argv):
+    FLAGS(argv)
+    rules = FLAGS.rules or default_rules()
+    rows = []
+    with context.ExecutionContext():
+        for model in FLAGS.models:
+            keras_model = models.build_keras_model(model, SHAPE, CLASSES, NORM, seed=0)
+            params = models.count_parameters(keras_model)
+            initial = fedavg.model_weights_from_keras(keras_model)
+            model_fn = models.make_model_fn(model, SHAPE, CLASSES, NORM)
+
+            def build(aggregator):
+                return fedavg.build_fedavg_process(model_fn, initial, aggregator=aggregator,
+                                                   local_epochs=1, batch_size=32, client_lr=0.05)
+
+            agg_context = AggregatorContext(declared_byzantine_fraction=FLAGS.byzantine_fraction)
+            processes = collections.OrderedDict(mean=build(build_aggregator("mean", agg_context)))
+            processes["stacked_mean (stacking step)"] = build(StackedMeanFactory(weighted=True))
+            for rule in rules:
+                processes[rule] = build(build_aggregator(rule, agg_context))
+            for n in map(int, FLAGS.clients):
+                inputs = client_data(n, FLAGS.examples_per_client)
+                baseline = time_rounds(processes["mean"], inputs, FLAGS.rounds)
+                print(f"\n{model} ({params:,} params), n={n}: mean round {baseline:.3f} s", flush=True)
+                for name, process in processes.items():
+                    if name == "mean":
+                        continue
+                    try:
+                        seconds = time_rounds(process, inputs, FLAGS.rounds)
+                    except Exception as error:  # e.g. a requirement violated at this n
+                        print(f"  {name:32s} skipped: {str(error).splitlines()[0][:100]}")
+                        continue
+                    ratio = seconds / baseline
+                    rows.append(dict(model=model, parameters=params, clients=n, rule=name,
+                                     round_seconds=seconds, mean_round_seconds=baseline,
+                                     ratio=ratio))
+                    print(f"  {name:32s} {seconds:8.3f} s   {ratio:6.2f}x mean", flush=True)
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
