@@ -45,14 +45,15 @@ class Flattener:
     """Maps a structure of float tensors (of a fixed TFF type) to one `[D]` vector and back."""
 
     def __init__(self, value_type):
-        leaves = tff.structure.flatten(value_type) if isinstance(value_type, tff.StructType) else [value_type]
+        # Leaves in `tf.nest` order (dict keys sorted), the order `flatten` and
+        # `unflatten` use; TFF's own structure order may differ.
+        specs = tf.nest.flatten(tff.types.type_to_tf_tensor_specs(value_type))
         self.value_type = value_type
-        for leaf in leaves:
-            if not isinstance(leaf, tff.TensorType) or not np.issubdtype(leaf.dtype, np.floating) \
-                    or leaf.shape is None or any(d is None for d in leaf.shape):
-                raise TypeError(f"robust aggregation needs float tensors of known shape; got {leaf}")
-        self.shapes = [tuple(leaf.shape) for leaf in leaves]
-        self.dtypes = [leaf.dtype for leaf in leaves]
+        for spec in specs:
+            if not spec.dtype.is_floating or not spec.shape.is_fully_defined():
+                raise TypeError(f"robust aggregation needs float tensors of known shape; got {spec}")
+        self.shapes = [tuple(spec.shape) for spec in specs]
+        self.dtypes = [spec.dtype for spec in specs]
         self.sizes = [int(math.prod(shape)) for shape in self.shapes]
         self.size = int(sum(self.sizes))
 

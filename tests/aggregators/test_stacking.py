@@ -41,3 +41,15 @@ def test_flattener_round_trip_and_rejects_ints():
     assert flattener.size == 7
     with pytest.raises(TypeError, match="float tensors"):
         stacking.Flattener(tff.TensorType(np.int32, [2]))
+
+
+def test_flattener_follows_tf_nest_order_for_unsorted_keys():
+    value_type = tff.to_type(collections.OrderedDict(
+        w=tff.TensorType(np.float32, [2, 3]), b=tff.TensorType(np.float32, [2])))
+    flattener = stacking.Flattener(value_type)
+    value = collections.OrderedDict(w=np.arange(6, dtype=np.float32).reshape(2, 3),
+                                    b=np.array([10.0, 11.0], np.float32))
+    vector = flattener.flatten(value)
+    back = flattener.unflatten(vector, value)
+    np.testing.assert_array_equal(back["w"], value["w"])
+    np.testing.assert_array_equal(back["b"], value["b"])
