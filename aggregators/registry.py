@@ -14,9 +14,19 @@ from typing import Optional
 
 import tensorflow_federated as tff
 
+from aggregators.base import RobustAggregationFactory
+from aggregators.bucketing import Bucketing, SplitBucketingFactory
+from aggregators.bulyan import BulyanFactory
+from aggregators.centered_clipping import CenteredClippingFactory
+from aggregators.clip import ARC, NormClip, adaptive_clipping_factory
 from aggregators.compose import ComposedFactory, PreAggregator
+from aggregators.geometric_median import GeometricMedianFactory
+from aggregators.huber import HuberFactory
+from aggregators.krum import KrumFactory, MultiKrumFactory
 from aggregators.mean import StackedMeanFactory
 from aggregators.median import MedianFactory
+from aggregators.nnm import NearestNeighborMixing
+from aggregators.rfa import RFAFactory
 from aggregators.trimmed_mean import TrimmedMeanFactory
 from tff_byz.aggregation import NonFiniteCountingFactory
 from tff_byz.registry import Entry, Param, Registry, SpecError
@@ -69,10 +79,14 @@ def rule(name, factory_class, help_text, *, weighted=True, **params):
                                       kind="rule"))
 
 
-def pre_aggregator(name, pre_class, help_text, **params):
+def pre_aggregator(name, build_stage, help_text, **params):
+    """Registers a stage placed before a rule. `build_stage(**params)` returns a
+    `PreAggregator` (chained on the stacked values) or a callable wrapping the
+    factory built from everything to its right (e.g. adaptive clipping)."""
+
     def build(context: AggregatorContext, **values):
         del context
-        return pre_class(**values)
+        return build_stage(**values)
 
     return AGGREGATORS.register(Entry(name=name, build=build, params=params, help=help_text,
                                       kind="pre-aggregator"))
@@ -98,6 +112,76 @@ rule("median", MedianFactory, "coordinate-wise median (Yin et al. 2018); needs f
 rule("trimmed_mean", TrimmedMeanFactory,
      "coordinate-wise trimmed mean (Yin et al. 2018): drop beta per side; needs 2·beta < n.",
      beta=Param(int, None, "values trimmed per side (default f)", check=_non_negative))
+rule("krum", KrumFactory, "Krum (Blanchard et al. 2017): the value with the smallest sum of "
+     "squared distances to its n−f−2 nearest; needs n >= 2f+3; unweighted.", weighted=False)
+rule("multi_krum", MultiKrumFactory, "Multi-Krum: mean of the m best Krum scores; needs n >= 2f+3; "
+     "unweighted.", weighted=False,
+     m=Param(int, None, "values averaged (default n − f)", check=_at_least_one))
+rule("bulyan", BulyanFactory, "Bulyan (El Mhamdi et al. 2018): repeated Krum selection, then a "
+     "trimmed average around the median; needs n >= 4f+3; unweighted.", weighted=False,
+     variant=Param(str, "textbook", "textbook, or fedlaw (the FedLAW authors' implementation)",
+                   choices=("textbook", "fedlaw")),
+     b=Param(int, None, "pool parameter of variant=fedlaw (default f)", check=_non_negative))
+rule("geometric_median", GeometricMedianFactory,
+     "geometric median by smoothed Weiszfeld (RFA, Pillutla et al. 2022); needs f < n/2.",
+     nu=Param(float, 1e-6, "smoothing ν", check=_positive),
+     iterations=Param(int, 3, "Weiszfeld iterations R", check=_at_least_one),
+     rescale=Param(bool, False, "rescale to the mean's norm (FedLAW authors' variant)"))
+rule("centered_clipping", CenteredClippingFactory,
+     "centered clipping (Karimireddy et al. 2021), centred at the previous aggregate; f < n/2.",
+     tau=Param(float, 10.0, "clipping radius τ", check=_positive),
+     iterations=Param(int, 1, "clipping iterations L", check=_at_least_one))
+rule("huber", HuberFactory, "Huber-loss aggregation (Zhao et al. 2024); f < n/2.",
+     tau=Param(float, 0.2, "Huber threshold τ (absolute, on deltas)", check=_positive),
+     max_iterations=Param(int, 50, "iteration cap", check=_at_least_one))
+
+
+def _rfa(context: AggregatorContext, *, composed: bool = False, **values):
+    if composed:
+        raise SpecError("--aggregator: rfa uses only federated means (no stacked values), so no "
+                        "pre-aggregator can come before it; use geometric_median instead.")
+    return RFAFactory(byzantine_fraction=context.declared_byzantine_fraction,
+                      expected_clients=context.clients_per_round or None, **values)
+
+
+AGGREGATORS.register(Entry(
+    name="rfa", build=_rfa, kind="rule",
+    help="RFA geometric median from repeated federated means only (secure-aggregation "
+         "friendly, no stacking; R extra round trips); f < n/2.",
+    params={"nu": Param(float, 1e-6, "smoothing ν", check=_positive),
+            "iterations": Param(int, 3, "Weiszfeld iterations R", check=_at_least_one),
+            "rescale": Param(bool, False, "rescale to the mean's norm"),
+            "f": F_PARAM, "weighted": WEIGHTED_PARAM}))
+
+
+def _bucketing(*, s: int, variant: str):
+    if variant == "split":
+        return lambda rule_factory, expected: SplitBucketingFactory(
+            rule_factory, s=s, expected_clients=expected)
+    return Bucketing(s=s)
+
+
+def _clip(*, c: float, adaptive: bool):
+    if adaptive:
+        return lambda inner, expected: adaptive_clipping_factory(inner)
+    return NormClip(c=c)
+
+
+pre_aggregator("bucketing", _bucketing,
+               "random buckets of s averaged per round (Karimireddy et al. 2022); the rule then "
+               "sees ⌈n/s⌉ values.",
+               s=Param(int, 2, "bucket size", check=_at_least_one),
+               variant=Param(str, "mean", "mean: bucket means; split: rule inside s groups "
+                             "(FedLAW authors' variant)", choices=("mean", "split")))
+pre_aggregator("nnm", NearestNeighborMixing,
+               "nearest-neighbour mixing (Allouah et al. 2023): each value → mean of its n−f "
+               "nearest; needs f < n/2.")
+pre_aggregator("clip", _clip, "norm clipping to c, or TFF's adaptive quantile clipping.",
+               c=Param(float, 1.0, "static clipping norm C", check=_positive),
+               adaptive=Param(bool, False, "TFF quantile-based adaptive norm (initial 1.0, target "
+                              "quantile 0.8, learning rate 0.2) instead of c"))
+pre_aggregator("arc", ARC, "adaptive robust clipping (Allouah et al. 2024): clip the "
+               "⌊2(f/n)(n−f)⌋ largest norms; needs f < n/2.")
 
 
 def build_aggregator(spec: str, context: AggregatorContext):
@@ -113,7 +197,23 @@ def build_aggregator(spec: str, context: AggregatorContext):
                             f"{component.name} is a {component.entry.kind}.")
     if not pres:
         return last.entry.build(context, **last.params)
-    inner = last.entry.build(context, composed=True, **last.params)
+    expected = context.clients_per_round or None
+    factory = last.entry.build(context, composed=True, **last.params)
     stages = [component.entry.build(context, **component.params) for component in pres]
-    assert all(isinstance(stage, PreAggregator) for stage in stages)
-    return ComposedFactory(stages, inner, expected_clients=context.clients_per_round or None)
+    # Chain the stacked pre-aggregators that sit directly before the rule, then
+    # apply wrappers (functions of the factory to their right) from the right.
+    chained: list[PreAggregator] = []
+    for stage in reversed(stages):
+        if isinstance(stage, PreAggregator):
+            chained.insert(0, stage)
+            continue
+        if chained:
+            factory = ComposedFactory(chained, factory, expected_clients=expected)
+            chained = []
+        factory = stage(factory, expected)
+    if chained:
+        if not isinstance(factory, RobustAggregationFactory):
+            raise SpecError(f"--aggregator={spec!r}: {chained[-1].name} needs stacked values, but "
+                            f"what follows it ({type(factory).__name__}) does not stack them.")
+        factory = ComposedFactory(chained, factory, expected_clients=expected)
+    return factory
