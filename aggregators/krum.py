@@ -2,11 +2,11 @@
 
 score(i) = Σ_{j∈N_i} ||x_i − x_j||², N_i = the n − f − 2 nearest *other* vectors.
 Krum outputs the vector with the lowest score; Multi-Krum the mean of the m
-lowest-score vectors (default m = n − f, 1 ≤ m ≤ n). Needs n ≥ 2f + 3 (so that
-every honest vector has at least f + 1 neighbours, more than the f Byzantine
-ones). Ties: lowest score first, equal scores by lower client id (rows arrive
-sorted by client id, so by lower row index). O(n²·D) for the distances (Gram
-matrix, `aggregators.distances`) plus O(n² log n) for the scores.
+lowest-score vectors (default m = n − f, 1 ≤ m ≤ n). Needs n ≥ 2f + 3, i.e. a
+neighbourhood of n − f − 2 ≥ f + 1 vectors, which always holds an honest one.
+Ties: lowest score first, equal scores by lower client id (rows arrive sorted by
+client id, so by lower row index). O(n²·D) for the distances (Gram matrix,
+`aggregators.distances`) plus O(n² log n) for the scores.
 
 Both factories are **unweighted**: Krum's selection has no standard weighted form
 (weighting the scores or the neighbour counts would be a new rule), so the

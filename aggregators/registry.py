@@ -138,8 +138,10 @@ rule("huber", HuberFactory, "Huber-loss aggregation (Zhao et al. 2024); f < n/2.
 
 def _rfa(context: AggregatorContext, *, composed: bool = False, **values):
     if composed:
-        raise SpecError("--aggregator: rfa uses only federated means (no stacked values), so no "
-                        "pre-aggregator can come before it; use geometric_median instead.")
+        # After a stacking pre-aggregator (e.g. FedLAW's `bucketing+rfa` baseline) the values
+        # are stacked anyway: the same Weiszfeld iteration on them is the same rule.
+        return GeometricMedianFactory(byzantine_fraction=context.declared_byzantine_fraction,
+                                      seed=context.seed, **values)
     return RFAFactory(byzantine_fraction=context.declared_byzantine_fraction,
                       expected_clients=context.clients_per_round or None, **values)
 

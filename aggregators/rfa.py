@@ -147,7 +147,7 @@ class RFAFactory(ClientRecordAggregationFactory):
             # A tff.tensorflow.computation has no automatic control dependencies:
             # the check must feed the output to run.
             check = tf.debugging.assert_greater_equal(
-                n, 2 * f + 1,
+                n, self.min_clients(f),
                 message=f"{self.name} needs {self.requirement} "
                         "(after excluding non-finite clients)")
             with tf.control_dependencies([check]):

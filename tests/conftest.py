@@ -8,6 +8,10 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
+# Registers the atexit release of TFF's default context even in test files that
+# never open a context (otherwise TFF prints a harmless error at exit).
+import tff_byz.context  # noqa: E402,F401  pylint: disable=unused-import
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("TFF_BYZ_DATA_DIR", REPO.parent / "shared" / "data"))
 

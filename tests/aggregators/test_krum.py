@@ -189,7 +189,8 @@ def test_identical_inputs_return_that_input(row, n):
     x = np.tile(row, (n, 1))
     f = (n - 3) // 2
     np.testing.assert_array_equal(krum(x, f=f), row)
-    np.testing.assert_allclose(multi_krum(x, f=f), row, rtol=1e-6)
+    # The 1/m weights can take the smallest normal floats to subnormals (flushed to 0).
+    np.testing.assert_allclose(multi_krum(x, f=f), row, rtol=1e-6, atol=1e-37)
 
 
 @hypothesis.settings(max_examples=20, deadline=None)
