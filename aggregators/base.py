@@ -37,7 +37,7 @@ import tensorflow_federated as tff
 from aggregators import stacking
 from tff_byz.aggregation import ClientRecordAggregationFactory
 
-__all__ = ["RobustAggregationFactory", "declared_f", "RequirementError"]
+__all__ = ["RobustAggregationFactory", "declared_f", "probabilities", "RequirementError"]
 
 
 class RequirementError(ValueError):
@@ -49,6 +49,14 @@ def declared_f(fraction: float, n):
     if isinstance(n, (int, np.integer)):
         return int(math.ceil(fraction * n - 1e-9))
     return tf.cast(tf.math.ceil(fraction * tf.cast(n, tf.float64) - 1e-9), tf.int32)
+
+
+def probabilities(weights, n, dtype):
+    """p_i: `weights` normalised to sum 1, or uniform 1/n when `weights` is None."""
+    if weights is None:
+        return tf.fill([n], 1.0 / tf.cast(tf.maximum(n, 1), dtype))
+    weights = tf.cast(weights, dtype)
+    return tf.math.divide_no_nan(weights, tf.reduce_sum(weights))
 
 
 class RobustAggregationFactory(ClientRecordAggregationFactory):

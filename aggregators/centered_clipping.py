@@ -19,17 +19,11 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from aggregators.base import RobustAggregationFactory
+from aggregators.base import RobustAggregationFactory, probabilities
 from aggregators.clip import check_integer, check_positive_number, distances_to
 
 __all__ = ["centered_clipping", "centered_clipping_iteration", "CenteredClippingFactory"]
 
-
-def _probabilities(weights, n, dtype):
-    if weights is None:
-        return tf.fill([n], 1.0 / tf.cast(tf.maximum(n, 1), dtype))
-    weights = tf.cast(weights, dtype)
-    return tf.math.divide_no_nan(weights, tf.reduce_sum(weights))
 
 
 @tf.function(reduce_retracing=True)
@@ -70,7 +64,7 @@ def centered_clipping(stacked: tf.Tensor, weights: Optional[tf.Tensor] = None, *
     n = tf.shape(stacked)[0]
     values = tf.reshape(stacked, [n, -1])
     # Tensors, so that new parameter values do not retrace the compiled iteration.
-    v, _ = centered_clipping_iteration(values, _probabilities(weights, n, values.dtype), center,
+    v, _ = centered_clipping_iteration(values, probabilities(weights, n, values.dtype), center,
                                        tau=tf.cast(tau, values.dtype),
                                        iterations=tf.cast(iterations, tf.int32))
     return tf.reshape(v, tf.shape(stacked)[1:])
@@ -102,7 +96,7 @@ class CenteredClippingFactory(RobustAggregationFactory):
         return collections.OrderedDict(center=tf.zeros([dim], tf.float32))
 
     def aggregate(self, values, weights, client_ids, *, f, state, seed):
-        p = _probabilities(weights if self.weighted else None, tf.shape(values)[0], values.dtype)
+        p = probabilities(weights if self.weighted else None, tf.shape(values)[0], values.dtype)
         v, clipped = centered_clipping_iteration(values, p, state["center"], tau=self.tau,
                                                  iterations=self.iterations)
         return v, collections.OrderedDict(center=v), collections.OrderedDict(

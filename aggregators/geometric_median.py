@@ -22,7 +22,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from aggregators.base import RobustAggregationFactory
+from aggregators.base import RobustAggregationFactory, probabilities
 from aggregators.clip import check_integer, check_positive_number, distances_to, vector_norm
 
 __all__ = ["geometric_median", "weiszfeld", "rescale_to_norm_of", "GeometricMedianFactory"]
@@ -30,13 +30,6 @@ __all__ = ["geometric_median", "weiszfeld", "rescale_to_norm_of", "GeometricMedi
 # The factor of `rescale=True` is clamped to this range (FedLAW's setting, §4).
 RESCALE_MIN, RESCALE_MAX = 0.25, 4.0
 
-
-def _probabilities(weights, n, dtype):
-    """p_i: `weights` normalised to sum 1, or uniform 1/n when None."""
-    if weights is None:
-        return tf.fill([n], 1.0 / tf.cast(tf.maximum(n, 1), dtype))
-    weights = tf.cast(weights, dtype)
-    return tf.math.divide_no_nan(weights, tf.reduce_sum(weights))
 
 
 @tf.function(reduce_retracing=True)
@@ -83,7 +76,7 @@ def geometric_median(stacked: tf.Tensor, weights: Optional[tf.Tensor] = None, *,
     n = tf.shape(stacked)[0]
     values = tf.reshape(stacked, [n, -1])
     # Tensors, so that new parameter values do not retrace the compiled iteration.
-    v, mean, _ = weiszfeld(values, _probabilities(weights, n, values.dtype),
+    v, mean, _ = weiszfeld(values, probabilities(weights, n, values.dtype),
                            nu=tf.cast(nu, values.dtype), iterations=tf.cast(iterations, tf.int32))
     if rescale:
         v = rescale_to_norm_of(v, mean)
@@ -117,7 +110,7 @@ class GeometricMedianFactory(RobustAggregationFactory):
         return 2 * f + 1
 
     def aggregate(self, values, weights, client_ids, *, f, state, seed):
-        p = _probabilities(weights if self.weighted else None, tf.shape(values)[0], values.dtype)
+        p = probabilities(weights if self.weighted else None, tf.shape(values)[0], values.dtype)
         v, mean, objective = weiszfeld(values, p, nu=self.nu, iterations=self.iterations)
         if self.rescale:
             v = rescale_to_norm_of(v, mean)

@@ -21,17 +21,11 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from aggregators.base import RobustAggregationFactory
+from aggregators.base import RobustAggregationFactory, probabilities
 from aggregators.clip import check_integer, check_positive_number, distances_to, vector_norm
 
 __all__ = ["huber_aggregate", "huber_iteration", "HuberFactory"]
 
-
-def _probabilities(weights, n, dtype):
-    if weights is None:
-        return tf.fill([n], 1.0 / tf.cast(tf.maximum(n, 1), dtype))
-    weights = tf.cast(weights, dtype)
-    return tf.math.divide_no_nan(weights, tf.reduce_sum(weights))
 
 
 @tf.function(reduce_retracing=True)
@@ -75,7 +69,7 @@ def huber_aggregate(stacked: tf.Tensor, weights: Optional[tf.Tensor] = None, *,
     n = tf.shape(stacked)[0]
     values = tf.reshape(stacked, [n, -1])
     # Tensors, so that new parameter values do not retrace the compiled iteration.
-    v, _ = huber_iteration(values, _probabilities(weights, n, values.dtype),
+    v, _ = huber_iteration(values, probabilities(weights, n, values.dtype),
                            tau=tf.cast(tau, values.dtype),
                            max_iterations=tf.cast(max_iterations, tf.int32),
                            tolerance=tf.cast(tolerance, values.dtype))
@@ -105,7 +99,7 @@ class HuberFactory(RobustAggregationFactory):
         return 2 * f + 1
 
     def aggregate(self, values, weights, client_ids, *, f, state, seed):
-        p = _probabilities(weights if self.weighted else None, tf.shape(values)[0], values.dtype)
+        p = probabilities(weights if self.weighted else None, tf.shape(values)[0], values.dtype)
         v, iterations = huber_iteration(values, p, tau=self.tau,
                                         max_iterations=self.max_iterations,
                                         tolerance=self.tolerance)

@@ -6,7 +6,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pathlib  # noqa: E402
 
+import hypothesis  # noqa: E402
 import pytest  # noqa: E402
+
+# Property tests draw the same examples every run, so CI is reproducible.
+# `TFF_BYZ_HYPOTHESIS=explore` draws fresh random examples (finds rare edge cases).
+hypothesis.settings.register_profile("reproducible", derandomize=True, database=None)
+hypothesis.settings.register_profile("explore")
+hypothesis.settings.load_profile(os.environ.get("TFF_BYZ_HYPOTHESIS", "reproducible"))
 
 # Registers the atexit release of TFF's default context even in test files that
 # never open a context (otherwise TFF prints a harmless error at exit).

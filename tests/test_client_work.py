@@ -123,14 +123,22 @@ def test_invalid_settings(kwargs, message):
         client_work.build_local_sgd_client_work(linear_model_fn, **kwargs)
 
 
-def test_fedavg_equals_tff_build_weighted_fed_avg(tff_context, initial_weights):
-    """Same data, same batches, same initial model: the same global model after 2 rounds."""
+@pytest.mark.parametrize("aggregator_spec", [None, "mean", "bucketing:s=1+mean"])
+def test_fedavg_equals_tff_build_weighted_fed_avg(tff_context, initial_weights, aggregator_spec):
+    """Same data, same batches, same initial model: the same global model after 2 rounds.
+
+    None: TFF's MeanFactory itself; "mean": the registry's (MeanFactory plus the
+    non-finite count); "bucketing:s=1+mean": the stacked path (buckets of one).
+    """
+    from aggregators import AggregatorContext, build_aggregator  # pylint: disable=import-outside-toplevel
+    aggregator = None if aggregator_spec is None else build_aggregator(
+        aggregator_spec, AggregatorContext())
     rng = np.random.default_rng(0)
     client_arrays = [(rng.normal(size=(n, INPUT_DIM)).astype(np.float32),
                       rng.integers(0, NUM_CLASSES, n).astype(np.int32)) for n in (5, 8, 3)]
     batch, lr = 2, 0.3
     ours = fedavg.build_fedavg_process(
-        linear_model_fn, initial_weights,
+        linear_model_fn, initial_weights, aggregator=aggregator,
         client_work=client_work.build_local_sgd_client_work(
             linear_model_fn, epochs=1, batch_size=batch, learning_rate=lr, shuffle=False))
     theirs = tff.learning.algorithms.build_weighted_fed_avg(

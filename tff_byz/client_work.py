@@ -27,8 +27,8 @@ import tensorflow_federated as tff
 
 from tff_byz import client_inputs
 
-__all__ = ["build_local_sgd_client_work", "client_record_type", "local_sgd_update",
-           "client_seed", "ClientWorkConfigError"]
+__all__ = ["build_local_sgd_client_work", "client_record_type", "client_input_types",
+           "local_sgd_update", "client_seed", "ClientWorkConfigError"]
 
 
 class ClientWorkConfigError(ValueError):
@@ -47,6 +47,21 @@ def client_seed(run_seed, round_num, client_id):
     """A stateless seed (int64[2]) from run seed, round index and client id."""
     seed = tf.stack([tf.cast(run_seed, tf.int64), tf.cast(round_num, tf.int64)])
     return tf.random.experimental.stateless_fold_in(seed, tf.cast(client_id, tf.int64))
+
+
+def client_input_types(model_fn):
+    """TFF types of one client's input (`tff_byz.client_inputs`) and of the model weights."""
+    with tf.Graph().as_default():
+        probe = model_fn()
+        weights_type = tff.learning.models.weights_type_from_model(probe)
+        example_spec = collections.OrderedDict(
+            x=tf.TensorSpec(probe.input_spec["x"].shape[1:], probe.input_spec["x"].dtype),
+            y=tf.TensorSpec(probe.input_spec["y"].shape[1:], probe.input_spec["y"].dtype))
+    element_type = tff.types.tensorflow_to_type(client_inputs.client_input_spec(example_spec))
+    data_type = tff.StructWithPythonType(
+        [("examples", tff.SequenceType(element_type["examples"])),
+         ("info", tff.SequenceType(element_type["info"]))], collections.OrderedDict)
+    return data_type, weights_type
 
 
 def _validate(epochs, batch_size, learning_rate):
@@ -112,19 +127,9 @@ def build_local_sgd_client_work(
     examples) and the round counter advanced.
     """
     _validate(epochs, batch_size, learning_rate)
-    with tf.Graph().as_default():
-        probe = model_fn()
-        weights_type = tff.learning.models.weights_type_from_model(probe)
-        example_spec = collections.OrderedDict(
-            x=tf.TensorSpec(probe.input_spec["x"].shape[1:], probe.input_spec["x"].dtype),
-            y=tf.TensorSpec(probe.input_spec["y"].shape[1:], probe.input_spec["y"].dtype))
-    data_type = tff.types.tensorflow_to_type(client_inputs.client_input_spec(example_spec))
-    data_type = tff.StructWithPythonType(
-        [("examples", tff.SequenceType(data_type["examples"])),
-         ("info", tff.SequenceType(data_type["info"]))], collections.OrderedDict)
+    data_type, weights_type = client_input_types(model_fn)
     state_type = tff.StructWithPythonType([("seed", np.int64), ("round", np.int64)],
                                           collections.OrderedDict)
-    record_type = client_record_type(weights_type.trainable)
 
     @tff.tensorflow.computation
     def initial_state():
@@ -178,5 +183,4 @@ def build_local_sgd_client_work(
             state=tff.federated_map(advance, state), result=results,
             measurements=measurements)
 
-    del record_type  # documented by `client_record_type`; the computation infers it.
     return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)

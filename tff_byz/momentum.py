@@ -97,21 +97,6 @@ def _validate(batch_size, momentum, weight_decay, server_lr, seed, dampening):
         raise TypeError(f"dampening must be a bool; got {dampening!r}.")
 
 
-def _client_data_type(model_fn):
-    """TFF type of one client's input (`tff_byz.client_inputs`) and the weights type."""
-    with tf.Graph().as_default():
-        probe = model_fn()
-        weights_type = tff.learning.models.weights_type_from_model(probe)
-        example_spec = collections.OrderedDict(
-            x=tf.TensorSpec(probe.input_spec["x"].shape[1:], probe.input_spec["x"].dtype),
-            y=tf.TensorSpec(probe.input_spec["y"].shape[1:], probe.input_spec["y"].dtype))
-    element_type = tff.types.tensorflow_to_type(client_inputs.client_input_spec(example_spec))
-    data_type = tff.StructWithPythonType(
-        [("examples", tff.SequenceType(element_type["examples"])),
-         ("info", tff.SequenceType(element_type["info"]))], collections.OrderedDict)
-    return data_type, weights_type
-
-
 def build_momentum_sgd_process(
     model_fn: Callable[[], tff.learning.models.VariableModel],
     initial_weights: tff.learning.models.ModelWeights,
@@ -151,7 +136,7 @@ def build_momentum_sgd_process(
     weight_decay = float(weight_decay)
     dampening = bool(dampening)
 
-    data_type, model_weights_type = _client_data_type(model_fn)
+    data_type, model_weights_type = client_work_lib.client_input_types(model_fn)
     init_weights = fedavg.initial_weights_fn(initial_weights)
     weights_type = init_weights.type_signature.result
     if not weights_type.is_assignable_from(model_weights_type) and not \
