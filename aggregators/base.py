@@ -37,7 +37,8 @@ import tensorflow_federated as tff
 from aggregators import stacking
 from tff_byz.aggregation import ClientRecordAggregationFactory
 
-__all__ = ["RobustAggregationFactory", "declared_f", "probabilities", "RequirementError"]
+__all__ = ["RobustAggregationFactory", "DeclaredByzantineCount", "declared_f",
+           "federated_next", "probabilities", "RequirementError"]
 
 
 class RequirementError(ValueError):
@@ -59,40 +60,43 @@ def probabilities(weights, n, dtype):
     return tf.math.divide_no_nan(weights, tf.reduce_sum(weights))
 
 
-class RobustAggregationFactory(ClientRecordAggregationFactory):
-    """Shared TFF wiring of a stacked rule; see the module docstring."""
+def federated_next(state_type, value_type, weight_type, next_impl):
+    """A `next` with TFF's unweighted `(state, values)` signature when `weight_type`
+    is None, else the weighted `(state, values, weights)`; both call
+    `next_impl(state, values, weights_or_None)`."""
+    if weight_type is None:
+        @tff.federated_computation(state_type, tff.FederatedType(value_type, tff.CLIENTS))
+        def next_fn(state, values):
+            return next_impl(state, values, None)
+    else:
+        @tff.federated_computation(state_type, tff.FederatedType(value_type, tff.CLIENTS),
+                                   tff.FederatedType(weight_type, tff.CLIENTS))
+        def next_fn(state, values, weights):
+            return next_impl(state, values, weights)
+    return next_fn
 
-    name: str = "robust"
-    requirement: str = "n >= 1"  # human-readable form of min_clients
-    # The spec's plain mean keeps non-finite rows (its output becomes non-finite
-    # and the run stops); every robust rule drops them.
-    drops_non_finite: bool = True
 
-    def __init__(self, *, byzantine_fraction: float = 0.0, f: Optional[int] = None,
-                 weighted: bool = False, seed: int = 0, expected_clients: Optional[int] = None):
-        if isinstance(byzantine_fraction, bool) or not 0.0 <= float(byzantine_fraction) < 1.0:
+class DeclaredByzantineCount:
+    """The declared Byzantine count f and the (n, f) requirement, shared by every
+    rule (stacked or not). Subclasses set `name`, `requirement`, `min_clients(f)`."""
+
+    name: str = "rule"
+    requirement: str = "n >= 1"
+
+    def _set_byzantine_options(self, byzantine_fraction, f) -> None:
+        if isinstance(byzantine_fraction, bool) or not isinstance(
+                byzantine_fraction, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= float(byzantine_fraction) < 1.0:
             raise ValueError(f"{self.name}: byzantine_fraction must be in [0, 1); "
                              f"got {byzantine_fraction!r}.")
         if f is not None and (isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 0):
             raise ValueError(f"{self.name}: f must be an integer >= 0; got {f!r}.")
         self.byzantine_fraction = float(byzantine_fraction)
         self.f = None if f is None else int(f)
-        self.weighted = bool(weighted)
-        self.seed = int(seed)
-        if expected_clients:
-            self.check_requirement(int(expected_clients))
 
-    # --- to be provided by rules -------------------------------------------
     def min_clients(self, f):
         return 1 + 0 * f
 
-    def initial_state(self, dim: int):  # pylint: disable=unused-argument
-        return collections.OrderedDict()
-
-    def aggregate(self, values, weights, client_ids, *, f, state, seed):
-        raise NotImplementedError
-
-    # --- shared --------------------------------------------------------------
     def f_for(self, n):
         return self.f if self.f is not None else declared_f(self.byzantine_fraction, n)
 
@@ -103,6 +107,32 @@ class RobustAggregationFactory(ClientRecordAggregationFactory):
                 f"{self.name} needs {self.requirement}; got n={n}, f={f} "
                 f"(needs n >= {self.min_clients(f)}).")
 
+
+class RobustAggregationFactory(DeclaredByzantineCount, ClientRecordAggregationFactory):
+    """Shared TFF wiring of a stacked rule; see the module docstring."""
+
+    name: str = "robust"
+    requirement: str = "n >= 1"  # human-readable form of min_clients
+    # The spec's plain mean keeps non-finite rows (its output becomes non-finite
+    # and the run stops); every robust rule drops them.
+    drops_non_finite: bool = True
+
+    def __init__(self, *, byzantine_fraction: float = 0.0, f: Optional[int] = None,
+                 weighted: bool = False, seed: int = 0, expected_clients: Optional[int] = None):
+        self._set_byzantine_options(byzantine_fraction, f)
+        self.weighted = bool(weighted)
+        self.seed = int(seed)
+        if expected_clients:
+            self.check_requirement(int(expected_clients))
+
+    # --- to be provided by rules (and `min_clients` from DeclaredByzantineCount) ---
+    def initial_state(self, dim: int):  # pylint: disable=unused-argument
+        return collections.OrderedDict()
+
+    def aggregate(self, values, weights, client_ids, *, f, state, seed):
+        raise NotImplementedError
+
+    # --- shared --------------------------------------------------------------
     def create(self, value_type, weight_type=None):
         value_type = tff.to_type(value_type)
         weight_type = None if weight_type is None else tff.to_type(weight_type)
@@ -126,20 +156,12 @@ class RobustAggregationFactory(ClientRecordAggregationFactory):
         def init_fn():
             return tff.federated_eval(init_tf, tff.SERVER)
 
-        if weight_type is None:
-            @tff.federated_computation(init_fn.type_signature.result,
-                                       tff.FederatedType(value_type, tff.CLIENTS))
-            def next_fn(state, values):
-                out = tff.federated_map(server_step, (state, stack(values)))
-                return tff.templates.MeasuredProcessOutput(out.state, out.result, out.measurements)
-        else:
-            @tff.federated_computation(init_fn.type_signature.result,
-                                       tff.FederatedType(value_type, tff.CLIENTS),
-                                       tff.FederatedType(weight_type, tff.CLIENTS))
-            def next_fn(state, values, weights):
-                out = tff.federated_map(server_step, (state, stack(values, weights)))
-                return tff.templates.MeasuredProcessOutput(out.state, out.result, out.measurements)
+        def next_impl(state, values, weights):
+            stacked = stack(values) if weights is None else stack(values, weights)
+            out = tff.federated_map(server_step, (state, stacked))
+            return tff.templates.MeasuredProcessOutput(out.state, out.result, out.measurements)
 
+        next_fn = federated_next(init_fn.type_signature.result, value_type, weight_type, next_impl)
         return tff.templates.AggregationProcess(init_fn, next_fn)
 
     def _server_step(self, state, stacked, flattener, like):

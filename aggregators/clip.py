@@ -26,6 +26,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from aggregators import stacking
+from aggregators.base import federated_next
 from aggregators.compose import PreAggregator
 from tff_byz.aggregation import ClientRecordAggregationFactory
 
@@ -365,16 +366,6 @@ class AdaptiveClippingFactory(ClientRecordAggregationFactory):
             return tff.templates.MeasuredProcessOutput(
                 tff.federated_zip(new_state), output.result, tff.federated_zip(measurements))
 
-        if weight_type is None:
-            @tff.federated_computation(init_fn.type_signature.result,
-                                       tff.FederatedType(value_type, tff.CLIENTS))
-            def next_fn(state, values):
-                return next_impl(state, values, None)
-        else:
-            @tff.federated_computation(init_fn.type_signature.result,
-                                       tff.FederatedType(value_type, tff.CLIENTS),
-                                       tff.FederatedType(weight_type, tff.CLIENTS))
-            def next_fn(state, values, weights):
-                return next_impl(state, values, weights)
+        next_fn = federated_next(init_fn.type_signature.result, value_type, weight_type, next_impl)
 
         return tff.templates.AggregationProcess(init_fn, next_fn)

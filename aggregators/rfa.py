@@ -35,7 +35,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from aggregators import stacking
-from aggregators.base import RequirementError, declared_f
+from aggregators.base import DeclaredByzantineCount, federated_next
 from aggregators.clip import check_integer, check_positive_number, vector_norm
 from aggregators.geometric_median import rescale_to_norm_of
 from tff_byz.aggregation import ClientRecordAggregationFactory
@@ -43,7 +43,7 @@ from tff_byz.aggregation import ClientRecordAggregationFactory
 __all__ = ["RFAFactory"]
 
 
-class RFAFactory(ClientRecordAggregationFactory):
+class RFAFactory(DeclaredByzantineCount, ClientRecordAggregationFactory):
     """RFA as a `tff.aggregators.WeightedAggregationFactory` (see module doc).
 
     `create(value_type, weight_type)` accepts plain values (a structure of float
@@ -62,30 +62,14 @@ class RFAFactory(ClientRecordAggregationFactory):
         self.iterations = check_integer(self.name, "iterations", iterations, 1)
         if not isinstance(rescale, bool):
             raise TypeError(f"{self.name}: rescale must be a bool; got {rescale!r}.")
-        if isinstance(byzantine_fraction, bool) or not isinstance(
-                byzantine_fraction, (int, float, np.integer, np.floating)) \
-                or not 0.0 <= float(byzantine_fraction) < 1.0:
-            raise ValueError(f"{self.name}: byzantine_fraction must be in [0, 1); "
-                             f"got {byzantine_fraction!r}.")
         self.rescale = rescale
-        self.byzantine_fraction = float(byzantine_fraction)
-        self.f = None if f is None else check_integer(self.name, "f", f, 0)
+        self._set_byzantine_options(byzantine_fraction, f)
         self.weighted = bool(weighted)
         if expected_clients:
             self.check_requirement(int(expected_clients))
 
     def min_clients(self, f):
         return 2 * f + 1
-
-    def f_for(self, n):
-        return self.f if self.f is not None else declared_f(self.byzantine_fraction, n)
-
-    def check_requirement(self, n: int, f: Optional[int] = None) -> None:
-        f = self.f_for(n) if f is None else f
-        if n < self.min_clients(f):
-            raise RequirementError(
-                f"{self.name} needs {self.requirement}; got n={n}, f={f} "
-                f"(needs n >= {self.min_clients(f)}).")
 
     def create(self, value_type, weight_type=None):
         value_type = tff.to_type(value_type)
@@ -178,16 +162,6 @@ class RFAFactory(ClientRecordAggregationFactory):
             result = tff.federated_map(finish, (v, mean))
             return tff.templates.MeasuredProcessOutput(state, result, measurements)
 
-        if weight_type is None:
-            @tff.federated_computation(init_fn.type_signature.result,
-                                       tff.FederatedType(value_type, tff.CLIENTS))
-            def next_fn(state, values):
-                return next_impl(state, values, None)
-        else:
-            @tff.federated_computation(init_fn.type_signature.result,
-                                       tff.FederatedType(value_type, tff.CLIENTS),
-                                       tff.FederatedType(weight_type, tff.CLIENTS))
-            def next_fn(state, values, weights):
-                return next_impl(state, values, weights)
+        next_fn = federated_next(init_fn.type_signature.result, value_type, weight_type, next_impl)
 
         return tff.templates.AggregationProcess(init_fn, next_fn)
