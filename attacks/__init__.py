@@ -1,5 +1,5 @@
-"""Byzantine attacks and their name registry (filled by the attacks issue)."""
+"""Byzantine attacks: selection, client-work and aggregator transforms, and their registry."""
 
-from attacks.registry import ATTACKS
+from attacks.registry import ATTACKS, build_attack_plan
 
-__all__ = ["ATTACKS"]
+__all__ = ["ATTACKS", "build_attack_plan"]

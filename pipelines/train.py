@@ -30,7 +30,12 @@ flags.DEFINE_string("model", None, "mlp, small_mlp, wide_mlp, emnist_cnn, lenet,
                     "(default: per dataset).")
 flags.DEFINE_string("aggregator", "mean", "NAME[:key=value,...]; see --list_aggregators.")
 flags.DEFINE_string("attack", "none", "NAME[:key=value,...]; see --list_attacks.")
-flags.DEFINE_float("byzantine_fraction", 0.0, "Fraction of Byzantine clients (declared to defences).")
+flags.DEFINE_float("byzantine_fraction", 0.0, "Fraction of Byzantine clients (random and "
+                   "label_groups selection).")
+flags.DEFINE_string("byzantine_selection", "random", "Who is Byzantine: random, label_groups "
+                    "(whole label groups of --partition=q) or ids:3,17,...")
+flags.DEFINE_float("declared_byzantine_fraction", None, "Fraction declared to defences "
+                   "(default: the actual fraction of Byzantine clients).")
 flags.DEFINE_integer("rounds", 30, "Number of rounds.")
 flags.DEFINE_integer("local_epochs", 1, "Local epochs per round (local_sgd).")
 flags.DEFINE_integer("batch_size", 32, "Client mini-batch size.")
@@ -55,6 +60,7 @@ FLAGS = flags.FLAGS
 
 _CONFIG_FLAGS = ("dataset", "data_dir", "partition", "q", "q_mode", "alpha", "num_clients",
                  "clients_per_round", "model", "aggregator", "attack", "byzantine_fraction",
+                 "byzantine_selection", "declared_byzantine_fraction",
                  "rounds", "local_epochs", "batch_size", "client_lr", "client_work", "momentum",
                  "weight_decay", "server_lr", "eval_every", "checkpoint_every", "seed",
                  "output_dir", "run_name", "tff_workers")

@@ -6,11 +6,14 @@ client data `tff.learning.templates.ClientWorkProcess` accepts):
 
 - `examples`: the client's training examples, unbatched `OrderedDict(x, y)`;
   client work shuffles and batches them itself with seeded, stateless ops;
-- `info`: exactly one element `OrderedDict(client_id=int32, byzantine=bool)`.
+- `info`: exactly one element
+  `OrderedDict(client_id=int32, byzantine=bool, attack_group=int32)`.
   `client_id` is the client's index in the federated dataset (stable across
   rounds, used for seeds, client state, learned weights and tie-breaking);
-  `byzantine` is decided once per run by the Byzantine selector and read only by
-  attack transforms of the client work, never by an aggregator.
+  `byzantine` and `attack_group` (−1 honest, g >= 0 the part of the Byzantine
+  set running the g-th attack) are decided once per run by
+  `attacks.selection` and read only by attack transforms of the client work,
+  never by an aggregator.
 """
 
 from __future__ import annotations
@@ -26,13 +29,24 @@ __all__ = ["INFO_SPEC", "make_client_input", "read_client_info", "client_input_s
 INFO_SPEC = collections.OrderedDict(
     client_id=tf.TensorSpec([], tf.int32),
     byzantine=tf.TensorSpec([], tf.bool),
+    attack_group=tf.TensorSpec([], tf.int32),
 )
 
 
-def make_client_input(examples: tf.data.Dataset, client_id: int, byzantine: bool = False):
-    """The per-client value passed (in a list, one per client) to `process.next`."""
+def make_client_input(examples: tf.data.Dataset, client_id: int, byzantine: bool = False,
+                      attack_group: int | None = None):
+    """The per-client value passed (in a list, one per client) to `process.next`.
+
+    `attack_group` defaults to 0 for a Byzantine client, −1 for an honest one.
+    """
+    if attack_group is None:
+        attack_group = 0 if byzantine else -1
+    if bool(byzantine) != (attack_group >= 0):
+        raise ValueError(f"client {client_id}: byzantine={byzantine} contradicts "
+                         f"attack_group={attack_group} (−1 means honest).")
     info = tf.data.Dataset.from_tensors(collections.OrderedDict(
-        client_id=np.int32(client_id), byzantine=np.bool_(byzantine)))
+        client_id=np.int32(client_id), byzantine=np.bool_(byzantine),
+        attack_group=np.int32(attack_group)))
     return collections.OrderedDict(examples=examples, info=info)
 
 

@@ -117,6 +117,7 @@ def build_local_sgd_client_work(
     learning_rate: float = 0.1,
     seed: int = 0,
     shuffle: bool = True,
+    ascent: Callable[[collections.OrderedDict, tf.Tensor], tf.Tensor] | None = None,
 ) -> tff.learning.templates.ClientWorkProcess:
     """FedAvg's honest client work: `epochs` of SGD from the broadcast model.
 
@@ -148,11 +149,15 @@ def build_local_sgd_client_work(
             tf.nest.map_structure(lambda v, w: v.assign(w), model_weights, weights)
             info = client_inputs.read_client_info(client_input["info"])
             x, y = client_inputs.materialize_examples(client_input["examples"])
+            gradient_transform = None
+            if ascent is not None:
+                ascending = ascent(info, state["round"])
+                gradient_transform = lambda grads: [tf.where(ascending, -g, g) for g in grads]
             loss = local_sgd_update(
                 model, list(model_weights.trainable), x, y,
                 client_seed(state["seed"], state["round"], info["client_id"]),
                 epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                shuffle=shuffle)
+                shuffle=shuffle, gradient_transform=gradient_transform)
             delta = tf.nest.map_structure(tf.subtract, model_weights.trainable, weights.trainable)
             num_examples = tf.cast(tf.shape(y)[0], tf.float32)
             record = collections.OrderedDict(delta=delta, client_id=info["client_id"],

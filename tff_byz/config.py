@@ -57,6 +57,8 @@ class ExperimentConfig:
     aggregator: str = "mean"
     attack: str = "none"
     byzantine_fraction: float = 0.0
+    byzantine_selection: str = "random"  # random | label_groups | ids:3,17,...
+    declared_byzantine_fraction: Optional[float] = None  # None: the actual fraction
     rounds: int = 30
     local_epochs: int = 1
     batch_size: int = 32
@@ -87,9 +89,13 @@ class ExperimentConfig:
         return config
 
     def default_run_name(self) -> str:
-        """Deterministic, filesystem-safe name from the settings that define the experiment."""
-        name = (f"{self.dataset}_{self.partition}_n{self.num_clients}_{self.aggregator}_"
-                f"{self.attack}_f{self.byzantine_fraction:g}_s{self.seed}")
+        """Deterministic, filesystem-safe name from the settings that define the experiment
+        (specs name only their non-default parameters; config.json has them all)."""
+        aggregator = "+".join(c.compact for c in AGGREGATORS.resolve(self.aggregator))
+        attack = "+".join(c.compact for c in ATTACKS.resolve(self.attack))
+        selection = "" if self.byzantine_selection == "random" else f"_{self.byzantine_selection}"
+        name = (f"{self.dataset}_{self.partition}_n{self.num_clients}_{aggregator}_"
+                f"{attack}_f{self.byzantine_fraction:g}{selection}_s{self.seed}")
         return re.sub(r"[^A-Za-z0-9_.=-]+", "-", name)
 
     def validate(self) -> None:
@@ -125,6 +131,14 @@ class ExperimentConfig:
             raise ConfigError(f"--clients_per_round must be <= --num_clients={self.num_clients} "
                               f"(0 means all); got {self.clients_per_round}.")
         number("byzantine_fraction", self.byzantine_fraction, 0.0, 1.0, high_open=True)
+        if self.declared_byzantine_fraction is not None:
+            number("declared_byzantine_fraction", self.declared_byzantine_fraction, 0.0, 1.0,
+                   high_open=True)
+        from attacks.selection import SelectionError, parse_selection  # pylint: disable=import-outside-toplevel
+        try:
+            parse_selection(self.byzantine_selection)
+        except SelectionError as error:
+            raise ConfigError(str(error)) from None
         integer("rounds", self.rounds, 1)
         integer("local_epochs", self.local_epochs, 1)
         integer("batch_size", self.batch_size, 1)
@@ -144,6 +158,14 @@ class ExperimentConfig:
                 registry.resolve(spec)
             except SpecError as error:
                 raise ConfigError(str(error)) from None
+        attacked = ATTACKS.resolve(self.attack)[0].name != "none"
+        if attacked and self.client_work != "local_sgd":
+            raise ConfigError(f"--attack={self.attack!r} needs --client_work=local_sgd (attacks "
+                              f"transform its client work); got --client_work={self.client_work}.")
+        if attacked and self.byzantine_fraction == 0.0 and \
+                not self.byzantine_selection.startswith("ids:"):
+            raise ConfigError(f"--attack={self.attack!r} needs Byzantine clients: set "
+                              "--byzantine_fraction > 0 or --byzantine_selection=ids:...")
         if self.tff_workers:
             from tff_byz.context import parse_worker_addresses  # pylint: disable=import-outside-toplevel
             try:

@@ -79,6 +79,16 @@ class Resolved:
         return self.name + ":" + ",".join(f"{k}={_format(v)}" for k, v in explicit)
 
 
+    @property
+    def compact(self) -> str:
+        """Like `canonical` but naming only the parameters that differ from defaults."""
+        changed = [(k, v) for k, v in self.params.items()
+                   if v is not None and v != self.entry.params[k].default]
+        if not changed:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={_format(v)}" for k, v in changed)
+
+
 def _format(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

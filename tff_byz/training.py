@@ -38,7 +38,8 @@ import tensorflow_federated as tff
 import tqdm
 
 from aggregators import AggregatorContext, build_aggregator
-from tff_byz import client_inputs, datasets, fedavg, models
+from attacks import build_attack_plan, selection
+from tff_byz import client_inputs, client_work, datasets, fedavg, models
 from tff_byz.config import RESUMABLE_CHANGES, ConfigError, ExperimentConfig
 
 __all__ = ["RunPaths", "Experiment", "run_experiment", "write_json_atomic", "NonFiniteModelError",
@@ -166,6 +167,12 @@ class _Evaluator:
         loss, accuracy = self._evaluate()
         return float(loss), float(accuracy)
 
+    def predict(self, weights: tff.learning.models.ModelWeights, x: np.ndarray) -> np.ndarray:
+        """Predicted labels of `x` under `weights` (call after `__call__` loaded them)."""
+        del weights  # loaded by the preceding __call__
+        logits = self._model.predict(x, batch_size=self._data[2], verbose=0)
+        return np.argmax(logits, axis=-1)
+
 
 class Experiment:
     """Everything one run needs, built from a resolved config (no TFF execution yet)."""
@@ -189,23 +196,42 @@ class Experiment:
             lambda: models.build_keras_model(config.model, input_shape, self.dataset.num_classes,
                                              self.dataset.normalization),
             self.dataset.test_x, self.dataset.test_y)
-        # Which clients are Byzantine is decided by the attacks issue's selector;
-        # with `--attack=none` every client is honest.
-        self.byzantine = np.zeros(self.num_clients, dtype=bool)
+        self.attack_plan = build_attack_plan(config.attack, seed=config.seed, dataset=self.dataset)
+        byzantine = selection.select_byzantine(
+            self.num_clients, config.byzantine_fraction, config.byzantine_selection, config.seed,
+            self.dataset.client_groups)
+        if not self.attack_plan.is_noop and not byzantine.any():
+            raise ConfigError(f"--attack={config.attack!r}: the selection "
+                              f"{config.byzantine_selection!r} with --byzantine_fraction="
+                              f"{config.byzantine_fraction:g} picks no Byzantine client among "
+                              f"{self.num_clients}.")
+        self.selection = selection.split_groups(byzantine, self.attack_plan.num_groups, config.seed)
+        self.byzantine = self.selection.byzantine
+        # Defences are told the declared fraction only (default: the actual one).
+        self.declared_byzantine_fraction = (
+            config.declared_byzantine_fraction if config.declared_byzantine_fraction is not None
+            else self.selection.actual_fraction)
         per_round = config.clients_per_round or self.num_clients
-        self.aggregator = build_aggregator(config.aggregator, AggregatorContext(
-            declared_byzantine_fraction=config.byzantine_fraction, clients_per_round=per_round,
-            seed=config.seed))
+        base_aggregator = build_aggregator(config.aggregator, AggregatorContext(
+            declared_byzantine_fraction=self.declared_byzantine_fraction,
+            clients_per_round=per_round, seed=config.seed))
+        self.aggregator = self.attack_plan.aggregator(base_aggregator, seed=config.seed)
+        self.backdoor = self.attack_plan.backdoor
+        self.triggered_test_x = (self.backdoor.stamp(self.dataset.test_x)
+                                 if self.backdoor is not None else None)
         self.process, self.client_states = self._build_process()
         self._client_inputs = {}
 
     def _build_process(self):
         config = self.config
         if config.client_work == "local_sgd":
+            honest = client_work.build_local_sgd_client_work(
+                self.model_fn, epochs=config.local_epochs, batch_size=config.batch_size,
+                learning_rate=config.client_lr, seed=config.seed, ascent=self.attack_plan.ascent())
             process = fedavg.build_fedavg_process(
                 self.model_fn, self.initial_weights, aggregator=self.aggregator,
-                server_lr=config.server_lr, local_epochs=config.local_epochs,
-                batch_size=config.batch_size, client_lr=config.client_lr, seed=config.seed)
+                client_work=self.attack_plan.client_work(honest, seed=config.seed),
+                server_lr=config.server_lr)
             return process, None
         from tff_byz import client_state, momentum  # pylint: disable=import-outside-toplevel
         process = momentum.build_momentum_sgd_process(
@@ -218,11 +244,36 @@ class Experiment:
 
     def client_input(self, index: int):
         if index not in self._client_inputs:
-            examples = self.dataset.client_data.create_tf_dataset_for_client(
-                self.dataset.client_ids[index])
+            group = int(self.selection.groups[index])
+            if self.attack_plan.poisons(group):
+                # Data poisoning is fixed when the data are built (seeded per client).
+                x, y = self.dataset.client_arrays(int(index))
+                rng = np.random.default_rng([self.config.seed, 0xDA7A, int(index)])
+                x, y = self.attack_plan.poison(group, x, y, rng, self.dataset)
+                examples = tf.data.Dataset.from_tensor_slices(collections.OrderedDict(
+                    x=np.asarray(x, np.float32), y=np.asarray(y, np.int32)))
+            else:
+                examples = self.dataset.client_data.create_tf_dataset_for_client(
+                    self.dataset.client_ids[index])
             self._client_inputs[index] = client_inputs.make_client_input(
-                examples, int(index), bool(self.byzantine[index]))
+                examples, int(index), group >= 0, group)
         return self._client_inputs[index]
+
+    def backdoor_metrics(self, weights, clean_accuracy: float, evaluate: bool):
+        """Backdoor metrics on the triggered test set (attacks.md §2)."""
+        from attacks import poisoning  # pylint: disable=import-outside-toplevel
+        target = self.backdoor.target
+        names = (("backdoor/attack_success_rate",) if target is not None else
+                 ("backdoor/triggered_accuracy", "backdoor/accuracy_gap"))
+        if not evaluate:
+            return collections.OrderedDict((name, math.nan) for name in names)
+        predicted = self.evaluator.predict(weights, self.triggered_test_x)
+        if target is not None:
+            return collections.OrderedDict([(names[0], poisoning.attack_success_rate(
+                predicted, self.dataset.test_y, target))])
+        triggered = float(np.mean(predicted == self.dataset.test_y))
+        return collections.OrderedDict([(names[0], triggered),
+                                        (names[1], clean_accuracy - triggered)])
 
     def model_weights(self, state) -> tff.learning.models.ModelWeights:
         if self.client_states is None:
@@ -343,7 +394,11 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
         run_name=config.run_name, status="running", reason="", rounds_completed=start_round,
         rounds_planned=config.rounds, final_test_accuracy=None, final_test_loss=None,
         best_test_accuracy=None, wall_seconds=wall_before, num_parameters=experiment.num_parameters,
-        num_clients=experiment.num_clients, byzantine_ids=np.flatnonzero(experiment.byzantine).tolist())
+        num_clients=experiment.num_clients, byzantine_ids=experiment.selection.ids,
+        actual_byzantine_fraction=experiment.selection.actual_fraction,
+        declared_byzantine_fraction=experiment.declared_byzantine_fraction,
+        attack_groups={c.name: np.flatnonzero(experiment.selection.groups == g).tolist()
+                       for g, c in enumerate(experiment.attack_plan.components)})
     _merge_previous_summary(paths, summary, resume)
     write_json_atomic(paths.summary, summary)
 
@@ -365,6 +420,8 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
             evaluate = finite and (round_num % config.eval_every == 0 or round_num == config.rounds)
             test_loss, test_accuracy = experiment.evaluator(weights) if evaluate else (math.nan, math.nan)
             flat = _flatten(metrics)
+            if experiment.backdoor is not None:
+                flat.update(experiment.backdoor_metrics(weights, test_accuracy, evaluate))
             row = collections.OrderedDict(
                 test_accuracy=test_accuracy, test_loss=test_loss,
                 train_loss=flat.get("client_work/train_loss", math.nan),

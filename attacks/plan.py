@@ -1,0 +1,104 @@
+"""An attack spec resolved into what each part of the run needs.
+
+`--attack=a+b` runs attack `a` on the first part of the Byzantine set and `b`
+on the second (`attacks.selection.split_groups`); `double` is the FedLAW paper's
+preset of two such parts. Each component may act on three places (attacks.md
+§0): the Byzantine clients' training data (`poison`), their own client work
+(`local`, a `attacks.local.LocalAttack`), and the server-side simulation of
+collusion (`collusion`, a `attacks.colluding.Collusion`, which also forges
+reported losses from honest statistics). `AttackPlan` wires all of them into a
+run: the client work, the aggregator wrapper and the poisoned client data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Optional
+
+import numpy as np
+
+from attacks.colluding import Collusion, CollusionFactory, ScheduledCollusion
+from attacks.local import LocalAttack, ScheduledAttack, ascent_predicate, build_attacked_client_work
+
+__all__ = ["AttackComponent", "AttackPlan", "Backdoor"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Backdoor:
+    """How triggered test images are made and scored (attack success rate)."""
+    stamp: Callable[[np.ndarray], np.ndarray]  # test images → triggered copies
+    target: Optional[int]  # fixed target label, or None for random targets
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackComponent:
+    name: str  # canonical spec of the component, e.g. "lie:z=baruch,stats=honest"
+    start: int = 0
+    local: Optional[LocalAttack] = None
+    collusion: Optional[Collusion] = None
+    # poison(x, y, rng, dataset) -> (x, y): the Byzantine clients' training data.
+    poison: Optional[Callable[..., Any]] = None
+    backdoor: Optional[Backdoor] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackPlan:
+    components: tuple[AttackComponent, ...] = ()
+
+    @property
+    def num_groups(self) -> int:
+        return max(len(self.components), 1)
+
+    @property
+    def is_noop(self) -> bool:
+        return all(c.local is None and c.collusion is None and c.poison is None
+                   for c in self.components)
+
+    @property
+    def local_attacks(self) -> list[ScheduledAttack]:
+        return [ScheduledAttack(g, c.start, c.local) for g, c in enumerate(self.components)
+                if c.local is not None]
+
+    @property
+    def collusions(self) -> list[ScheduledCollusion]:
+        return [ScheduledCollusion(g, c.start, c.collusion) for g, c in enumerate(self.components)
+                if c.collusion is not None]
+
+    @property
+    def backdoor(self) -> Optional[Backdoor]:
+        doors = [c.backdoor for c in self.components if c.backdoor is not None]
+        return doors[0] if doors else None
+
+    @property
+    def needs_local_sgd(self) -> bool:
+        """Gradient ascent reaches into the project's local SGD client work."""
+        return any(a.attack.ascent for a in self.local_attacks)
+
+    def ascent(self):
+        """The predicate for `build_local_sgd_client_work(ascent=...)`, or None."""
+        return ascent_predicate(self.local_attacks)
+
+    def client_work(self, honest, *, seed: int):
+        """`honest` wrapped with the local attacks (unchanged when there are none)."""
+        transforms = [a for a in self.local_attacks
+                      if a.attack.transform is not None or a.attack.perturb_weights is not None]
+        if not transforms and not self.collusions:
+            return honest
+        return build_attacked_client_work(honest, transforms, seed=seed,
+                                          mark_groups=bool(self.collusions))
+
+    def aggregator(self, inner, *, seed: int):
+        """`inner` wrapped with the colluding attacks (unchanged when there are none)."""
+        if not self.collusions:
+            return inner
+        return CollusionFactory(inner, self.collusions, seed=seed)
+
+    def poison(self, group: int, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, dataset):
+        """A Byzantine client's training data after its group's data poisoning."""
+        if 0 <= group < len(self.components) and self.components[group].poison is not None:
+            return self.components[group].poison(x, y, rng, dataset)
+        return x, y
+
+    def poisons(self, group: int) -> bool:
+        return 0 <= group < len(self.components) and self.components[group].poison is not None
