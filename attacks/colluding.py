@@ -141,7 +141,7 @@ class CollusionFactory(ClientRecordAggregationFactory):
                     memory.append(tf.where(active, new_memory, attack_state["memory"][g]))
                     entry = collections.OrderedDict(active=tf.cast(active, tf.int32))
                     entry.update(named)
-                    measurements.append((scheduled.collusion.name, entry))
+                    measurements.append((scheduled.collusion.name.split(":")[0], entry))
                 messages = collections.OrderedDict(
                     vectors=tf.stack(vectors), losses=tf.stack(losses_out),
                     active=tf.stack(actives))

@@ -290,7 +290,7 @@ def max_variance_index(values, honest_mask, iterations=50):
                                     (tf.constant(0), coefficients))
     scores = tf.linalg.matvec(gram, coefficients)
     best = tf.reduce_max(scores)
-    winner = tf.reduce_min(tf.where(scores == best, positions, tf.int32.max))
+    winner = tf.reduce_min(tf.where(tf.equal(scores, best), positions, tf.int32.max))
     return tf.cast(tf.gather(rows, winner), tf.int32)
 
 

@@ -245,8 +245,8 @@ def lie(name: str, *, z: str, stats: str, ddof: int, start: int, loss):
 
     def compute(values, honest, own, client_ids, losses, seed, memory):
         vector, memory, named = vector_fn(values, honest, own, client_ids, seed, memory)
-        forged = collusion_math.forged_loss(tf.boolean_mask(losses, honest), "mean_plus_z_std",
-                                            named["z"])
+        honest_losses = tf.boolean_mask(losses, honest)  # μ_f + z σ_f with the round's z
+        forged = tf.reduce_mean(honest_losses) + named["z"] * tf.math.reduce_std(honest_losses)
         return vector, tf.cast(forged, tf.float32), memory, named
 
     return dataclasses.replace(
@@ -337,7 +337,8 @@ def mimic_misaligned(name: str, *, eta: float, rho: float, start: int, loss):
     def misalign(record, weight, ctx):
         leaves = tf.nest.flatten(record["delta"])
         flat = tf.concat([tf.reshape(leaf, [-1]) for leaf in leaves], axis=0)
-        moved = collusion_math.mimic_misaligned_vectors(flat[tf.newaxis], ctx.seed, eta)[0]
+        moved = collusion_math.mimic_misaligned_vectors(
+            flat[tf.newaxis], ctx.seed[tf.newaxis], eta)[0]
         parts = tf.split(moved, [int(np.prod(leaf.shape)) for leaf in leaves])
         out = collections.OrderedDict(record)
         out["delta"] = tf.nest.pack_sequence_as(

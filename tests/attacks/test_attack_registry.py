@@ -1,0 +1,80 @@
+"""The `--attack` registry and CLI: names, composition, invalid combinations (exit 2)."""
+
+import re
+
+import pytest
+
+from attacks import ATTACKS, build_attack_plan
+from tff_byz.config import ConfigError, ExperimentConfig
+from tff_byz.registry import SpecError
+
+STABLE_NAMES = ["none", "sign_flip", "gaussian", "bit_flip", "scaling", "zero", "constant", "inf",
+                "nan", "random_params", "label_flip", "backdoor", "lie", "ipm", "min_max",
+                "min_sum", "mimic", "mimic_misaligned", "double"]
+
+
+def test_every_stable_name_is_registered():
+    for name in STABLE_NAMES:
+        assert name in ATTACKS
+    assert ATTACKS.entry("inverse_gradient").name == "sign_flip"
+
+
+def test_every_attack_but_none_takes_start_and_loss():
+    for name in ATTACKS.names:
+        params = ATTACKS.entry(name).params
+        if name not in ("none", "double"):
+            assert {"start", "loss"} <= set(params), name
+
+
+def test_double_is_sign_flip_then_random_params_on_two_groups():
+    plan = build_attack_plan("double")
+    assert [c.name.split(":")[0] for c in plan.components] == ["sign_flip", "random_params"]
+    assert [c.start for c in plan.components] == [2, 5]
+    assert plan.num_groups == 2
+    custom = build_attack_plan("double:first_start=0,second_start=1")
+    assert [c.start for c in custom.components] == [0, 1]
+
+
+def test_composition_and_what_each_part_needs():
+    plan = build_attack_plan("label_flip+lie:z=1.5")
+    assert plan.num_groups == 2
+    assert plan.poisons(0) and not plan.poisons(1)
+    assert [c.group for c in plan.collusions] == [1]
+    assert build_attack_plan("sign_flip:mode=ascent").needs_local_sgd
+    assert build_attack_plan("none").is_noop
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("sign_flop", "unknown name 'sign_flop'"),
+    ("gaussian:sigma=-1", "sigma=-1.0 is invalid: must be >= 0"),
+    ("bit_flip:bits=odd", "bits='odd' is invalid"),
+    ("lie:z=big", "must be baruch, blades, fedlaw_code or a number"),
+    ("lie:loss=median", "valid forms"),
+    ("mimic:target=someone", "must be random, max_variance or a client id"),
+    ("none+sign_flip", "'none' cannot be combined"),
+    ("scaling:lambda=3", "has no parameter 'lambda'"),
+])
+def test_invalid_specs_name_the_value(spec, fragment):
+    with pytest.raises(SpecError, match=re.escape(fragment)):
+        build_attack_plan(spec)
+
+
+def test_config_rejects_impossible_combinations(tmp_path):
+    def config(**values):
+        return ExperimentConfig(output_dir=str(tmp_path), **values)
+    with pytest.raises(ConfigError, match="needs Byzantine clients"):
+        config(attack="sign_flip").resolved()
+    with pytest.raises(ConfigError, match="needs --client_work=local_sgd"):
+        config(attack="sign_flip", byzantine_fraction=0.2, client_work="momentum_sgd").resolved()
+    with pytest.raises(ConfigError, match="--byzantine_selection: invalid value 'some'"):
+        config(byzantine_selection="some").resolved()
+    # explicit ids need no fraction
+    config(attack="sign_flip", byzantine_selection="ids:1,2").resolved()
+
+
+def test_run_name_names_only_non_default_parameters(tmp_path):
+    resolved = ExperimentConfig(output_dir=str(tmp_path), attack="lie:z=1.5",
+                                byzantine_fraction=0.3, byzantine_selection="label_groups",
+                                partition="q").resolved()
+    assert resolved.run_name == "digits_q_n20_mean_lie-z=1.5_f0.3_label_groups_s0"
+    assert resolved.attack == "lie:z=1.5,stats=honest,ddof=0,start=0,loss=auto"
