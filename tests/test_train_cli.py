@@ -34,6 +34,20 @@ def run_cli(capsys, tmp_path, *args):
     (["--aggregator=mean:weighted=maybe"], "--aggregator: mean:weighted='maybe' is not a valid bool"),
     (["--aggregator=mean:weighted"], "expected key=value"),
     (["--attack=bogus"], "--attack: unknown name 'bogus'; valid choices: none"),
+    (["--attack=sign_flip"], "needs Byzantine clients: set --byzantine_fraction > 0"),
+    (["--attack=gaussian:sigma=-1", "--byzantine_fraction=0.2"],
+     "--attack: gaussian:sigma=-1.0 is invalid: must be >= 0"),
+    (["--attack=sign_flip", "--byzantine_fraction=0.2", "--client_work=momentum_sgd"],
+     "needs --client_work=local_sgd"),
+    (["--attack=none+lie", "--byzantine_fraction=0.2"], "'none' cannot be combined"),
+    (["--byzantine_selection=worst"], "--byzantine_selection: invalid value 'worst'; valid choices: "
+                                      "random, label_groups, ids:<i,j,...>"),
+    (["--byzantine_selection=ids:3,99", "--attack=zero"], "client ids [99] out of range [0, 20)"),
+    (["--byzantine_selection=label_groups", "--byzantine_fraction=0.3"],
+     "needs a label-group split (--partition=q)"),
+    (["--attack=lie", "--byzantine_fraction=0.01"], "picks no Byzantine client among 20"),
+    (["--attack=backdoor:size=9", "--byzantine_fraction=0.2"], "backdoor"),
+    (["--declared_byzantine_fraction=1.5"], "--declared_byzantine_fraction must be in [0, 1)"),
     (["--tff_workers=nohost"], "--tff_workers: invalid worker address 'nohost'"),
     (["--run_name=a/b"], "--run_name must be a non-empty name without '/'"),
     (["--unknown_flag=1"], "Unknown command line flag 'unknown_flag'"),
@@ -82,4 +96,6 @@ def test_list_aggregators_and_attacks(capsys, tmp_path):
     assert code == 0
     assert "mean [rule]:" in captured.out
     assert "weighted (bool; default true)" in captured.out
-    assert "none [local]:" in captured.out
+    assert "none [none]:" in captured.out
+    assert "sign_flip (alias: inverse_gradient) [local]:" in captured.out
+    assert "lie [colluding]:" in captured.out and "z (str; default baruch)" in captured.out
