@@ -240,6 +240,9 @@ def lie(name: str, *, z: str, stats: str, ddof: int, start: int, loss):
             z=z_value)
 
     component = _colluding(name, vector_fn, start=start, loss=loss)
+    if isinstance(fixed, str):
+        component = dataclasses.replace(
+            component, check=lambda n, m: collusion_math.lie_z(n, m, fixed))
     if loss is not None:
         return component
 

@@ -40,6 +40,8 @@ class AttackComponent:
     # poison(x, y, rng, dataset) -> (x, y): the Byzantine clients' training data.
     poison: Optional[Callable[..., Any]] = None
     backdoor: Optional[Backdoor] = None
+    # check(n, m) raises ValueError when the attack is undefined for n clients, m Byzantine.
+    check: Optional[Callable[[int, int], None]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +101,15 @@ class AttackPlan:
         if 0 <= group < len(self.components) and self.components[group].poison is not None:
             return self.components[group].poison(x, y, rng, dataset)
         return x, y
+
+    def check(self, clients_per_round: int, byzantine_per_round: int) -> None:
+        """Raises ValueError when an attack is undefined for the run's n and m."""
+        for component in self.components:
+            if component.check is not None:
+                try:
+                    component.check(clients_per_round, byzantine_per_round)
+                except ValueError as error:
+                    raise ValueError(f"--attack: {component.name}: {error}") from None
 
     def poisons(self, group: int) -> bool:
         return 0 <= group < len(self.components) and self.components[group].poison is not None

@@ -46,6 +46,9 @@ def run_cli(capsys, tmp_path, *args):
     (["--byzantine_selection=label_groups", "--byzantine_fraction=0.3"],
      "needs a label-group split (--partition=q)"),
     (["--attack=lie", "--byzantine_fraction=0.01"], "picks no Byzantine client among 20"),
+    (["--attack=lie:z=fedlaw_code", "--byzantine_fraction=0.6"],
+     "--attack: lie:z=fedlaw_code,stats=honest,ddof=0,start=0,loss=auto: LIE z=fedlaw_code: the "
+     "Φ⁻¹ argument -3/20 is outside (0, 1); got n=20, m=12"),
     (["--attack=backdoor:size=9", "--byzantine_fraction=0.2"], "backdoor"),
     (["--declared_byzantine_fraction=1.5"], "--declared_byzantine_fraction must be in [0, 1)"),
     (["--tff_workers=nohost"], "--tff_workers: invalid worker address 'nohost'"),

@@ -206,12 +206,14 @@ class Experiment:
                               f"{config.byzantine_fraction:g} picks no Byzantine client among "
                               f"{self.num_clients}.")
         self.selection = selection.split_groups(byzantine, self.attack_plan.num_groups, config.seed)
+        per_round = config.clients_per_round or self.num_clients
+        # m per round: exact with full participation, the expected count otherwise.
+        self.attack_plan.check(per_round, int(round(self.selection.actual_fraction * per_round)))
         self.byzantine = self.selection.byzantine
         # Defences are told the declared fraction only (default: the actual one).
         self.declared_byzantine_fraction = (
             config.declared_byzantine_fraction if config.declared_byzantine_fraction is not None
             else self.selection.actual_fraction)
-        per_round = config.clients_per_round or self.num_clients
         base_aggregator = build_aggregator(config.aggregator, AggregatorContext(
             declared_byzantine_fraction=self.declared_byzantine_fraction,
             clients_per_round=per_round, seed=config.seed))

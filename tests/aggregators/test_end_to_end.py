@@ -1,44 +1,18 @@
 """Robust rules end to end: digits, 30 % sign-flipping clients, FedAvg process.
 
-Until the attack library lands (issue 4), the Byzantine clients come from a
-test-local client work: each client whose `info.byzantine` flag is set sends
-−10·Δ (sign flip with boosting) instead of its honest delta.
+The Byzantine clients run the attack library's `sign_flip:scale=10` (they send
+−10·Δ), composed onto the honest client work.
 """
-
-import collections
 
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_federated as tff
 
 from aggregators import AggregatorContext, build_aggregator
+from attacks import build_attack_plan
 from tff_byz import client_inputs, client_work, datasets, fedavg, models, training
 
-NUM_CLIENTS, BYZANTINE, ROUNDS, SCALE = 10, 3, 20, -10.0
-
-
-def sign_flipping(honest: tff.learning.templates.ClientWorkProcess):
-    """Byzantine clients (by their info flag) send SCALE·Δ; honest ones are untouched."""
-    result_type = honest.next.type_signature.result.result.member
-    data_type = honest.next.type_signature.parameter[2].member
-
-    @tff.tensorflow.computation(result_type, data_type)
-    def corrupt(result, data):
-        byzantine = client_inputs.read_client_info(data["info"])["byzantine"]
-        record = collections.OrderedDict(result.update)
-        record["delta"] = tf.nest.map_structure(
-            lambda d: tf.where(byzantine, SCALE * d, d), record["delta"])
-        return tff.learning.templates.ClientResult(update=record, update_weight=result.update_weight)
-
-    @tff.federated_computation(honest.next.type_signature.parameter)
-    def next_fn(state, weights, client_data):
-        output = honest.next(state, weights, client_data)
-        return tff.templates.MeasuredProcessOutput(
-            output.state, tff.federated_map(corrupt, (output.result, client_data)),
-            output.measurements)
-
-    return tff.learning.templates.ClientWorkProcess(honest.initialize, next_fn)
+NUM_CLIENTS, BYZANTINE, ROUNDS = 10, 3, 20
+ATTACK = build_attack_plan("sign_flip:scale=10", seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +34,7 @@ def final_accuracy(setup, spec, byzantine_count):
     aggregator = build_aggregator(spec, AggregatorContext(
         declared_byzantine_fraction=BYZANTINE / NUM_CLIENTS, clients_per_round=NUM_CLIENTS))
     process = fedavg.build_fedavg_process(model_fn, initial, aggregator=aggregator,
-                                          client_work=sign_flipping(honest))
+                                          client_work=ATTACK.client_work(honest, seed=1))
     inputs = [client_inputs.make_client_input(data.client_data.create_tf_dataset_for_client(cid), i,
                                               byzantine=i < byzantine_count)
               for i, cid in enumerate(data.client_ids)]
