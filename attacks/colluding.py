@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from aggregators import stacking
+from aggregators.record_stack import build_record_stack
 from attacks.local import GROUP_KEY
 from tff_byz.aggregation import ClientRecordAggregationFactory, build_update_aggregator
 
@@ -82,27 +82,15 @@ class CollusionFactory(ClientRecordAggregationFactory):
                             "work with attacks.local.build_attacked_client_work(mark_groups=True)).")
         clean_type = _strip_group(record_type)
         inner = build_update_aggregator(self._inner, clean_type, weight_type)
-        delta_type = record_type["delta"]
-        stack_value_type = tff.StructWithPythonType(
-            [("delta", tff.StructWithPythonType(
-                [("update", delta_type), ("loss", tff.TensorType(np.float32, [1]))],
-                collections.OrderedDict)),
-             ("client_id", np.int32)], collections.OrderedDict)
-        flattener, stack = stacking.build_stack_fn(stack_value_type, tff.TensorType(np.float32))
-        delta_flattener = stacking.Flattener(delta_type)
-        delta_like = tff.types.type_to_tf_tensor_specs(delta_type)
-        stack_like = tff.types.type_to_tf_tensor_specs(stack_value_type["delta"])
+        records_stack = build_record_stack(record_type, tff.TensorType(np.float32))
+        delta_flattener, delta_like = records_stack.delta_flattener, records_stack.delta_like
         num_groups = len(self._collusions)
         collusions = self._collusions
         seed = self._seed
 
         @tff.tensorflow.computation(record_type)
-        def to_stack_value(record):
-            value = collections.OrderedDict(
-                delta=collections.OrderedDict(update=record["delta"],
-                                              loss=tf.reshape(record["loss"], [1])),
-                client_id=record["client_id"])
-            return value, tf.cast(record[GROUP_KEY] + 1, tf.float32)
+        def group_weight(record):
+            return tf.cast(record[GROUP_KEY] + 1, tf.float32)
 
         @tff.tensorflow.computation
         def attack_init():
@@ -110,7 +98,7 @@ class CollusionFactory(ClientRecordAggregationFactory):
                                            memory=tf.fill([num_groups], tf.constant(-1, tf.int32)))
 
         attack_state_type = attack_init.type_signature.result
-        stacked_type = stack.type_signature.result.member
+        stacked_type = records_stack.stacked_type
 
         @tff.tensorflow.computation(attack_state_type, stacked_type)
         def server_attack(attack_state, stacked):
@@ -118,11 +106,7 @@ class CollusionFactory(ClientRecordAggregationFactory):
             def run(attack_state, stacked):
                 groups = tf.cast(tf.round(stacked["weights"]), tf.int32) - 1
                 ids = stacked["client_ids"]
-                rows = stacked["values"]
-                # Column layout of a stacked row: the flattener's leaves (update leaves, loss).
-                structure = _column_structure(flattener, stack_like)
-                values = tf.gather(rows, structure["update"], axis=1)
-                losses = tf.gather(rows, structure["loss"], axis=1)[:, 0]
+                values, losses = records_stack.split(stacked["values"])
                 honest = tf.less(groups, 0)
                 vectors, losses_out, actives, memory, measurements = [], [], [], [], []
                 for g, scheduled in enumerate(collusions):
@@ -197,8 +181,7 @@ class CollusionFactory(ClientRecordAggregationFactory):
             tff.FederatedType(record_type, tff.CLIENTS),
             tff.FederatedType(weight_type, tff.CLIENTS))
         def next_fn(state, records, weights):
-            values = tff.federated_map(to_stack_value, records)
-            stacked = stack(values[0], values[1])
+            stacked = records_stack.stack(records, tff.federated_map(group_weight, records))
             attack = tff.federated_map(server_attack, (state.attack, stacked))
             messages = tff.federated_broadcast(attack.messages)
             clean = tff.federated_map(apply_messages, (records, messages))
@@ -210,13 +193,3 @@ class CollusionFactory(ClientRecordAggregationFactory):
                 tff.federated_map(merge, (output.measurements, attack.measurements)))
 
         return tff.templates.AggregationProcess(init_fn, next_fn)
-
-
-def _column_structure(flattener: stacking.Flattener, like) -> dict[str, Any]:
-    """Column indices of the `update` leaves and of `loss` in a flattened stacked row."""
-    offsets = np.cumsum([0] + flattener.sizes)
-    index_leaves = [np.arange(offsets[i], offsets[i + 1], dtype=np.int32)
-                    for i in range(len(flattener.sizes))]
-    packed = tf.nest.pack_sequence_as(like, index_leaves)
-    update = np.concatenate([np.asarray(x) for x in tf.nest.flatten(packed["update"])])
-    return {"update": tf.constant(update), "loss": tf.constant(np.asarray(packed["loss"]))}
