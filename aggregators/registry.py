@@ -186,10 +186,51 @@ pre_aggregator("arc", ARC, "adaptive robust clipping (Allouah et al. 2024): clip
                "⌊2(f/n)(n−f)⌋ largest norms; needs f < n/2.")
 
 
+def _fedlaw(context: AggregatorContext, **values):
+    del context
+    from fedlaw.process import FedLAWOptions  # pylint: disable=import-outside-toplevel
+    return FedLAWOptions(**values)
+
+
+def _cap(value) -> Optional[str]:
+    return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
+
+
+AGGREGATORS.register(Entry(
+    name="fedlaw", build=_fedlaw, kind="algorithm",
+    help="FedLAW (Parsa et al., arXiv 2511.03529): learnable sparse client weights, two client "
+         "passes per learning round; a training algorithm, not a rule (no pre-aggregators).",
+    params={
+        "beta": Param(float, 1e-3, "weight step β", check=_positive),
+        "s_start": Param(int, None, "last round of s = n (default round(0.04·rounds))",
+                         check=_non_negative),
+        "s_end": Param(int, None, "first round of s = n − f (default round(0.5·rounds))",
+                       check=_non_negative),
+        "cap": Param(float, None, "weight cap t (default 1/(s_final − ⌈0.05n⌉))", check=_cap),
+        "freeze": Param(int, None, "learn w in rounds 0..K−1, then aggregate with frozen w",
+                        check=_at_least_one),
+        "weight_step": Param(str, "full", "full, or bsum (loss-only ablation)",
+                             choices=("full", "bsum")),
+        "clip": Param(bool, False, "ablation: clip deltas to the median norm"),
+        "loss_filter": Param(bool, False, "ablation: MAD pre-filter on the pass-B losses"),
+        "f": F_PARAM,
+    }))
+
+
 def build_aggregator(spec: str, context: AggregatorContext):
-    """A TFF aggregation factory for `spec` (validated; raises SpecError/ValueError)."""
+    """A TFF aggregation factory for `spec` (validated; raises SpecError/ValueError).
+
+    For a training algorithm (`fedlaw`) it returns the algorithm's options instead,
+    which the training loop turns into its own process.
+    """
     components = AGGREGATORS.resolve(spec)
     *pres, last = components
+    algorithms = [c.name for c in components if c.entry.kind == "algorithm"]
+    if algorithms:
+        if pres:
+            raise SpecError(f"--aggregator={spec!r}: {algorithms[0]} is a training algorithm "
+                            "and cannot be composed with '+'.")
+        return last.entry.build(context, **last.params)
     if last.entry.kind != "rule":
         raise SpecError(f"--aggregator={spec!r}: the last component must be a rule; "
                         f"{last.name} is a {last.entry.kind}.")

@@ -158,6 +158,13 @@ class ExperimentConfig:
                 registry.resolve(spec)
             except SpecError as error:
                 raise ConfigError(str(error)) from None
+        if any(c.name == "fedlaw" for c in AGGREGATORS.resolve(self.aggregator)):
+            if self.client_work != "local_sgd":
+                raise ConfigError(f"--aggregator=fedlaw needs --client_work=local_sgd; got "
+                                  f"--client_work={self.client_work}.")
+            if self.server_lr != 1.0:
+                raise ConfigError(f"--aggregator=fedlaw steps θ + Σ w_i Δ_i (its server step is "
+                                  f"the client lr α); --server_lr must be 1; got {self.server_lr}.")
         attacked = ATTACKS.resolve(self.attack)[0].name != "none"
         if attacked and self.client_work != "local_sgd":
             raise ConfigError(f"--attack={self.attack!r} needs --client_work=local_sgd (attacks "

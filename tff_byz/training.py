@@ -93,6 +93,8 @@ class RunPaths:
     def tensorboard(self): return os.path.join(self.root, "tensorboard")
     @property
     def worker_log(self): return os.path.join(self.root, "worker.log")
+    @property
+    def weights(self): return os.path.join(self.root, "weights.csv")
 
 
 def sample_clients(num_clients: int, clients_per_round: int, seed: int, round_index: int) -> np.ndarray:
@@ -217,7 +219,10 @@ class Experiment:
         base_aggregator = build_aggregator(config.aggregator, AggregatorContext(
             declared_byzantine_fraction=self.declared_byzantine_fraction,
             clients_per_round=per_round, seed=config.seed))
-        self.aggregator = self.attack_plan.aggregator(base_aggregator, seed=config.seed)
+        from fedlaw.process import FedLAWOptions  # pylint: disable=import-outside-toplevel
+        self.fedlaw_options = base_aggregator if isinstance(base_aggregator, FedLAWOptions) else None
+        self.aggregator = (None if self.fedlaw_options is not None else
+                           self.attack_plan.aggregator(base_aggregator, seed=config.seed))
         self.backdoor = self.attack_plan.backdoor
         self.triggered_test_x = (self.backdoor.stamp(self.dataset.test_x)
                                  if self.backdoor is not None else None)
@@ -230,6 +235,16 @@ class Experiment:
             honest = client_work.build_local_sgd_client_work(
                 self.model_fn, epochs=config.local_epochs, batch_size=config.batch_size,
                 learning_rate=config.client_lr, seed=config.seed, ascent=self.attack_plan.ascent())
+            if self.fedlaw_options is not None:
+                from fedlaw.process import build_fedlaw_process  # pylint: disable=import-outside-toplevel
+                process = build_fedlaw_process(
+                    self.model_fn, self.initial_weights,
+                    self.attack_plan.client_work(honest, seed=config.seed),
+                    options=self.fedlaw_options, num_clients=self.num_clients,
+                    rounds=config.rounds, declared_fraction=self.declared_byzantine_fraction,
+                    alpha=config.client_lr,
+                    wrap_collector=lambda f: self.attack_plan.aggregator(f, seed=config.seed))
+                return process, None
             process = fedavg.build_fedavg_process(
                 self.model_fn, self.initial_weights, aggregator=self.aggregator,
                 client_work=self.attack_plan.client_work(honest, seed=config.seed),
@@ -277,7 +292,23 @@ class Experiment:
         return collections.OrderedDict([(names[0], triggered),
                                         (names[1], clean_accuracy - triggered)])
 
+    def detection_metrics(self, weights: np.ndarray):
+        """FedLAW detection (fedlaw.md §7): flagged iff w_i <= 1e-4, against the true ids."""
+        from fedlaw import math as fedlaw_math  # pylint: disable=import-outside-toplevel
+        found = fedlaw_math.detection_metrics(weights, self.byzantine)
+        return collections.OrderedDict(
+            (f"detection/{key}", float(found[key]))
+            for key in ("precision", "recall", "f1", "accuracy") if key in found)
+
+    def client_weights(self, state) -> Optional[np.ndarray]:
+        """Learned per-client aggregation weights (FedLAW), else None."""
+        if self.fedlaw_options is None:
+            return None
+        return self.process.client_weights(state)
+
     def model_weights(self, state) -> tff.learning.models.ModelWeights:
+        if self.fedlaw_options is not None:
+            return self.process.get_model_weights(state)
         if self.client_states is None:
             return state.global_model_weights
         return state["global_model_weights"]
@@ -383,6 +414,7 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
     state_manager = tff.program.FileProgramStateManager(paths.state, keep_total=2, keep_first=False)
     csv_manager = tff.program.CSVFileReleaseManager(paths.metrics, key_fieldname="round")
     tensorboard_manager = tff.program.TensorBoardReleaseManager(paths.tensorboard)
+    weights_manager = None  # FedLAW: weights.csv, one row per round, one column per client id
 
     state = experiment.process.initialize()
     start_round, wall_before = 0, 0.0
@@ -424,6 +456,14 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
             flat = _flatten(metrics)
             if experiment.backdoor is not None:
                 flat.update(experiment.backdoor_metrics(weights, test_accuracy, evaluate))
+            learned = experiment.client_weights(state)
+            if learned is not None:
+                flat.update(experiment.detection_metrics(learned))
+                if weights_manager is None:
+                    weights_manager = tff.program.CSVFileReleaseManager(
+                        paths.weights, key_fieldname="round")
+                _run_sync(weights_manager.release(collections.OrderedDict(
+                    zip(experiment.dataset.client_ids, learned.tolist())), key=round_num))
             row = collections.OrderedDict(
                 test_accuracy=test_accuracy, test_loss=test_loss,
                 train_loss=flat.get("client_work/train_loss", math.nan),

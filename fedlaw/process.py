@@ -1,0 +1,329 @@
+"""FedLAW (arXiv 2511.03529) as TFF computations: learning rounds and frozen rounds.
+
+A learning round (fedlaw.md §4) is one federated computation:
+
+    broadcast θ_k → client work (pass A) → stacked (Δ_i, f_i, id) at the server
+    θ̃ = θ_k + Σ ŵ_i Δ_i → broadcast θ̃ → client work (pass B) → stacked (Δ̃_i, f̃_i, id)
+    h_i = ŵ_i + (β/α)⟨Δ_i, Σ_j ŵ_j Δ̃_j⟩ − β f̃_i   (= w + αβ Gᵀz − β f̃ with g = −Δ/α)
+    w ← Proj_Δ(h; s_k, t);  θ_{k+1} = θ_k + Σ w_i Δ_i  (new weights, pass-A deltas)
+
+Both passes run the same (possibly attacked) client work from the same client
+work state, so Byzantine clients act in both with the same round index; each
+pass is collected by its own `StackedRecordsFactory` wrapped by the attack
+plan, so colluding attacks use the statistics of the pass they attack. After
+`freeze` rounds (if set), rounds are single-pass and aggregate with
+`LearnedWeightsFactory` (no stacking). The weights w are a float64 vector over
+all N client ids in the server state: they survive checkpoints, and partial
+participation follows §9 (the round's participants' weights renormalised, s and
+t scaled, written back with the participants' old mass).
+
+Clients whose pass-A or pass-B delta or loss is non-finite get h = −∞ and their
+rows count as zero: they end with weight 0 whenever enough finite clients
+remain (reported as `non_finite_clients`).
+
+`FedLAWProcess` is a small Python object (`initialize`, `next(state, inputs)`,
+`get_model_weights`) that dispatches each round to the learning or the frozen
+computation by the round index stored in the state.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from aggregators.record_stack import StackedRecordsFactory
+from fedlaw import math as fedlaw_math
+from fedlaw.learned_weights import LearnedWeightsFactory
+from tff_byz import fedavg
+from tff_byz.aggregation import build_update_aggregator
+
+__all__ = ["FedLAWOptions", "FedLAWSchedule", "FedLAWProcess", "build_fedlaw_process"]
+
+FLAG_THRESHOLD = 1e-4  # §7: a client is flagged iff w_i <= 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class FedLAWOptions:
+    """The `--aggregator=fedlaw:...` parameters (fedlaw.md §6); None = the spec's default."""
+    beta: float = 1e-3
+    s_start: Optional[int] = None
+    s_end: Optional[int] = None
+    cap: Optional[float] = None
+    freeze: Optional[int] = None
+    weight_step: str = "full"
+    clip: bool = False
+    loss_filter: bool = False
+    f: Optional[int] = None  # declared Byzantine count (default ⌈declared fraction · N⌉)
+
+
+@dataclasses.dataclass(frozen=True)
+class FedLAWSchedule:
+    """Resolved, validated sparsity schedule and cap for N clients and T rounds."""
+    num_clients: int
+    s_final: int
+    s_start: int
+    s_end: int
+    cap: float
+    freeze: Optional[int]
+
+    @classmethod
+    def resolve(cls, options: FedLAWOptions, *, num_clients: int, rounds: int,
+                declared_fraction: float) -> "FedLAWSchedule":
+        n = num_clients
+        if options.f is not None:
+            if not 0 <= options.f < n:
+                raise ValueError(f"fedlaw: f={options.f} must be in [0, {n}) for n={n} clients.")
+            s_final = n - options.f
+        else:
+            s_final = fedlaw_math.s_final(n, declared_fraction)
+        explicit = options.s_start is not None or options.s_end is not None
+        if options.freeze is not None and not explicit:
+            s_start = s_end = 0  # frozen after K: s fixed at s_final (§6)
+        else:
+            s_start = round(0.04 * rounds) if options.s_start is None else options.s_start
+            s_end = round(0.5 * rounds) if options.s_end is None else options.s_end
+        if s_end < s_start:
+            raise ValueError(f"fedlaw: s_end={s_end} must be >= s_start={s_start}.")
+        if options.freeze is not None and explicit and s_end > options.freeze:
+            raise ValueError(f"fedlaw: the sparsity schedule must end by the freeze round: "
+                             f"s_end={s_end} > freeze={options.freeze}.")
+        cap = fedlaw_math.default_cap(n, s_final) if options.cap is None else float(options.cap)
+        if not 0.0 < cap <= 1.0:
+            raise ValueError(f"fedlaw: cap={cap} must be in (0, 1].")
+        fedlaw_math.check_feasible(s_final, cap)
+        return cls(n, s_final, s_start, s_end, cap, options.freeze)
+
+    def learning(self, round_index: int) -> bool:
+        return self.freeze is None or round_index < self.freeze
+
+
+class FedLAWOutput(collections.namedtuple("FedLAWOutput", ["state", "metrics"])):
+    pass
+
+
+class FedLAWProcess:
+    """`initialize()`, `next(state, client_inputs)`, `get_model_weights(state)`; see module doc."""
+
+    def __init__(self, initialize_fn, learning_next, frozen_next, schedule: FedLAWSchedule,
+                 frozen_weights_path: Callable):
+        self._initialize = initialize_fn
+        self.learning_next = learning_next
+        self.frozen_next = frozen_next
+        self.schedule = schedule
+        self._frozen_weights_path = frozen_weights_path
+
+    def initialize(self):
+        return self._initialize()
+
+    def next(self, state, client_inputs) -> FedLAWOutput:
+        round_index = int(state["server"]["round"])
+        if self.schedule.learning(round_index):
+            state, metrics = self.learning_next(state, client_inputs)
+        else:
+            # The frozen aggregator aggregates with the weights learned so far.
+            state = _copy_state(state)
+            self._frozen_weights_path(state["frozen"])["weights"] = np.asarray(
+                state["server"]["weights"], np.float64)
+            state, metrics = self.frozen_next(state, client_inputs)
+        return FedLAWOutput(state, metrics)
+
+    @staticmethod
+    def get_model_weights(state) -> tff.learning.models.ModelWeights:
+        model = state["server"]["model"]
+        return tff.learning.models.ModelWeights(trainable=list(model.trainable),
+                                                non_trainable=list(model.non_trainable))
+
+    @staticmethod
+    def client_weights(state) -> np.ndarray:
+        return np.asarray(state["server"]["weights"], np.float64)
+
+
+def _copy_state(state):
+    if isinstance(state, dict):
+        return collections.OrderedDict((k, _copy_state(v)) for k, v in state.items())
+    return state
+
+
+def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: FedLAWOptions,
+                         num_clients: int, rounds: int, declared_fraction: float, alpha: float,
+                         wrap_collector: Callable = lambda factory: factory) -> FedLAWProcess:
+    """FedLAW around any `client_work` producing client records (module doc).
+
+    `alpha` is the client learning rate (the spec's α, also the server step);
+    `wrap_collector(factory)` wraps each pass's collection and the frozen
+    aggregator (the attack plan's colluding attacks).
+    """
+    schedule = FedLAWSchedule.resolve(options, num_clients=num_clients, rounds=rounds,
+                                      declared_fraction=declared_fraction)
+    if options.weight_step not in ("full", "bsum"):
+        raise ValueError(f"fedlaw: weight_step={options.weight_step!r}; valid: full, bsum.")
+    if not options.beta > 0 or not math.isfinite(options.beta):
+        raise ValueError(f"fedlaw: beta={options.beta} must be a finite number > 0.")
+    n_all = num_clients
+    init_weights = fedavg.initial_weights_fn(initial_weights)
+    model_type = init_weights.type_signature.result
+    record_type = client_work.next.type_signature.result.result.member.update
+    weight_type = client_work.next.type_signature.result.result.member.update_weight
+    data_type = client_work.next.type_signature.parameter[2].member
+    collect_a = build_update_aggregator(wrap_collector(StackedRecordsFactory()), record_type,
+                                        weight_type)
+    collect_b = build_update_aggregator(wrap_collector(StackedRecordsFactory()), record_type,
+                                        weight_type)
+    uniform = np.full(n_all, 1.0 / n_all)
+    frozen_factory = wrap_collector(LearnedWeightsFactory(uniform))
+    frozen = build_update_aggregator(frozen_factory, record_type, weight_type)
+    wrapped = not isinstance(frozen_factory, LearnedWeightsFactory)
+    stacked_type = collect_a.next.type_signature.result.result.member
+    trainable_like = tff.types.type_to_tf_tensor_specs(model_type.trainable)
+
+    @tff.tensorflow.computation
+    def server_init():
+        weights = init_weights()
+        return collections.OrderedDict(
+            model=weights, weights=tf.constant(uniform, tf.float64),
+            round=tf.constant(0, tf.int64))
+
+    server_type = server_init.type_signature.result
+
+    def add_to_model(model, vector):
+        sizes = [int(np.prod(s.shape)) for s in tf.nest.flatten(trainable_like)]
+        parts = tf.split(vector, sizes) if len(sizes) > 1 else [vector]
+        trainable = [t + tf.reshape(p, tf.shape(t)) for t, p in zip(model.trainable, parts)]
+        return tff.learning.models.ModelWeights(trainable=trainable,
+                                                non_trainable=list(model.non_trainable))
+
+    def finite_rows(deltas, losses):
+        return tf.logical_and(tf.reduce_all(tf.math.is_finite(deltas), axis=1),
+                              tf.math.is_finite(losses))
+
+    def zero_rows(deltas, keep):
+        return tf.where(keep[:, tf.newaxis], deltas, tf.zeros_like(deltas))
+
+    @tff.tensorflow.computation(server_type, stacked_type)
+    def look_ahead(server, stacked_a):
+        @tf.function
+        def run(server, stacked_a):
+            keep = finite_rows(stacked_a["deltas"], stacked_a["losses"])
+            w_hat, _ = fedlaw_math.participant_weights(server["weights"], stacked_a["client_ids"])
+            w_hat = tf.where(keep, w_hat, tf.zeros_like(w_hat))
+            step = fedlaw_math.weighted_delta(zero_rows(stacked_a["deltas"], keep), w_hat)
+            return add_to_model(server["model"], step)
+        return run(server, stacked_a)
+
+    s_final, s_start, s_end, cap = schedule.s_final, schedule.s_start, schedule.s_end, schedule.cap
+
+    @tff.tensorflow.computation(server_type, stacked_type, stacked_type)
+    def server_step(server, stacked_a, stacked_b):
+        @tf.function
+        def run(server, stacked_a, stacked_b):
+            ids = stacked_a["client_ids"]
+            tf.debugging.assert_equal(ids, stacked_b["client_ids"],
+                                      message="FedLAW: passes A and B saw different clients")
+            m = tf.shape(ids)[0]
+            keep = tf.logical_and(finite_rows(stacked_a["deltas"], stacked_a["losses"]),
+                                  finite_rows(stacked_b["deltas"], stacked_b["losses"]))
+            deltas_a = zero_rows(stacked_a["deltas"], keep)
+            deltas_b = zero_rows(stacked_b["deltas"], keep)
+            losses_b = tf.where(keep, stacked_b["losses"], tf.zeros_like(stacked_b["losses"]))
+            metrics = collections.OrderedDict()
+            if options.clip:
+                deltas_a, radius_a, clipped_a = fedlaw_math.clip_by_median_norm(deltas_a)
+                deltas_b, _, clipped_b = fedlaw_math.clip_by_median_norm(deltas_b)
+                metrics["clip_radius"] = tf.cast(radius_a, tf.float32)
+                metrics["clipped_clients"] = tf.cast(clipped_a, tf.int32) + tf.cast(
+                    clipped_b, tf.int32)
+            w_hat, mass = fedlaw_math.participant_weights(server["weights"], ids)
+            h = fedlaw_math.weight_step(deltas_a, deltas_b, w_hat, losses_b, alpha=alpha,
+                                        beta=options.beta, mode=options.weight_step)
+            h = tf.where(keep, h, tf.fill(tf.shape(h), tf.constant(-np.inf, tf.float64)))
+            s_k = fedlaw_math.sparsity_tensor(server["round"], n_all, s_final, s_start, s_end)
+            s_p, t_p = fedlaw_math.participant_sparsity(s_k, cap, m, n_all)
+            s_p = tf.cast(s_p, tf.int32)
+            t_p = tf.cast(t_p, tf.float64)
+            if options.loss_filter:
+                min_keep = tf.cast(tf.math.ceil(1.0 / t_p - 1e-9), tf.int32)
+                passed, flagged, skipped = fedlaw_math.mad_loss_filter(losses_b, min_keep)
+                h = tf.where(passed, h, tf.fill(tf.shape(h), tf.constant(-np.inf, tf.float64)))
+                metrics["loss_filter_flagged"] = tf.cast(flagged, tf.int32)
+                metrics["loss_filter_skipped"] = tf.cast(skipped, tf.int32)
+            w_new = fedlaw_math.project_sparse_capped_simplex(h, s_p, t_p)
+            step = fedlaw_math.weighted_delta(deltas_a, w_new)
+            new_weights = fedlaw_math.write_back(server["weights"], ids, w_new, mass)
+            metrics.update(collections.OrderedDict(
+                s=s_p, cap=tf.cast(t_p, tf.float32),
+                flagged_clients=tf.reduce_sum(tf.cast(w_new <= FLAG_THRESHOLD, tf.int32)),
+                weight_max=tf.cast(tf.reduce_max(w_new), tf.float32),
+                non_finite_clients=m - tf.reduce_sum(tf.cast(keep, tf.int32)),
+                learning=tf.constant(1, tf.int32)))
+            return collections.OrderedDict(
+                model=add_to_model(server["model"], step), weights=new_weights,
+                round=server["round"] + 1), metrics
+        return run(server, stacked_a, stacked_b)
+
+    frozen_result_type = frozen.next.type_signature.result.result.member
+
+    @tff.tensorflow.computation(server_type, frozen_result_type)
+    def frozen_step(server, aggregate):
+        flat = tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1])
+                          for t in tf.nest.flatten(aggregate)], axis=0)
+        return collections.OrderedDict(
+            model=add_to_model(server["model"], flat), weights=server["weights"],
+            round=server["round"] + 1)
+
+    @tff.tensorflow.computation(server_type)
+    def model_of(server):
+        return server["model"]
+
+    @tff.federated_computation
+    def init_fn():
+        return tff.federated_zip(collections.OrderedDict(
+            server=tff.federated_eval(server_init, tff.SERVER),
+            client_work=client_work.initialize(),
+            collect_a=collect_a.initialize(), collect_b=collect_b.initialize(),
+            frozen=frozen.initialize()))
+
+    state_type = init_fn.type_signature.result
+
+    def run_pass(state, model, client_data, collector, collector_state):
+        out = client_work.next(state.client_work, tff.federated_broadcast(model), client_data)
+        collected = collector.next(collector_state, out.result.update, out.result.update_weight)
+        return out, collected
+
+    @tff.federated_computation(state_type, tff.FederatedType(data_type, tff.CLIENTS))
+    def learning_next(state, client_data):
+        model = tff.federated_map(model_of, state.server)
+        out_a, collected_a = run_pass(state, model, client_data, collect_a, state.collect_a)
+        look = tff.federated_map(look_ahead, (state.server, collected_a.result))
+        out_b, collected_b = run_pass(state, look, client_data, collect_b, state.collect_b)
+        stepped = tff.federated_map(server_step, (state.server, collected_a.result,
+                                                  collected_b.result))
+        new_state = tff.federated_zip(collections.OrderedDict(
+            server=stepped[0], client_work=out_a.state, collect_a=collected_a.state,
+            collect_b=collected_b.state, frozen=state.frozen))
+        metrics = tff.federated_zip(collections.OrderedDict(
+            client_work=out_a.measurements, fedlaw=stepped[1],
+            aggregator=collected_a.measurements))
+        return new_state, metrics
+
+    @tff.federated_computation(state_type, tff.FederatedType(data_type, tff.CLIENTS))
+    def frozen_next(state, client_data):
+        model = tff.federated_map(model_of, state.server)
+        out, aggregated = run_pass(state, model, client_data, frozen, state.frozen)
+        server = tff.federated_map(frozen_step, (state.server, aggregated.result))
+        new_state = tff.federated_zip(collections.OrderedDict(
+            server=server, client_work=out.state, collect_a=state.collect_a,
+            collect_b=state.collect_b, frozen=aggregated.state))
+        metrics = tff.federated_zip(collections.OrderedDict(
+            client_work=out.measurements, fedlaw_frozen=aggregated.measurements))
+        return new_state, metrics
+
+    def frozen_weights_path(frozen_state):
+        return frozen_state["inner"] if wrapped else frozen_state
+
+    return FedLAWProcess(init_fn, learning_next, frozen_next, schedule, frozen_weights_path)
