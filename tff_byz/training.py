@@ -458,7 +458,9 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
                 flat.update(experiment.backdoor_metrics(weights, test_accuracy, evaluate))
             learned = experiment.client_weights(state)
             if learned is not None:
-                flat.update(experiment.detection_metrics(learned))
+                detection = experiment.detection_metrics(learned)
+                flat.update(detection)
+                summary["final_detection"] = {k.split("/", 1)[1]: v for k, v in detection.items()}
                 if weights_manager is None:
                     weights_manager = tff.program.CSVFileReleaseManager(
                         paths.weights, key_fieldname="round")
