@@ -1,0 +1,68 @@
+"""FedLAW through the pipeline on the embedded dataset: detection, accuracy, resume.
+
+IID digits, 20 clients, 30 % sign-flipping clients from round index 2. (Under the
+label-group split q = 0.9 the same settings do not yet exclude the Byzantine
+groups; see BUILD_NOTES.md.)
+"""
+
+import json
+
+import pandas as pd
+import pytest
+
+from tff_byz import training
+from tff_byz.config import ExperimentConfig
+
+SETTINGS = dict(dataset="digits", num_clients=20, local_epochs=3, batch_size=16, client_lr=0.05,
+                byzantine_fraction=0.3, seed=0, eval_every=1)
+
+
+def run(tmp_path, name, rounds, **overrides):
+    values = dict(SETTINGS, rounds=rounds, output_dir=str(tmp_path), run_name=name)
+    values.update(overrides)
+    return training.run_experiment(ExperimentConfig(**values), progress=False)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tff_context):
+    out = tmp_path_factory.mktemp("fedlaw")
+    summaries = {
+        "honest": run(out, "honest", 10, aggregator="mean", attack="none"),
+        "fedlaw": run(out, "fedlaw", 10, aggregator="fedlaw:beta=0.01",
+                      attack="sign_flip:start=2"),
+    }
+    return out, summaries
+
+
+def test_fedlaw_excludes_every_sign_flipper_and_keeps_accuracy(runs):
+    out, summaries = runs
+    fedlaw = summaries["fedlaw"]
+    assert fedlaw["status"] == "complete"
+    weights = pd.read_csv(out / "fedlaw" / "weights.csv").set_index("round")
+    byzantine = [f"{i:04d}" for i in fedlaw["byzantine_ids"]]
+    assert len(byzantine) == 6
+    final = weights.iloc[-1]
+    assert (final[byzantine] <= 1e-4).mean() >= 0.9
+    assert (final.drop(byzantine) > 1e-4).all()
+    assert final.sum() == pytest.approx(1.0)
+    assert fedlaw["final_detection"]["recall"] >= 0.9
+    assert fedlaw["final_detection"]["precision"] == 1.0
+    assert fedlaw["final_test_accuracy"] >= summaries["honest"]["final_test_accuracy"] - 0.03
+    metrics = pd.read_csv(out / "fedlaw" / "metrics.csv")
+    assert metrics["fedlaw/s"].iloc[-1] == 14  # s_final = 20 − ⌈0.3·20⌉
+
+
+def test_fedlaw_resume_continues_exactly(tmp_path, tff_context):
+    spec = dict(aggregator="fedlaw:beta=0.01,freeze=3", attack="sign_flip:start=1")
+    run(tmp_path, "straight", 5, **spec)
+    run(tmp_path, "resumed", 2, **spec)
+    config = ExperimentConfig(**dict(SETTINGS, rounds=5, output_dir=str(tmp_path),
+                                     run_name="resumed", **spec))
+    training.run_experiment(config, progress=False, resume=True)
+    for name in ("weights.csv", "metrics.csv"):
+        a = pd.read_csv(tmp_path / "straight" / name)
+        b = pd.read_csv(tmp_path / "resumed" / name)
+        columns = [c for c in a.columns if c != "round_seconds"]
+        pd.testing.assert_frame_equal(a[columns], b[columns])
+    summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["rounds_completed"] == 5
