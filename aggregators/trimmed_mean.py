@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from aggregators.base import RobustAggregationFactory
+from aggregators.median import sorting_network_reduce
 
 __all__ = ["trimmed_mean", "weighted_trimmed_mean", "TrimmedMeanFactory"]
 
@@ -25,9 +26,21 @@ def trimmed_mean(stacked: tf.Tensor, *, beta) -> tf.Tensor:
     stacked = tf.convert_to_tensor(stacked)
     n = tf.shape(stacked)[0]
     beta = tf.cast(beta, tf.int32)
-    tf.debugging.assert_less(2 * beta, n, message="trimmed_mean needs 2*beta < n")
-    ordered = tf.sort(stacked, axis=0)
-    return tf.reduce_mean(ordered[beta:n - beta], axis=0)
+    check = tf.debugging.assert_less(2 * beta, n, message="trimmed_mean needs 2*beta < n")
+    with tf.control_dependencies([check] if check is not None else []):
+        beta = tf.identity(beta)
+
+    def fallback(stacked):
+        ordered = tf.sort(stacked, axis=0)
+        return tf.reduce_mean(ordered[beta:n - beta], axis=0)
+
+    # The network sorts like tf.sort (high pads after the n values), so the same
+    # values are averaged in the same order.
+    def finish(wires, n, m):
+        del m
+        return tf.reduce_mean(wires[beta:n - beta], axis=0)
+
+    return sorting_network_reduce(stacked, finish, fallback=fallback)
 
 
 def weighted_trimmed_mean(stacked: tf.Tensor, weights: tf.Tensor, *, beta) -> tf.Tensor:

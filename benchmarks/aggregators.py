@@ -59,20 +59,37 @@ def client_data(n, per_client, seed=0):
     return datasets
 
 
-def time_rounds(process, inputs, rounds):
+def cpu_seconds(pid):
+    """User + system CPU time of process `pid` so far (Linux /proc; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def time_rounds(process, inputs, rounds, worker_pid=None):
+    """(wall seconds, worker CPU seconds or None) per round, after one warm-up round.
+
+    The worker's CPU time (all its threads) is much less sensitive than wall time
+    to other load on the machine, so it is reported beside the wall-time ratio."""
     state = process.initialize()
     state = process.next(state, inputs).state  # warm-up
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds(worker_pid)
     for _ in range(rounds):
         state = process.next(state, inputs).state
-    return (time.perf_counter() - start) / rounds
+    cpu_end = cpu_seconds(worker_pid)
+    cpu = None if cpu_start is None or cpu_end is None else (cpu_end - cpu_start) / rounds
+    return (time.perf_counter() - start) / rounds, cpu
 
 
 def main(argv):
     FLAGS(argv)
     rules = FLAGS.rules or default_rules()
     rows = []
-    with context.ExecutionContext():
+    with context.ExecutionContext() as execution_context:
+        worker_pid = execution_context.worker_pid
         for model in FLAGS.models:
             keras_model = models.build_keras_model(model, SHAPE, CLASSES, NORM, seed=0)
             params = models.count_parameters(keras_model)
@@ -90,21 +107,27 @@ def main(argv):
                 processes[rule] = build(build_aggregator(rule, agg_context))
             for n in map(int, FLAGS.clients):
                 inputs = client_data(n, FLAGS.examples_per_client)
-                baseline = time_rounds(processes["mean"], inputs, FLAGS.rounds)
-                print(f"\n{model} ({params:,} params), n={n}: mean round {baseline:.3f} s", flush=True)
+                baseline, baseline_cpu = time_rounds(processes["mean"], inputs, FLAGS.rounds,
+                                                     worker_pid)
+                print(f"\n{model} ({params:,} params), n={n}: mean round {baseline:.3f} s"
+                      + (f" (worker CPU {baseline_cpu:.3f} s)" if baseline_cpu else ""), flush=True)
                 for name, process in processes.items():
                     if name == "mean":
                         continue
                     try:
-                        seconds = time_rounds(process, inputs, FLAGS.rounds)
+                        seconds, cpu = time_rounds(process, inputs, FLAGS.rounds, worker_pid)
                     except Exception as error:  # e.g. a requirement violated at this n
                         print(f"  {name:32s} skipped: {str(error).splitlines()[0][:100]}")
                         continue
                     ratio = seconds / baseline
+                    cpu_ratio = cpu / baseline_cpu if cpu and baseline_cpu else None
                     rows.append(dict(model=model, parameters=params, clients=n, rule=name,
                                      round_seconds=seconds, mean_round_seconds=baseline,
-                                     ratio=ratio))
-                    print(f"  {name:32s} {seconds:8.3f} s   {ratio:6.2f}x mean", flush=True)
+                                     ratio=ratio, worker_cpu_seconds=cpu,
+                                     mean_worker_cpu_seconds=baseline_cpu, cpu_ratio=cpu_ratio))
+                    print(f"  {name:32s} {seconds:8.3f} s   {ratio:6.2f}x mean"
+                          + (f"   (worker CPU {cpu:7.3f} s, {cpu_ratio:5.2f}x)" if cpu_ratio else ""),
+                          flush=True)
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:
             json.dump(rows, f, indent=2)

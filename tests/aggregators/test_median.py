@@ -7,6 +7,9 @@ import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
 
+import tensorflow as tf
+
+from aggregators import median as median_module
 from aggregators.base import RequirementError
 from aggregators.median import MedianFactory, median, weighted_median
 from tests.aggregators import helpers
@@ -81,6 +84,58 @@ def test_up_to_f_huge_rows_stay_within_honest_range(x, huge):
 def test_identical_inputs_return_that_input():
     x = np.tile(np.array([[1.5, -2.0, 3.0]], np.float32), (5, 1))
     np.testing.assert_array_equal(median(x), x[0])
+
+
+# --- the sorting-network path (graph mode, many columns) ----------------------------------
+
+def network_inputs(kind, n, d, rng):
+    """Rows for network-vs-sort comparisons: plain, heavy ties (incl. ±0), extremes."""
+    if kind == "ties":
+        x = rng.integers(-2, 3, (n, d)).astype(np.float32)
+        x[rng.random((n, d)) < 0.2] = -0.0
+        return x
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    if kind == "extreme":
+        x[rng.random((n, d)) < 0.1] = np.inf
+        x[rng.random((n, d)) < 0.1] = -np.inf
+        x[rng.random((n, d)) < 0.1] = np.finfo(np.float32).max
+    return x
+
+
+@pytest.fixture
+def small_network_threshold(monkeypatch):
+    """Sorting networks from 8 columns on, in chunks of a few columns (several per call)."""
+    monkeypatch.setattr(median_module, "NETWORK_MIN_COLUMNS", 8)
+    monkeypatch.setattr(median_module, "NETWORK_CHUNK_FLOATS", 64 * 8)
+
+
+@pytest.mark.parametrize("kind", ["plain", "ties", "extreme"])
+def test_sorting_network_equals_sort_bitwise(small_network_threshold, kind):
+    """Every network size (n = 1 … 128), the tf.sort fallback above, odd/even n: the
+    same values as sorting, in both even modes. (−0 and +0 compare equal, so which of
+    the two a tie yields may differ: sorts order them arbitrarily too.)"""
+    d = 21  # three chunks for m = 64 and 128, the last one partial
+    spec = tf.TensorSpec([None, d], tf.float32)
+    network = tf.function(lambda x: (median(x), median(x, even="lower")), input_signature=[spec])
+    sort = tf.function(lambda x: (median_module._sorted_median(x, "mean"),  # pylint: disable=protected-access
+                                  median_module._sorted_median(x, "lower")),  # pylint: disable=protected-access
+                       input_signature=[spec])
+    rng = np.random.default_rng(len(kind))
+    for n in list(range(1, 34)) + [47, 50, 63, 64, 65, 100, 127, 128, 129, 140]:
+        x = network_inputs(kind, n, d, rng)
+        for got, want in zip(network(x), sort(x)):
+            got, want = got.numpy(), want.numpy()
+            assert np.array_equal(got, want, equal_nan=True), (n, got, want)
+
+
+def test_factory_with_sorting_network(tff_context, small_network_threshold):
+    rng = np.random.default_rng(3)
+    values = [row for row in rng.standard_normal((9, 20)).astype(np.float32)]
+    values[4] = np.full(20, np.nan, np.float32)
+    output = helpers.run_once(MedianFactory(), values)
+    finite = np.stack(values[:4] + values[5:])
+    np.testing.assert_allclose(output.result, np.median(finite, axis=0), rtol=1e-6)
+    assert output.measurements["non_finite_clients"] == 1
 
 
 # --- the factory inside TFF ---------------------------------------------------------------

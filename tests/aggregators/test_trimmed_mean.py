@@ -5,9 +5,13 @@ import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
 
+import tensorflow as tf
+
 from aggregators.base import RequirementError
 from aggregators.trimmed_mean import TrimmedMeanFactory, trimmed_mean, weighted_trimmed_mean
 from tests.aggregators import helpers
+from tests.aggregators.test_median import (network_inputs,  # noqa: F401 (fixture)
+                                           small_network_threshold)
 
 DISAGREE = np.array([[1.0], [2.0], [6.0], [7.0], [100.0]], np.float32)
 
@@ -62,6 +66,35 @@ def test_up_to_beta_huge_rows_stay_within_honest_range(x, huge):
     honest = x[beta:]
     out = trimmed_mean(attacked, beta=beta).numpy()
     assert np.all(out >= honest.min(0) - 1e-2) and np.all(out <= honest.max(0) + 1e-2)
+
+
+@pytest.mark.parametrize("kind", ["plain", "ties", "extreme"])
+def test_sorting_network_equals_sort_bitwise(small_network_threshold, kind):  # noqa: F811
+    """The network path averages the same sorted values in the same order as tf.sort."""
+    d = 21
+    spec = [tf.TensorSpec([None, d], tf.float32), tf.TensorSpec([], tf.int32)]
+    network = tf.function(lambda x, beta: trimmed_mean(x, beta=beta), input_signature=spec)
+
+    @tf.function(input_signature=spec)
+    def sort(x, beta):
+        return tf.reduce_mean(tf.sort(x, axis=0)[beta:tf.shape(x)[0] - beta], axis=0)
+
+    rng = np.random.default_rng(10 + len(kind))
+    for n in list(range(1, 34)) + [47, 50, 63, 64, 65, 100, 127, 128, 129, 140]:
+        x = network_inputs(kind, n, d, rng)
+        for beta in sorted({0, (n - 1) // 4, (n - 1) // 2}):
+            got, want = network(x, beta).numpy(), sort(x, beta).numpy()
+            assert np.array_equal(got, want, equal_nan=True), (n, beta, got, want)
+
+
+def test_factory_with_sorting_network(tff_context, small_network_threshold):  # noqa: F811
+    rng = np.random.default_rng(4)
+    values = [row for row in rng.standard_normal((9, 20)).astype(np.float32)]
+    values[2] = np.full(20, np.inf, np.float32)
+    output = helpers.run_once(TrimmedMeanFactory(beta=2), values)
+    finite = np.sort(np.stack(values[:2] + values[3:]), axis=0)
+    np.testing.assert_allclose(output.result, finite[2:6].mean(axis=0), rtol=1e-6)
+    assert output.measurements["non_finite_clients"] == 1
 
 
 def test_factory_default_beta_is_declared_f_and_measured(tff_context):
