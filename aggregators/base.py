@@ -173,9 +173,10 @@ class RobustAggregationFactory(DeclaredByzantineCount, ClientRecordAggregationFa
             non_finite = n_total - tf.reduce_sum(tf.cast(finite, tf.int32))
             if not self.drops_non_finite:
                 finite = tf.ones_like(finite)
-            values = tf.boolean_mask(values, finite)
-            weights = tf.boolean_mask(weights, finite)
-            ids = tf.boolean_mask(ids, finite)
+            # Without non-finite rows to drop, no [n, D] copy.
+            values, weights, ids = tf.cond(
+                tf.reduce_all(finite), lambda: (values, weights, ids),
+                lambda: tuple(tf.boolean_mask(t, finite) for t in (values, weights, ids)))
             n = tf.shape(values)[0]
             excluded = n_total - n
             f = tf.maximum(tf.cast(self.f_for(n_total), tf.int32) - excluded, 0)
