@@ -1,0 +1,172 @@
+"""FedLAW's cost (fedlaw.md §8): round time ÷ FedAvg's, and the server step alone.
+
+1. Round time, side by side in one run on the same data, model and clients:
+   FedAvg with TFF's mean (`mean`), FedLAW learning rounds (`fedlaw`, two client
+   passes) and FedLAW frozen rounds (`fedlaw:freeze=1`, the rounds after the
+   first). Each is built as `tff_byz.training.Experiment` builds it (full
+   participation, no attack). Rounds are interleaved (one of each per
+   repetition, so load from other processes hits all three alike); medians over
+   `--rounds` timed rounds after `--warmup` rounds (tracing excluded). Goals:
+   learning ≈ 2× FedAvg, frozen ≤ 1.1× FedAvg.
+2. The server step alone (`weight_step` + `project_sparse_capped_simplex` +
+   `weighted_delta` in one `tf.function`) on random float32 [n, D] pass-A/pass-B
+   deltas, each D in a fresh subprocess: median time and peak RSS above the RSS
+   holding the inputs, beside the size of one [n, D] float32 matrix.
+
+    python -m benchmarks.fedlaw                              # digits, 20 clients
+    python -m benchmarks.fedlaw --dataset=mnist --data_dir=../shared/data --num_clients=200 \
+        --model=mlp --rounds=3 --parts=rounds
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import json  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+
+flags.DEFINE_list("parts", ["rounds", "server"], "What to measure: rounds, server.")
+flags.DEFINE_string("dataset", "digits", "Dataset (see pipelines.train).")
+flags.DEFINE_string("data_dir", None, "Directory of real datasets.")
+flags.DEFINE_string("model", None, "Model (default: the dataset's).")
+flags.DEFINE_integer("num_clients", 20, "Clients (all participate every round).")
+flags.DEFINE_integer("local_epochs", 1, "Local epochs per client pass.")
+flags.DEFINE_integer("batch_size", 32, "Client batch size.")
+flags.DEFINE_integer("rounds", 5, "Timed rounds per algorithm.")
+flags.DEFINE_integer("warmup", 1, "Untimed rounds first (tracing, worker start-up).")
+flags.DEFINE_list("server_dims", ["109386", "2492170"], "D for the server step (MNIST MLP, CIFAR CNN).")
+flags.DEFINE_integer("server_clients", 200, "n for the server step.")
+flags.DEFINE_integer("server_repeats", 3, "Timed server steps per D (after one warm-up).")
+flags.DEFINE_integer("server_child", 0, "Internal: measure the server step for this D and exit.")
+flags.DEFINE_string("output", None, "Also write the figures as JSON here.")
+FLAGS = flags.FLAGS
+
+ALGORITHMS = (("fedavg (mean)", "mean"), ("fedlaw learning", "fedlaw"),
+              ("fedlaw frozen", "fedlaw:freeze=1"))
+
+
+def round_times():
+    from tff_byz import context  # pylint: disable=import-outside-toplevel
+    from tff_byz.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
+    from tff_byz.training import Experiment  # pylint: disable=import-outside-toplevel
+    total = 1 + FLAGS.warmup + FLAGS.rounds  # the schedule's T (frozen: one learning round first)
+    with context.ExecutionContext():
+        runs = {}
+        for name, spec in ALGORITHMS:
+            experiment = Experiment(ExperimentConfig(
+                dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, model=FLAGS.model,
+                num_clients=FLAGS.num_clients, aggregator=spec, rounds=total,
+                local_epochs=FLAGS.local_epochs, batch_size=FLAGS.batch_size).resolved())
+            clients = np.arange(experiment.num_clients)
+            state = experiment.process.initialize()
+            if spec.endswith("freeze=1"):  # round 0 learns; the timed rounds are frozen ones
+                state, _ = experiment.next(state, clients)
+            for _ in range(FLAGS.warmup):
+                state, _ = experiment.next(state, clients)
+            runs[name] = [experiment, clients, state, []]
+        for _ in range(FLAGS.rounds):
+            for name, run in runs.items():
+                experiment, clients, state, times = run
+                start = time.perf_counter()
+                run[2], _ = experiment.next(state, clients)
+                times.append(time.perf_counter() - start)
+        experiment = runs[ALGORITHMS[0][0]][0]
+        figures = dict(dataset=FLAGS.dataset, model=experiment.config.model,
+                       parameters=experiment.num_parameters, clients=experiment.num_clients,
+                       timed_rounds=FLAGS.rounds,
+                       round_seconds={name: run[3] for name, run in runs.items()})
+    medians = {name: float(np.median(t)) for name, t in figures["round_seconds"].items()}
+    base = medians[ALGORITHMS[0][0]]
+    figures["median_round_seconds"] = medians
+    figures["ratio_learning_over_fedavg"] = medians["fedlaw learning"] / base
+    figures["ratio_frozen_over_fedavg"] = medians["fedlaw frozen"] / base
+    print(f"fedlaw round time: {FLAGS.dataset}, {figures['model']} ({figures['parameters']:,} "
+          f"params), {figures['clients']} clients, {FLAGS.local_epochs} local epoch(s), "
+          f"median of {FLAGS.rounds} timed rounds (min-max)")
+    for name, t in figures["round_seconds"].items():
+        print(f"  {name:18s} {medians[name]:8.3f} s  ({min(t):.3f}-{max(t):.3f})")
+    print(f"  learning / FedAvg {figures['ratio_learning_over_fedavg']:8.2f}x   (spec: ~2x)")
+    print(f"  frozen / FedAvg   {figures['ratio_frozen_over_fedavg']:8.2f}x   (goal <= 1.1x)",
+          flush=True)
+    return figures
+
+
+def _rss_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def server_child(dim, n, repeats):
+    """One process per D: inputs allocated by TF directly (no NumPy copy), then timed."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from fedlaw import math as fedlaw_math  # pylint: disable=import-outside-toplevel
+    f = n // 10
+    s, cap = n - f, fedlaw_math.default_cap(n, n - f)
+
+    @tf.function
+    def step(delta_a, delta_b, weights, losses):
+        h = fedlaw_math.weight_step(delta_a, delta_b, weights, losses, alpha=0.01, beta=1e-3)
+        w_new = fedlaw_math.project_sparse_capped_simplex(h, s, cap)
+        return w_new, fedlaw_math.weighted_delta(delta_a, w_new)
+
+    # Default-range uniform: one op each, so no [n, D] temporaries inflate the peak.
+    inputs = (tf.random.uniform([n, dim], seed=1), tf.random.uniform([n, dim], seed=2),
+              tf.fill([n], tf.constant(1.0 / n, tf.float64)), tf.random.uniform([n], 0.0, 2.0))
+    rss_inputs = _rss_kb()
+    times = []
+    for i in range(repeats + 1):  # the first call traces
+        start = time.perf_counter()
+        w_new, delta = step(*inputs)
+        w_new.numpy(), delta.numpy()  # results materialised
+        if i:
+            times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+    print(json.dumps(dict(dim=dim, clients=n, seconds=float(np.median(times)),
+                          matrix_mb=n * dim * 4 / 1e6, rss_inputs_mb=rss_inputs / 1e3,
+                          peak_above_inputs_mb=(peak - rss_inputs) / 1e3)))
+
+
+def server_step():
+    n, repo = FLAGS.server_clients, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    print(f"fedlaw server step (weight_step + projection + weighted_delta), n={n}, "
+          f"median of {FLAGS.server_repeats}, each D in a fresh process", flush=True)
+    rows = []
+    for dim in map(int, FLAGS.server_dims):
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.fedlaw", f"--server_child={dim}",
+             f"--server_clients={n}", f"--server_repeats={FLAGS.server_repeats}"],
+            cwd=repo, check=True, capture_output=True, text=True).stdout
+        row = json.loads(out.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"  D={dim:>9,}  {row['seconds']:7.3f} s   one [n, D] float32 matrix "
+              f"{row['matrix_mb']:7.0f} MB   inputs RSS {row['rss_inputs_mb']:7.0f} MB   "
+              f"peak above inputs {row['peak_above_inputs_mb']:6.0f} MB", flush=True)
+    return rows
+
+
+def main(argv):
+    FLAGS(argv)
+    if FLAGS.server_child:
+        server_child(FLAGS.server_child, FLAGS.server_clients, FLAGS.server_repeats)
+        return 0
+    figures = {}
+    if "rounds" in FLAGS.parts:
+        figures["rounds"] = round_times()
+    if "server" in FLAGS.parts:
+        figures["server_step"] = server_step()
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            json.dump(figures, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
