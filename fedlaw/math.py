@@ -193,7 +193,7 @@ def weight_step(delta_a, delta_b, weights, losses_b, *, alpha, beta, mode="full"
 
     num_blocks = _num_blocks(tf.shape(delta_a)[1])
     _, dots = tf.while_loop(lambda index, _: index < num_blocks, body,
-                            (tf.constant(0), tf.zeros_like(weights)))
+                            (tf.constant(0), tf.zeros_like(weights)), parallel_iterations=1)
     return h + beta64 / _f64(alpha) * dots
 
 
@@ -218,7 +218,7 @@ def weighted_delta(delta, weights) -> tf.Tensor:
     parts = tf.TensorArray(delta.dtype, size=num_blocks, infer_shape=False,
                            element_shape=tf.TensorShape([None]))
     _, parts = tf.while_loop(lambda index, _: index < num_blocks, body,
-                             (tf.constant(0), parts))
+                             (tf.constant(0), parts), parallel_iterations=1)
     result = tf.reshape(parts.concat(), tf.shape(delta)[1:])
     result.set_shape(delta.shape[1:])
     return result
