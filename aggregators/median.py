@@ -31,7 +31,7 @@ _HALF_TOLERANCE = 1e-6
 # only known per round, so the rows are padded with ∓inf up to a network size m
 # (a power of two) and one branch per m is chosen at run time; a network sorts
 # exactly like `tf.sort`, so the selected values (and their sums) are identical.
-NETWORK_SIZES = (2, 4, 8, 16, 32, 64, 128)  # larger n falls back to tf.sort
+NETWORK_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)  # larger n falls back to tf.sort
 NETWORK_MIN_COLUMNS = 4096  # below this many columns tf.sort is fast enough
 NETWORK_CHUNK_FLOATS = 64 * 16384  # per column chunk (m rows × 2^20/m columns: 4 MB)
 NETWORK_PARALLEL_CHUNKS = 2

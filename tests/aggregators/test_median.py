@@ -121,7 +121,7 @@ def test_sorting_network_equals_sort_bitwise(small_network_threshold, kind):
                                   median_module._sorted_median(x, "lower")),  # pylint: disable=protected-access
                        input_signature=[spec])
     rng = np.random.default_rng(len(kind))
-    for n in list(range(1, 34)) + [47, 50, 63, 64, 65, 100, 127, 128, 129, 140]:
+    for n in list(range(1, 34)) + [47, 50, 63, 64, 65, 100, 127, 128, 129, 200, 256, 257]:
         x = network_inputs(kind, n, d, rng)
         for got, want in zip(network(x), sort(x)):
             got, want = got.numpy(), want.numpy()
