@@ -35,7 +35,8 @@ import tensorflow_federated as tff
 
 from aggregators.record_stack import build_record_stack
 from attacks.local import GROUP_KEY
-from tff_byz.aggregation import ClientRecordAggregationFactory, build_update_aggregator
+from tff_byz.aggregation import (ClientRecordAggregationFactory, build_measurement_merger,
+                                  build_update_aggregator)
 
 __all__ = ["Collusion", "ScheduledCollusion", "CollusionFactory"]
 
@@ -159,13 +160,8 @@ class CollusionFactory(ClientRecordAggregationFactory):
         inner_measurements_type = inner.next.type_signature.result.measurements.member
         attack_measurements_type = server_attack.type_signature.result["measurements"]
 
-        @tff.tensorflow.computation(inner_measurements_type, attack_measurements_type)
-        def merge(measurements, attack_measurements):
-            merged = collections.OrderedDict(
-                (name, value) for name, value in tff.structure.iter_elements(
-                    tff.structure.from_container(measurements)))
-            merged["attack"] = attack_measurements
-            return merged
+        merge = build_measurement_merger(inner_measurements_type, "attack",
+                                         attack_measurements_type)
 
         state_type = tff.StructWithPythonType(
             [("inner", inner.initialize.type_signature.result.member),

@@ -35,6 +35,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_byz import client_inputs
+from tff_byz.aggregation import build_measurement_merger
 from tff_byz.client_work import client_seed
 
 __all__ = ["LocalAttack", "ScheduledAttack", "AttackContext", "build_attacked_client_work",
@@ -180,13 +181,7 @@ def build_attacked_client_work(
 
     inner_measurements_type = honest.next.type_signature.result.measurements.member
 
-    @tff.tensorflow.computation(inner_measurements_type, np.int32)
-    def merge(measurements, count):
-        merged = collections.OrderedDict(
-            (name, value) for name, value in tff.structure.iter_elements(
-                tff.structure.from_container(measurements)))
-        merged["attacked_clients"] = count
-        return merged
+    merge = build_measurement_merger(inner_measurements_type, "attacked_clients", np.int32)
 
     @tff.federated_computation
     def init_fn():

@@ -24,7 +24,23 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 __all__ = ["ClientRecordAggregationFactory", "NonFiniteCountingFactory", "build_update_aggregator",
-           "is_weighted"]
+           "is_weighted", "build_measurement_merger"]
+
+
+def build_measurement_merger(measurements_type, name: str, extra_type, *, first: bool = False):
+    """A tf_computation `(measurements, extra) -> OrderedDict(<measurements' fields>, name=extra)`
+    (`first=True` puts `name` before the other fields): adds one measurement to a process's."""
+
+    @tff.tensorflow.computation(measurements_type, extra_type)
+    def merge(measurements, extra):
+        merged = collections.OrderedDict([(name, extra)] if first else [])
+        for key, value in tff.structure.iter_elements(tff.structure.from_container(measurements)):
+            merged[key] = value
+        if not first:
+            merged[name] = extra
+        return merged
+
+    return merge
 
 
 class ClientRecordAggregationFactory(tff.aggregators.WeightedAggregationFactory):
@@ -91,13 +107,8 @@ class NonFiniteCountingFactory(tff.aggregators.WeightedAggregationFactory):
 
         inner_measurements = process.next.type_signature.result.measurements.member
 
-        @tff.tensorflow.computation(inner_measurements, np.int32)
-        def merge(measurements, count):
-            merged = collections.OrderedDict(non_finite_clients=count)
-            for name, value in tff.structure.iter_elements(
-                    tff.structure.from_container(measurements)):
-                merged[name] = value
-            return merged
+        merge = build_measurement_merger(inner_measurements, "non_finite_clients", np.int32,
+                                         first=True)
 
         @tff.federated_computation(
             process.state_type, tff.FederatedType(value_type, tff.CLIENTS),
