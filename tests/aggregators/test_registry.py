@@ -23,7 +23,15 @@ STRUCT = [collections.OrderedDict(w=np.full([2, 3], v, np.float32), b=np.array([
           for v in np.linspace(-1.0, 2.0, 12)]
 
 
-@pytest.mark.parametrize("name", AGGREGATORS.names)
+# Every factory (`fedlaw` is a training algorithm with its own process: tests/fedlaw).
+FACTORY_NAMES = [n for n in AGGREGATORS.names if AGGREGATORS.entry(n).kind != "algorithm"]
+
+
+def test_fedlaw_is_the_only_algorithm():
+    assert [n for n in AGGREGATORS.names if n not in FACTORY_NAMES] == ["fedlaw"]
+
+
+@pytest.mark.parametrize("name", FACTORY_NAMES)
 @pytest.mark.parametrize("values", [SCALAR, STRUCT], ids=["scalar", "struct"])
 def test_every_aggregator_keeps_the_value_type_and_carries_state(tff_context, name, values):
     factory = build_aggregator(spec_for(name), CONTEXT)
