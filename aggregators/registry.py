@@ -213,6 +213,9 @@ AGGREGATORS.register(Entry(
                              choices=("full", "bsum")),
         "clip": Param(bool, False, "ablation: clip deltas to the median norm"),
         "loss_filter": Param(bool, False, "ablation: MAD pre-filter on the pass-B losses"),
+        "loss": Param(str, "last_epoch", "reported loss: last_epoch (mean of the last local "
+                      "epoch), start / end (whole local set before / after training)",
+                      choices=("last_epoch", "start", "end")),
         "f": F_PARAM,
     }))
 

@@ -59,6 +59,7 @@ class FedLAWOptions:
     weight_step: str = "full"
     clip: bool = False
     loss_filter: bool = False
+    loss: str = "last_epoch"  # the reported loss (§3): last_epoch | start | end
     f: Optional[int] = None  # declared Byzantine count (default ⌈declared fraction · N⌉)
 
 

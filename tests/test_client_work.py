@@ -62,7 +62,7 @@ def test_one_full_batch_step_equals_hand_computed(tff_context, initial_weights):
     process = client_work.build_local_sgd_client_work(
         linear_model_fn, epochs=1, batch_size=len(Y), learning_rate=0.5, seed=3)
     output = run_client_work(process, initial_weights,
-                             [client_inputs.make_client_input(dataset(X, Y), client_id=7)])
+                             [clientclient_inputs.make_client_input(dataset(X, Y), client_id=7)])
     (result,) = output.result
     w1, b1, loss = numpy_softmax_step(W0, B0, X, Y, 0.5)
     np.testing.assert_allclose(result.update["delta"][0], w1 - W0, atol=1e-6)
@@ -81,7 +81,7 @@ def test_minibatches_follow_a_seeded_permutation(tff_context, initial_weights):
     process = client_work.build_local_sgd_client_work(
         linear_model_fn, epochs=2, batch_size=1, learning_rate=lr, seed=seed)
     output = run_client_work(process, initial_weights,
-                             [client_inputs.make_client_input(dataset(X, Y), client_id=client)])
+                             [clientclient_inputs.make_client_input(dataset(X, Y), client_id=client)])
     base = client_work.client_seed(seed, 0, client)
     w, b = W0.copy(), B0.copy()
     losses = []
@@ -100,7 +100,7 @@ def test_minibatches_follow_a_seeded_permutation(tff_context, initial_weights):
 def test_clients_shuffle_differently_and_deterministically(tff_context, initial_weights):
     process = client_work.build_local_sgd_client_work(
         linear_model_fn, epochs=1, batch_size=1, learning_rate=0.25, seed=0)
-    inputs = [client_inputs.make_client_input(dataset(X, Y), client_id=c) for c in (0, 1, 0)]
+    inputs = [clientclient_inputs.make_client_input(dataset(X, Y), client_id=c) for c in (0, 1, 0)]
     results = run_client_work(process, initial_weights, inputs).result
     deltas = [r.update["delta"][0] for r in results]
     np.testing.assert_array_equal(deltas[0], deltas[2])
@@ -109,7 +109,7 @@ def test_clients_shuffle_differently_and_deterministically(tff_context, initial_
 
 def test_zero_example_client_returns_zero_delta(tff_context, initial_weights):
     process = client_work.build_local_sgd_client_work(linear_model_fn, epochs=1, batch_size=2)
-    empty = client_inputs.make_client_input(dataset(X[:0], Y[:0]), client_id=0)
+    empty = clientclient_inputs.make_client_input(dataset(X[:0], Y[:0]), client_id=0)
     (result,) = run_client_work(process, initial_weights, [empty]).result
     assert result.update["num_examples"] == 0.0
     np.testing.assert_array_equal(result.update["delta"][0], np.zeros_like(W0))
@@ -148,7 +148,7 @@ def test_fedavg_equals_tff_build_weighted_fed_avg(tff_context, initial_weights, 
     our_state = ours.initialize()
     their_state = theirs.set_model_weights(theirs.initialize(), initial_weights)
     for _ in range(2):
-        our_state = ours.next(our_state, [client_inputs.make_client_input(dataset(x, y), i)
+        our_state = ours.next(our_state, [clientclient_inputs.make_client_input(dataset(x, y), i)
                                           for i, (x, y) in enumerate(client_arrays)]).state
         their_state = theirs.next(their_state, [dataset(x, y).batch(batch)
                                                 for x, y in client_arrays]).state
@@ -156,3 +156,35 @@ def test_fedavg_equals_tff_build_weighted_fed_avg(tff_context, initial_weights, 
                     theirs.get_model_weights(their_state).trainable):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert not np.allclose(ours.get_model_weights(our_state).trainable[0], W0)
+
+
+@pytest.mark.parametrize("loss_at", ["start", "end"])
+def test_reported_loss_on_the_whole_local_set(tff_context, loss_at):
+    """`loss_at=start|end`: the loss on all of the client's examples before / after training."""
+    from tff_byz import datasets, models  # pylint: disable=import-outside-toplevel
+    data = datasets.load_federated_dataset("digits", num_clients=3, seed=0)
+    shape, classes, norm = data.input_shape, data.num_classes, data.normalization
+    weights = fedavg.model_weights_from_keras(
+        models.build_keras_model("small_mlp", shape, classes, norm, seed=0))
+    work = client_work.build_local_sgd_client_work(
+        models.make_model_fn("small_mlp", shape, classes, norm), epochs=2, batch_size=16,
+        learning_rate=0.1, seed=0, loss_at=loss_at)
+    # Keras models built before TFF traces are left invalid (BUILD_NOTES.md): build it now.
+    keras_model = models.build_keras_model("small_mlp", shape, classes, norm, seed=0)
+    inputs = [client_inputs.make_client_input(data.client_data.create_tf_dataset_for_client(c), i)
+              for i, c in enumerate(data.client_ids)]
+    output = work.next(work.initialize(), [weights] * 3, inputs)
+    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    for i, result in enumerate(output.result):
+        if loss_at == "end":
+            for variable, base, delta in zip(keras_model.trainable_variables, weights.trainable,
+                                             result.update["delta"]):
+                variable.assign(base + delta)
+        x, y = data.client_arrays(i)
+        expected = float(loss_fn(y, keras_model(x, training=False)))
+        assert result.update["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_unknown_loss_choice_is_rejected():
+    with pytest.raises(client_work.ClientWorkConfigError, match="valid choices: last_epoch"):
+        client_work.build_local_sgd_client_work(lambda: None, loss_at="middle")

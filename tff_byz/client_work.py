@@ -28,7 +28,11 @@ import tensorflow_federated as tff
 from tff_byz import client_inputs
 
 __all__ = ["build_local_sgd_client_work", "client_record_type", "client_input_types",
-           "local_sgd_update", "client_seed", "ClientWorkConfigError"]
+           "local_sgd_update", "client_seed", "dataset_loss", "ClientWorkConfigError", "LOSS_AT"]
+
+# Which loss a client reports (FedLAW uses it, fedlaw.md §3): the mean mini-batch loss of
+# the last local epoch, or the loss on the client's whole training set before/after training.
+LOSS_AT = ("last_epoch", "start", "end")
 
 
 class ClientWorkConfigError(ValueError):
@@ -109,6 +113,19 @@ def local_sgd_update(model, trainable, x, y, seed, *, epochs, batch_size, learni
     return last_epoch_loss
 
 
+def dataset_loss(model, x, y, batch_size):
+    """Mean loss of `model` on all of `(x, y)` (inference mode), batch by batch; 0 if empty."""
+    num_examples = tf.shape(y)[0]
+    num_batches = (num_examples + batch_size - 1) // batch_size
+    total = tf.constant(0.0, tf.float32)
+    for b in tf.range(num_batches):
+        start, stop = b * batch_size, tf.minimum((b + 1) * batch_size, num_examples)
+        output = model.forward_pass(collections.OrderedDict(x=x[start:stop], y=y[start:stop]),
+                                    training=False)
+        total += tf.cast(output.loss, tf.float32) * tf.cast(stop - start, tf.float32)
+    return total / tf.cast(tf.maximum(num_examples, 1), tf.float32)
+
+
 def build_local_sgd_client_work(
     model_fn: Callable[[], tff.learning.models.VariableModel],
     *,
@@ -118,6 +135,7 @@ def build_local_sgd_client_work(
     seed: int = 0,
     shuffle: bool = True,
     ascent: Callable[[collections.OrderedDict, tf.Tensor], tf.Tensor] | None = None,
+    loss_at: str = "last_epoch",
 ) -> tff.learning.templates.ClientWorkProcess:
     """FedAvg's honest client work: `epochs` of SGD from the broadcast model.
 
@@ -126,8 +144,17 @@ def build_local_sgd_client_work(
     (see module doc) with example-count weights, measurements
     `OrderedDict(train_loss, num_examples)` (example-weighted mean loss, total
     examples) and the round counter advanced.
+
+    `ascent(info, round) -> bool` (used by `sign_flip:mode=ascent`) selects the
+    clients that negate every mini-batch gradient (gradient ascent); the others
+    train bit-identically to a process built without it. `loss_at` chooses the
+    reported loss (`LOSS_AT`): `last_epoch` (default, free), or one extra pass
+    over the client's data before (`start`) or after (`end`) training.
     """
     _validate(epochs, batch_size, learning_rate)
+    if loss_at not in LOSS_AT:
+        raise ClientWorkConfigError(f"loss: invalid value {loss_at!r}; valid choices: "
+                                    f"{', '.join(LOSS_AT)}.")
     data_type, weights_type = client_input_types(model_fn)
     state_type = tff.StructWithPythonType([("seed", np.int64), ("round", np.int64)],
                                           collections.OrderedDict)
@@ -153,11 +180,17 @@ def build_local_sgd_client_work(
             if ascent is not None:
                 ascending = ascent(info, state["round"])
                 gradient_transform = lambda grads: [tf.where(ascending, -g, g) for g in grads]
+            if loss_at == "start":
+                start_loss = dataset_loss(model, x, y, batch_size)
             loss = local_sgd_update(
                 model, list(model_weights.trainable), x, y,
                 client_seed(state["seed"], state["round"], info["client_id"]),
                 epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                 shuffle=shuffle, gradient_transform=gradient_transform)
+            if loss_at == "start":
+                loss = start_loss
+            elif loss_at == "end":
+                loss = dataset_loss(model, x, y, batch_size)
             delta = tf.nest.map_structure(tf.subtract, model_weights.trainable, weights.trainable)
             num_examples = tf.cast(tf.shape(y)[0], tf.float32)
             record = collections.OrderedDict(delta=delta, client_id=info["client_id"],

@@ -234,7 +234,8 @@ class Experiment:
         if config.client_work == "local_sgd":
             honest = client_work.build_local_sgd_client_work(
                 self.model_fn, epochs=config.local_epochs, batch_size=config.batch_size,
-                learning_rate=config.client_lr, seed=config.seed, ascent=self.attack_plan.ascent())
+                learning_rate=config.client_lr, seed=config.seed, ascent=self.attack_plan.ascent(),
+                loss_at=self.fedlaw_options.loss if self.fedlaw_options is not None else "last_epoch")
             if self.fedlaw_options is not None:
                 from fedlaw.process import build_fedlaw_process  # pylint: disable=import-outside-toplevel
                 process = build_fedlaw_process(
