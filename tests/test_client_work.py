@@ -62,7 +62,7 @@ def test_one_full_batch_step_equals_hand_computed(tff_context, initial_weights):
     process = client_work.build_local_sgd_client_work(
         linear_model_fn, epochs=1, batch_size=len(Y), learning_rate=0.5, seed=3)
     output = run_client_work(process, initial_weights,
-                             [clientclient_inputs.make_client_input(dataset(X, Y), client_id=7)])
+                             [client_inputs.make_client_input(dataset(X, Y), client_id=7)])
     (result,) = output.result
     w1, b1, loss = numpy_softmax_step(W0, B0, X, Y, 0.5)
     np.testing.assert_allclose(result.update["delta"][0], w1 - W0, atol=1e-6)
@@ -81,7 +81,7 @@ def test_minibatches_follow_a_seeded_permutation(tff_context, initial_weights):
     process = client_work.build_local_sgd_client_work(
         linear_model_fn, epochs=2, batch_size=1, learning_rate=lr, seed=seed)
     output = run_client_work(process, initial_weights,
-                             [clientclient_inputs.make_client_input(dataset(X, Y), client_id=client)])
+                             [client_inputs.make_client_input(dataset(X, Y), client_id=client)])
     base = client_work.client_seed(seed, 0, client)
     w, b = W0.copy(), B0.copy()
     losses = []
@@ -100,7 +100,7 @@ def test_minibatches_follow_a_seeded_permutation(tff_context, initial_weights):
 def test_clients_shuffle_differently_and_deterministically(tff_context, initial_weights):
     process = client_work.build_local_sgd_client_work(
         linear_model_fn, epochs=1, batch_size=1, learning_rate=0.25, seed=0)
-    inputs = [clientclient_inputs.make_client_input(dataset(X, Y), client_id=c) for c in (0, 1, 0)]
+    inputs = [client_inputs.make_client_input(dataset(X, Y), client_id=c) for c in (0, 1, 0)]
     results = run_client_work(process, initial_weights, inputs).result
     deltas = [r.update["delta"][0] for r in results]
     np.testing.assert_array_equal(deltas[0], deltas[2])
@@ -109,7 +109,7 @@ def test_clients_shuffle_differently_and_deterministically(tff_context, initial_
 
 def test_zero_example_client_returns_zero_delta(tff_context, initial_weights):
     process = client_work.build_local_sgd_client_work(linear_model_fn, epochs=1, batch_size=2)
-    empty = clientclient_inputs.make_client_input(dataset(X[:0], Y[:0]), client_id=0)
+    empty = client_inputs.make_client_input(dataset(X[:0], Y[:0]), client_id=0)
     (result,) = run_client_work(process, initial_weights, [empty]).result
     assert result.update["num_examples"] == 0.0
     np.testing.assert_array_equal(result.update["delta"][0], np.zeros_like(W0))
@@ -148,7 +148,7 @@ def test_fedavg_equals_tff_build_weighted_fed_avg(tff_context, initial_weights, 
     our_state = ours.initialize()
     their_state = theirs.set_model_weights(theirs.initialize(), initial_weights)
     for _ in range(2):
-        our_state = ours.next(our_state, [clientclient_inputs.make_client_input(dataset(x, y), i)
+        our_state = ours.next(our_state, [client_inputs.make_client_input(dataset(x, y), i)
                                           for i, (x, y) in enumerate(client_arrays)]).state
         their_state = theirs.next(their_state, [dataset(x, y).batch(batch)
                                                 for x, y in client_arrays]).state
