@@ -196,25 +196,21 @@ def _reference(honest, own, stats):
     return honest if stats == "honest" else own
 
 
-def _colluding(name, vector_fn, *, start, loss, default_loss=None, measurement=None):
-    """A Collusion whose vector is `vector_fn(values, reference_mask, own, ...)`.
+def _colluding(name, vector_fn, *, start, loss):
+    """A Collusion sending `vector_fn(values, honest, own, client_ids, seed, memory)`.
 
-    `default_loss(losses, honest) -> scalar` is the attack's own loss forgery
-    (used when `loss=auto`)."""
-    forgery = loss
+    A server-side `loss` (mean_*_std) is forged from the honest losses; `value:x`
+    is set locally; `auto`/`honest` leave the losses alone."""
+    forges = loss is not None and loss.needs_server
 
     def compute(values, honest, own, client_ids, losses, seed, memory):
         vector, memory, named = vector_fn(values, honest, own, client_ids, seed, memory)
-        honest_losses = tf.boolean_mask(losses, honest)
-        if forgery is not None and forgery.needs_server:
-            forged = collusion_math.forged_loss(honest_losses, forgery.mode, forgery.amount)
-        elif forgery is None and default_loss is not None:
-            forged = default_loss(honest_losses)
-        else:
-            forged = tf.constant(0.0)
+        forged = tf.constant(0.0)
+        if forges:
+            forged = collusion_math.forged_loss(tf.boolean_mask(losses, honest), loss.mode,
+                                                loss.amount)
         return vector, tf.cast(forged, tf.float32), memory, named
 
-    forges = (loss is not None and loss.needs_server) or (loss is None and default_loss is not None)
     collusion = Collusion(name, compute, replaces_update=True, forges_loss=forges)
     local = None
     if loss is not None and loss.mode == "value":

@@ -17,8 +17,6 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import numpy as np
-
 from attacks import definitions, perturbations
 from attacks.plan import AttackComponent, AttackPlan
 from tff_byz.registry import Entry, Param, Registry, SpecError
@@ -237,7 +235,3 @@ def build_attack_plan(spec: str, *, seed: int = 0, dataset=None) -> AttackPlan:
         except ValueError as error:
             raise SpecError(f"--attack: {name}: {str(error).splitlines()[0]}") from None
     return AttackPlan(tuple(built))
-
-
-def _describe_check():  # pragma: no cover - keeps numpy import used for type hints
-    return np.float32
