@@ -36,7 +36,6 @@ class LearnedWeightsFactory(ClientRecordAggregationFactory):
 
     def create(self, record_type, weight_type):
         record_type = tff.to_type(record_type)
-        delta_type = record_type["delta"]
         num_clients = len(self._weights)
         initial = self._weights
 
@@ -83,5 +82,4 @@ class LearnedWeightsFactory(ClientRecordAggregationFactory):
             output = tff.federated_map(normalise, summed)
             return tff.templates.MeasuredProcessOutput(state, output[0], output[1])
 
-        del delta_type
         return tff.templates.AggregationProcess(init_fn, next_fn)

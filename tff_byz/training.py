@@ -159,19 +159,22 @@ class _Evaluator:
 
         self._evaluate = evaluate
 
-    def __call__(self, weights: tff.learning.models.ModelWeights) -> tuple[float, float]:
+    def _load(self, weights: tff.learning.models.ModelWeights) -> None:
         if self._model is None:
             self._build()
         for variable, value in zip(self._model.trainable_variables, weights.trainable):
             variable.assign(value)
         for variable, value in zip(self._model.non_trainable_variables, weights.non_trainable):
             variable.assign(value)
+
+    def __call__(self, weights: tff.learning.models.ModelWeights) -> tuple[float, float]:
+        self._load(weights)
         loss, accuracy = self._evaluate()
         return float(loss), float(accuracy)
 
     def predict(self, weights: tff.learning.models.ModelWeights, x: np.ndarray) -> np.ndarray:
-        """Predicted labels of `x` under `weights` (call after `__call__` loaded them)."""
-        del weights  # loaded by the preceding __call__
+        """Predicted labels of `x` under `weights`."""
+        self._load(weights)
         logits = self._model.predict(x, batch_size=self._data[2], verbose=0)
         return np.argmax(logits, axis=-1)
 
