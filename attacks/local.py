@@ -39,6 +39,7 @@ from tff_byz.aggregation import build_measurement_merger
 from tff_byz.client_work import client_seed
 
 __all__ = ["LocalAttack", "ScheduledAttack", "AttackContext", "build_attacked_client_work",
+           "apply_record_attacks",
            "ascent_predicate", "attack_seed", "GROUP_KEY"]
 
 GROUP_KEY = "byzantine_group"
@@ -92,6 +93,35 @@ def ascent_predicate(attacks: Sequence[ScheduledAttack]):
         return tf.reduce_any(tf.stack(flags))
 
     return predicate
+
+
+def apply_record_attacks(attacks: Sequence[ScheduledAttack], record, weight, *, info, run_seed,
+                         round_num, weights, mark_groups: bool = False):
+    """One client's record and weight after its group's active `transform` attacks.
+
+    Pure TF, for use inside a client computation: every attack whose group is
+    the client's and whose start has come transforms `(record, weight)` inside
+    a `tf.cond`, so honest clients pass through untouched. `weights` is the
+    received global model's trainable weights (`AttackContext.weights`);
+    attack k draws from `attack_seed(run_seed, round, client id, k)` (k its
+    index in `attacks`). With `mark_groups` the record gains `GROUP_KEY`.
+    Used by `build_attacked_client_work` and by processes whose uplink message
+    is not a FedAvg delta (PDMM's y).
+    """
+    for index, scheduled in enumerate(attacks):
+        if scheduled.attack.transform is None:
+            continue
+        ctx = AttackContext(seed=attack_seed(run_seed, round_num, info["client_id"], index),
+                            round=round_num, weights=list(weights))
+        active = _is_active(scheduled, info, round_num)
+        record, weight = tf.cond(
+            active,
+            lambda s=scheduled, c=ctx, r=record, w=weight: s.attack.transform(r, w, c),
+            lambda r=record, w=weight: (r, w))
+    if mark_groups:
+        record = collections.OrderedDict(record)
+        record[GROUP_KEY] = info["attack_group"]
+    return record, weight
 
 
 def build_attacked_client_work(
@@ -153,19 +183,10 @@ def build_attacked_client_work(
     def transform(result, weights, info, attack_state):
         @tf.function
         def run(result, weights, info, attack_state):
-            record, weight = result.update, result.update_weight
-            for index, scheduled in enumerate(attacks):
-                if scheduled.attack.transform is None:
-                    continue
-                ctx = context(attack_state, info, weights, index)
-                active = _is_active(scheduled, info, attack_state["round"])
-                record, weight = tf.cond(
-                    active,
-                    lambda s=scheduled, c=ctx, r=record, w=weight: s.attack.transform(r, w, c),
-                    lambda r=record, w=weight: (r, w))
-            if mark_groups:
-                record = collections.OrderedDict(record)
-                record[GROUP_KEY] = info["attack_group"]
+            record, weight = apply_record_attacks(
+                attacks, result.update, result.update_weight, info=info,
+                run_seed=attack_state["seed"], round_num=attack_state["round"],
+                weights=list(weights.trainable), mark_groups=mark_groups)
             return tff.learning.templates.ClientResult(update=record, update_weight=weight)
 
         return run(result, weights, info, attack_state)

@@ -64,12 +64,15 @@ class StatefulClientsProcess:
       is an `OrderedDict` with an int32 `client_id` leaf that the client
       overwrites with its own id, so `ClientStateStore(..., id_key="client_id")`
       can check the mapping.
+    - `initial_client_state`: the state of a client that has not taken part
+      yet (`ClientStateStore(initial=...)`); None means zeros.
     """
 
     initialize: tff.Computation
     next: tff.Computation
     get_model_weights: tff.Computation
     client_state_template: Any
+    initial_client_state: Any = None
 
 
 def zeros_from_type(type_spec) -> Any:

@@ -28,7 +28,8 @@ import tensorflow_federated as tff
 from tff_byz import client_inputs
 
 __all__ = ["build_local_sgd_client_work", "client_record_type", "client_input_types",
-           "local_sgd_update", "client_seed", "dataset_loss", "ClientWorkConfigError", "LOSS_AT"]
+           "local_sgd_update", "local_sgd_steps", "stream_batch_indices", "client_seed",
+           "dataset_loss", "ClientWorkConfigError", "LOSS_AT"]
 
 # Which loss a client reports (FedLAW uses it, fedlaw.md §3): the mean mini-batch loss of
 # the last local epoch, or the loss on the client's whole training set before/after training.
@@ -113,6 +114,58 @@ def local_sgd_update(model, trainable, x, y, seed, *, epochs, batch_size, learni
     return last_epoch_loss
 
 
+_STREAM_TAG = 0x57EA  # separates the step stream's shuffles from the epoch shuffles
+
+
+def stream_batch_indices(num_examples, batch_size, run_seed, client_id, step):
+    """Indices of mini-batch number `step` of a client's endless example stream.
+
+    The stream visits the client's examples epoch after epoch, each epoch in a
+    fresh permutation seeded by (run seed, epoch, client id), in batches of
+    `batch_size` (the last batch of an epoch may be smaller). Step k of round r
+    continues where round r − 1 stopped, so "K local steps" walk through the
+    data rather than restarting it every round. Pure TF (stateless); empty if
+    the client has no examples.
+    """
+    step = tf.cast(step, tf.int64)
+    num_examples = tf.cast(num_examples, tf.int64)
+    batch_size = tf.constant(batch_size, tf.int64)
+    num_batches = tf.maximum((num_examples + batch_size - 1) // batch_size, 1)
+    epoch, position = step // num_batches, step % num_batches
+    seed = tf.random.experimental.stateless_fold_in(
+        client_seed(run_seed, epoch, client_id), tf.constant(_STREAM_TAG, tf.int64))
+    order = tf.random.experimental.stateless_shuffle(tf.range(num_examples), seed=seed)
+    return order[position * batch_size:tf.minimum((position + 1) * batch_size, num_examples)]
+
+
+def local_sgd_steps(model, trainable, x, y, *, run_seed, client_id, start_step, steps,
+                    batch_size, learning_rate, extra_gradient: Callable | None = None,
+                    gradient_transform: Callable | None = None):
+    """`steps` SGD steps on the client's stream from `start_step`; returns the mean batch loss.
+
+    Pure TF; call inside a `tf.function`. `trainable` (the model's trainable
+    variables) is updated in place: v ← v − lr (∇loss(batch) + extra), where
+    `extra_gradient(trainable) -> list` adds a term such as PDMM's proximal
+    pull c (w − v). Batches come from `stream_batch_indices`.
+    """
+    loss_sum = tf.constant(0.0, tf.float32)
+    for k in tf.range(steps):
+        index = stream_batch_indices(tf.shape(y)[0], batch_size, run_seed, client_id,
+                                     tf.cast(start_step, tf.int64) + tf.cast(k, tf.int64))
+        batch = collections.OrderedDict(x=tf.gather(x, index), y=tf.gather(y, index))
+        with tf.GradientTape() as tape:
+            output = model.forward_pass(batch, training=True)
+        gradients = tape.gradient(output.loss, trainable)
+        if gradient_transform is not None:
+            gradients = gradient_transform(gradients)
+        if extra_gradient is not None:
+            gradients = [g + e for g, e in zip(gradients, extra_gradient(trainable))]
+        for variable, gradient in zip(trainable, gradients):
+            variable.assign_sub(learning_rate * gradient)
+        loss_sum += tf.cast(output.loss, tf.float32)
+    return loss_sum / tf.cast(tf.maximum(steps, 1), tf.float32)
+
+
 def dataset_loss(model, x, y, batch_size):
     """Mean loss of `model` on all of `(x, y)` (inference mode), batch by batch; 0 if empty."""
     num_examples = tf.shape(y)[0]
@@ -136,8 +189,15 @@ def build_local_sgd_client_work(
     shuffle: bool = True,
     ascent: Callable[[collections.OrderedDict, tf.Tensor], tf.Tensor] | None = None,
     loss_at: str = "last_epoch",
+    steps: int = 0,
 ) -> tff.learning.templates.ClientWorkProcess:
     """FedAvg's honest client work: `epochs` of SGD from the broadcast model.
+
+    With `steps` = K > 0, each client instead takes exactly K mini-batch steps
+    (`epochs` is ignored) on its example stream (`stream_batch_indices`),
+    round r covering stream steps rK … rK + K − 1: PDMM's local-step
+    protocol, so FedAvg and PDMM can be compared step for step. The reported
+    `last_epoch` loss is then the mean loss of the K steps.
 
     Process: `initialize()` → state `OrderedDict(seed=int64, round=int64)@SERVER`;
     `next(state, model_weights@CLIENTS, client_input@CLIENTS)` → client records
@@ -152,6 +212,8 @@ def build_local_sgd_client_work(
     over the client's data before (`start`) or after (`end`) training.
     """
     _validate(epochs, batch_size, learning_rate)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ClientWorkConfigError(f"--local_steps must be an integer >= 0; got {steps!r}.")
     if loss_at not in LOSS_AT:
         raise ClientWorkConfigError(f"loss: invalid value {loss_at!r}; valid choices: "
                                     f"{', '.join(LOSS_AT)}.")
@@ -182,11 +244,18 @@ def build_local_sgd_client_work(
                 gradient_transform = lambda grads: [tf.where(ascending, -g, g) for g in grads]
             if loss_at == "start":
                 start_loss = dataset_loss(model, x, y, batch_size)
-            loss = local_sgd_update(
-                model, list(model_weights.trainable), x, y,
-                client_seed(state["seed"], state["round"], info["client_id"]),
-                epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                shuffle=shuffle, gradient_transform=gradient_transform)
+            if steps:
+                loss = local_sgd_steps(
+                    model, list(model_weights.trainable), x, y, run_seed=state["seed"],
+                    client_id=info["client_id"], start_step=state["round"] * steps, steps=steps,
+                    batch_size=batch_size, learning_rate=learning_rate,
+                    gradient_transform=gradient_transform)
+            else:
+                loss = local_sgd_update(
+                    model, list(model_weights.trainable), x, y,
+                    client_seed(state["seed"], state["round"], info["client_id"]),
+                    epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                    shuffle=shuffle, gradient_transform=gradient_transform)
             if loss_at == "start":
                 loss = start_loss
             elif loss_at == "end":

@@ -1,0 +1,359 @@
+"""Centralized PDMM (pdmm.md §2) as a TFF process with stateful clients.
+
+The server is a PDMM node without data. One round:
+
+    clients (in parallel), from their stored state (w_i, v_i, u_i, step counter):
+        K SGD steps on f_i(w) + (c/2)‖w − v_i‖², warm-started at w_i,
+          on the client's example stream (it continues across rounds)
+        y_i = 2 w_i − v_i                   the only uplink (a Byzantine client
+                                            sends attack(y_i), keeping honest state)
+        u_i ← (1 − θ) u_i + θ y_i
+    server:  w_s ← (1 − θ) w_s + θ · Agg(y)  (Agg: the plain mean by default)
+    broadcast w_s; clients: v_i ← (1 − θ) v_i + θ (2 w_s − u_i)
+
+One model-sized vector goes up and one comes down, as in FedAvg. The uplink
+message travels as the `delta` field of a client record
+`OrderedDict(delta=y_i, client_id, num_examples, loss)`, so the library's
+local attacks (`attacks.local.apply_record_attacks`) corrupt y, and colluding
+attacks (aggregator wrappers) see and replace the round's y's.
+
+Partial participation (`partial=True`, pdmm.md §2 extension): the server keeps
+a copy u_i^S of z_{s|i}/c for every client id, in its state as one flat
+`[N, D]` float32 matrix; participants' copies are updated from the messages
+the server received (collected with their client ids by
+`aggregators.record_stack.StackedRecordsFactory`), w_s is the mean of all N
+copies, and only participants apply the reply. Non-participants keep their
+state. Full participation needs no copies: w_s itself is z̄.
+
+Initialisation (`init`): `consensus` (default, FedSplit style) w_i = v_i = u_i
+= w_s = w_0; `zero` (textbook) v_i = u_i = w_s = 0, w_i = w_0.
+
+The process is a `tff_byz.client_state.StatefulClientsProcess`; client states
+(`OrderedDict(client_id, w, v, u, steps)`) live in a `ClientStateStore`
+between rounds, initialised with `initial_client_state`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from aggregators.record_stack import StackedRecordsFactory
+from attacks.local import ScheduledAttack, apply_record_attacks
+from pdmm import math as pdmm_math
+from tff_byz import aggregation, client_inputs, fedavg
+from tff_byz import client_work as client_work_lib
+from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
+
+__all__ = ["PDMMOptions", "build_pdmm_process", "DEFAULT_LOCAL_STEPS", "INITS"]
+
+DEFAULT_LOCAL_STEPS = 10  # pdmm.md §5 (the authors' group's code)
+INITS = ("consensus", "zero")
+
+
+@dataclasses.dataclass(frozen=True)
+class PDMMOptions:
+    """The `--aggregator=pdmm:...` parameters (pdmm.md §5 defaults)."""
+    c: float = 0.4
+    theta: float = 1.0
+    local_steps: Optional[int] = None  # None: --local_steps if set, else 10
+    init: str = "consensus"
+
+    def validate(self) -> None:
+        if not (math.isfinite(self.c) and self.c > 0):
+            raise ValueError(f"pdmm: c must be a finite number > 0; got c={self.c}.")
+        if not 0.0 < self.theta <= 1.0:
+            raise ValueError(f"pdmm: theta must be in (0, 1] (1 plain PDMM, 1/2 averaged); "
+                             f"got theta={self.theta}.")
+        if self.local_steps is not None and self.local_steps < 1:
+            raise ValueError(f"pdmm: local_steps must be >= 1; got {self.local_steps}.")
+        if self.init not in INITS:
+            raise ValueError(f"pdmm: init={self.init!r}; valid choices: {', '.join(INITS)}.")
+
+    def steps(self, fallback: int = 0) -> int:
+        if self.local_steps is not None:
+            return int(self.local_steps)
+        return int(fallback) if fallback else DEFAULT_LOCAL_STEPS
+
+
+def _as_list(structure):
+    return [tf.convert_to_tensor(t) for t in tf.nest.flatten(structure)]
+
+
+def build_pdmm_process(
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    initial_weights: tff.learning.models.ModelWeights,
+    *,
+    options: PDMMOptions = PDMMOptions(),
+    local_steps: int = DEFAULT_LOCAL_STEPS,
+    batch_size: int = 64,
+    learning_rate: float = 0.05,
+    seed: int = 0,
+    num_clients: Optional[int] = None,
+    partial: bool = False,
+    attacks: Sequence[ScheduledAttack] = (),
+    mark_groups: bool = False,
+    wrap_aggregator: Callable = lambda factory: factory,
+    message_aggregator=None,
+) -> StatefulClientsProcess:
+    """Centralized PDMM (module doc).
+
+    Args:
+      options: c, θ, init (`options.local_steps` is resolved by the caller into
+        `local_steps`).
+      local_steps, batch_size, learning_rate: the inexact prox: K SGD steps of
+        size η on mini-batches of B examples.
+      num_clients: N, needed with `partial=True` (one server copy per client id).
+      attacks: local attacks (`transform` only) applied to the Byzantine
+        clients' message y; `mark_groups` adds the attack group to the record
+        for a colluding-attack wrapper.
+      wrap_aggregator: wraps the message collection (colluding attacks).
+      message_aggregator: the factory computing Agg(y) with full participation
+        (default: the unweighted mean, reporting `non_finite_clients`).
+
+    Returns a `StatefulClientsProcess`:
+    - server state `OrderedDict(global_model_weights=ModelWeights (w_s),
+      [copies=float32[N, D] with partial], aggregator, seed, round)`;
+    - `next(state, client_inputs, client_states)` →
+      `OrderedDict(state, metrics, client_states)`, metrics
+      `OrderedDict(client_work=OrderedDict(train_loss, num_examples),
+      aggregator=…, pdmm=OrderedDict(consensus_gap))` where `consensus_gap` is
+      sqrt(mean_i ‖w_i − w_s‖²) over the round's participants after the step;
+    - client state `OrderedDict(client_id=int32, w, v, u (trainable weights),
+      steps=int64)`; `initial_client_state` is the state of a client that has
+      not taken part yet (pass it to `ClientStateStore(initial=...)`).
+    """
+    options.validate()
+    if local_steps < 1:
+        raise ValueError(f"pdmm: local_steps must be >= 1; got {local_steps}.")
+    if partial and (num_clients is None or num_clients < 1):
+        raise ValueError("pdmm: partial participation needs num_clients (one server copy each).")
+    for scheduled in attacks:
+        if scheduled.attack.perturb_weights is not None or scheduled.attack.ascent:
+            raise ValueError(
+                f"pdmm: attack {scheduled.attack.name!r} acts on local training; PDMM's Byzantine "
+                "clients train honestly and corrupt only their uplink message y (pdmm.md §4).")
+    c, theta = float(options.c), float(options.theta)
+    attacks = [a for a in attacks if a.attack.transform is not None]
+
+    data_type, model_weights_type = client_work_lib.client_input_types(model_fn)
+    init_weights = fedavg.initial_weights_fn(initial_weights)
+    weights_type = init_weights.type_signature.result
+    trainable_type = weights_type.trainable
+    record_type = client_work_lib.client_record_type(trainable_type)
+    client_state_type = tff.StructWithPythonType(
+        [("client_id", np.int32), ("w", trainable_type), ("v", trainable_type),
+         ("u", trainable_type), ("steps", np.int64)], collections.OrderedDict)
+    round_type = tff.StructWithPythonType([("seed", np.int64), ("round", np.int64)],
+                                          collections.OrderedDict)
+    sizes = [int(np.prod(t.shape)) for t in initial_weights.trainable]
+    shapes = [tuple(np.shape(t)) for t in initial_weights.trainable]
+
+    consensus = options.init == "consensus"
+    w0 = [np.asarray(t, np.float32) for t in initial_weights.trainable]
+    anchor = w0 if consensus else [np.zeros_like(t) for t in w0]
+    initial_client_state = collections.OrderedDict(
+        client_id=np.int32(0), w=[t.copy() for t in w0], v=[t.copy() for t in anchor],
+        u=[t.copy() for t in anchor], steps=np.int64(0))
+
+    if partial:
+        collector = wrap_aggregator(StackedRecordsFactory())
+    else:
+        if message_aggregator is None:
+            message_aggregator = aggregation.NonFiniteCountingFactory(
+                tff.aggregators.MeanFactory())
+        collector = wrap_aggregator(message_aggregator)
+    update_aggregator = aggregation.build_update_aggregator(collector, record_type)
+
+    # --- TF computations ---------------------------------------------------
+
+    @tff.tensorflow.computation
+    def server_init():
+        weights = init_weights()
+        server = collections.OrderedDict(
+            global_model_weights=tff.learning.models.ModelWeights(
+                trainable=[tf.constant(t) for t in anchor],
+                non_trainable=list(weights.non_trainable)))
+        if partial:
+            flat = np.concatenate([t.reshape(-1) for t in anchor]) if anchor else np.zeros([0])
+            server["copies"] = tf.tile(tf.constant(flat, tf.float32)[tf.newaxis, :],
+                                       [num_clients, 1])
+        return server
+
+    @tff.tensorflow.computation
+    def initial_round_info():
+        return collections.OrderedDict(seed=tf.constant(seed, tf.int64),
+                                       round=tf.constant(0, tf.int64))
+
+    @tff.tensorflow.computation(round_type)
+    def advance(round_info):
+        return collections.OrderedDict(seed=round_info["seed"], round=round_info["round"] + 1)
+
+    @tff.tensorflow.computation(round_type, weights_type, data_type, client_state_type)
+    def client_step(round_info, server_weights, client_input, client_state):
+        model = model_fn()
+        model_weights = tff.learning.models.ModelWeights.from_model(model)
+
+        # One tf.function: its automatic control dependencies order the weight
+        # assignment before training (a bare graph would drop the assigns).
+        @tf.function
+        def run(round_info, server_weights, client_input, client_state):
+            tf.nest.map_structure(lambda var, value: var.assign(value), model_weights,
+                                  tff.learning.models.ModelWeights(
+                                      trainable=list(client_state["w"]),
+                                      non_trainable=list(server_weights.non_trainable)))
+            info = client_inputs.read_client_info(client_input["info"])
+            x, y = client_inputs.materialize_examples(client_input["examples"])
+            v = _as_list(client_state["v"])
+            loss = client_work_lib.local_sgd_steps(
+                model, list(model_weights.trainable), x, y, run_seed=round_info["seed"],
+                client_id=info["client_id"], start_step=client_state["steps"],
+                steps=local_steps, batch_size=batch_size, learning_rate=learning_rate,
+                extra_gradient=lambda trainable: [
+                    c * (tf.convert_to_tensor(t) - vl) for t, vl in zip(trainable, v)])
+            w = _as_list(model_weights.trainable)
+            message = pdmm_math.uplink_message(w, v)
+            u = pdmm_math.relax(_as_list(client_state["u"]), message, theta=theta)
+            record = collections.OrderedDict(
+                delta=message, client_id=info["client_id"],
+                num_examples=tf.cast(tf.shape(y)[0], tf.float32), loss=loss)
+            record, weight = apply_record_attacks(
+                attacks, record, tf.constant(1.0), info=info, run_seed=round_info["seed"],
+                round_num=round_info["round"], weights=_as_list(server_weights.trainable),
+                mark_groups=mark_groups)
+            state = collections.OrderedDict(
+                client_id=info["client_id"], w=w, v=v, u=u,
+                steps=client_state["steps"] + local_steps)
+            return record, weight, state
+
+        return run(round_info, server_weights, client_input, client_state)
+
+    sent_record_type = client_step.type_signature.result[0]
+
+    @tff.tensorflow.computation(trainable_type, client_state_type)
+    def client_reply(server_trainable, client_state):
+        w_s = _as_list(server_trainable)
+        v = pdmm_math.relax(_as_list(client_state["v"]),
+                            pdmm_math.server_reply(w_s, _as_list(client_state["u"])), theta=theta)
+        state = collections.OrderedDict(client_id=client_state["client_id"],
+                                        w=_as_list(client_state["w"]), v=v,
+                                        u=_as_list(client_state["u"]), steps=client_state["steps"])
+        return state, pdmm_math.squared_distance(state["w"], w_s)
+
+    @tff.tensorflow.computation(sent_record_type)
+    def record_loss(record):
+        return record["loss"]
+
+    @tff.tensorflow.computation(sent_record_type)
+    def record_num_examples(record):
+        return record["num_examples"]
+
+    @tff.tensorflow.computation(tf.float32)
+    def root(value):
+        return tf.sqrt(value)
+
+    server_type = server_init.type_signature.result
+
+    def unflatten(vector):
+        parts = tf.split(vector, sizes) if len(sizes) > 1 else [vector]
+        return [tf.reshape(p, s) for p, s in zip(parts, shapes)]
+
+    if partial:
+        stacked_type = update_aggregator.next.type_signature.result.result.member
+
+        @tff.tensorflow.computation(server_type, stacked_type)
+        def server_update(server, stacked):
+            ids = tf.cast(stacked["client_ids"], tf.int32)[:, tf.newaxis]
+            old = tf.gather_nd(server["copies"], ids)
+            new = old + theta * (stacked["deltas"] - old) if theta != 1.0 else stacked["deltas"]
+            copies = tf.tensor_scatter_nd_update(server["copies"], ids, new)
+            trainable = unflatten(tf.reduce_mean(copies, axis=0))
+            weights = server["global_model_weights"]
+            return collections.OrderedDict(
+                global_model_weights=tff.learning.models.ModelWeights(
+                    trainable=trainable, non_trainable=list(weights.non_trainable)),
+                copies=copies)
+    else:
+        aggregate_type = update_aggregator.next.type_signature.result.result.member
+
+        @tff.tensorflow.computation(server_type, aggregate_type)
+        def server_update(server, aggregate):
+            weights = server["global_model_weights"]
+            trainable = pdmm_math.relax(_as_list(weights.trainable), _as_list(aggregate),
+                                        theta=theta)
+            return collections.OrderedDict(global_model_weights=tff.learning.models.ModelWeights(
+                trainable=trainable, non_trainable=list(weights.non_trainable)))
+
+    @tff.tensorflow.computation(server_type)
+    def server_model(server):
+        return server["global_model_weights"]
+
+    @tff.tensorflow.computation(server_type)
+    def server_trainable(server):
+        return list(server["global_model_weights"].trainable)
+
+    # --- federated computations -------------------------------------------
+
+    @tff.federated_computation
+    def initialize():
+        round_info = tff.federated_eval(initial_round_info, tff.SERVER)
+        return tff.federated_zip(collections.OrderedDict(
+            server=tff.federated_eval(server_init, tff.SERVER),
+            aggregator=update_aggregator.initialize(),
+            seed=round_info.seed,
+            round=round_info.round))
+
+    state_type = initialize.type_signature.result
+
+    @tff.federated_computation(
+        state_type,
+        tff.FederatedType(data_type, tff.CLIENTS),
+        tff.FederatedType(client_state_type, tff.CLIENTS))
+    def next_fn(state, client_data, client_states):
+        round_info = tff.federated_zip(collections.OrderedDict(seed=state.seed,
+                                                               round=state.round))
+        outputs = tff.federated_map(client_step, (
+            tff.federated_broadcast(round_info),
+            tff.federated_broadcast(tff.federated_map(server_model, state.server)),
+            client_data, client_states))
+        records, weights, stepped = outputs[0], outputs[1], outputs[2]
+        aggregate = update_aggregator.next(state.aggregator, records, weights)
+        server = tff.federated_map(server_update, (state.server, aggregate.result))
+        replied = tff.federated_map(client_reply, (
+            tff.federated_broadcast(tff.federated_map(server_trainable, server)), stepped))
+        new_client_states, gaps = replied[0], replied[1]
+        num_examples = tff.federated_map(record_num_examples, records)
+        metrics = tff.federated_zip(collections.OrderedDict(
+            client_work=tff.federated_zip(collections.OrderedDict(
+                train_loss=tff.federated_mean(tff.federated_map(record_loss, records),
+                                              num_examples),
+                num_examples=tff.federated_sum(num_examples))),
+            aggregator=aggregate.measurements,
+            pdmm=tff.federated_zip(collections.OrderedDict(
+                consensus_gap=tff.federated_map(root, tff.federated_mean(gaps)))),
+        ))
+        next_round = tff.federated_map(advance, round_info)
+        new_state = tff.federated_zip(collections.OrderedDict(
+            server=server, aggregator=aggregate.state, seed=next_round.seed,
+            round=next_round.round))
+        return collections.OrderedDict(state=new_state, metrics=metrics,
+                                       client_states=new_client_states)
+
+    @tff.tensorflow.computation(state_type.member)
+    def get_model_weights(state):
+        return state["server"]["global_model_weights"]
+
+    return StatefulClientsProcess(
+        initialize=initialize,
+        next=next_fn,
+        get_model_weights=get_model_weights,
+        client_state_template=zeros_from_type(client_state_type),
+        initial_client_state=initial_client_state,
+    )
