@@ -1,0 +1,122 @@
+"""Runs a grid of experiments: `python -m pipelines.compare GRID.toml --output_dir=DIR`.
+
+    --parallel=N          worker processes (default: the number of cores)
+    --threads_per_cell=T  TensorFlow threads per worker (default: cores // N, at least 1)
+    --dry_run             print the cells and their status; run and write nothing
+    --progress / --noprogress
+
+Thin: read the grid (`tff_byz.grid.spec`), expand and validate every cell, then
+`tff_byz.grid.runner.run_grid`. Each cell is a run directory under DIR/runs
+(pipelines.train's layout); DIR/grid.json records the cells and their outcomes.
+Rerunning the same command skips done cells and resumes partial ones. Exit codes:
+0 every cell has a result (complete, or failed by the run's own verdict such as a
+non-finite model); 1 some cell could not run (invalid settings found when built,
+or an error: see grid.json and DIR/logs); 2 invalid grid or flags (one line on
+stderr, nothing written); 130/143 interrupted (rerun to resume).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import argparse  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ValueError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m pipelines.compare", add_help=True)
+    parser.add_argument("grid", help="grid TOML file")
+    parser.add_argument("--output_dir", required=True, help="directory of the grid's runs")
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="worker processes (default: the number of cores)")
+    parser.add_argument("--threads_per_cell", type=int, default=None,
+                        help="TensorFlow intra/inter-op threads per worker (default: cores // parallel)")
+    parser.add_argument("--cells_per_worker", type=int, default=0,
+                        help="restart a worker process after this many cells (0: never)")
+    parser.add_argument("--dry_run", action="store_true", help="print the cells and exit")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--noprogress", dest="progress", action="store_false")
+    return parser
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _raise_system_exit(signum, frame):  # pylint: disable=unused-argument
+    raise SystemExit(128 + signum)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv[1:])
+    except ValueError as error:
+        return _error(str(error))
+    from tff_byz.grid import runner, spec  # pylint: disable=import-outside-toplevel
+
+    cores = runner.available_cores()
+    parallel = cores if args.parallel is None else args.parallel
+    if parallel < 1:
+        return _error(f"--parallel must be an integer >= 1; got {parallel}.")
+    threads = max(1, cores // parallel) if args.threads_per_cell is None else args.threads_per_cell
+    if threads < 1:
+        return _error(f"--threads_per_cell must be an integer >= 1; got {threads}.")
+    if args.cells_per_worker < 0:
+        return _error(f"--cells_per_worker must be an integer >= 0; got {args.cells_per_worker}.")
+    try:
+        grid = spec.load_grid(args.grid)
+        cells = grid.cells(os.path.join(args.output_dir, "runs"))
+    except spec.GridError as error:
+        return _error(str(error))
+    if not cells:
+        return _error(f"{args.grid}: the grid has no cells (every combination is excluded).")
+    # Cells are resolved with output_dir = DIR/runs; the runner keeps files relative to DIR.
+
+    if args.dry_run:
+        for cell, status in runner.plan(cells, args.output_dir):
+            axes = " ".join(f"{k}={v}" for k, v in cell.axes.items())
+            print(f"{status:>8}  {cell.id[:8]}  {cell.run_name}  {axes}")
+        counts = {}
+        for _, status in runner.plan(cells, args.output_dir):
+            counts[status] = counts.get(status, 0) + 1
+        print(f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        return 0
+
+    previous = {s: signal.signal(s, _raise_system_exit) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        outcome = runner.run_grid(cells, args.output_dir, parallel=parallel, threads=threads,
+                                  progress=args.progress, grid_name=grid.name,
+                                  cells_per_worker=args.cells_per_worker)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: rerun the same command to resume ({args.output_dir})", file=sys.stderr)
+        return 130
+    except SystemExit as exit_request:
+        print(f"\nterminated: rerun the same command to resume ({args.output_dir})", file=sys.stderr)
+        return exit_request.code if isinstance(exit_request.code, int) else 143
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    counts = {s: outcome.count(s) for s in ("complete", "failed", "invalid", "error")}
+    print(f"{grid.name}: {len(cells)} cells: {counts['complete']} complete, {counts['failed']} failed "
+          f"(run verdict), {counts['invalid']} invalid, {counts['error']} errors; ran "
+          f"{len(outcome.ran)} ({args.output_dir})")
+    by_id = {cell.id: cell for cell in cells}
+    for cell_id, status in outcome.statuses.items():
+        if status != "complete":
+            print(f"  {status}: {by_id[cell_id].run_name}: {outcome.reasons[cell_id]}", file=sys.stderr)
+    return 1 if counts["invalid"] or counts["error"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

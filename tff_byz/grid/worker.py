@@ -1,0 +1,98 @@
+"""A grid worker process: runs the cells its parent sends, one at a time, in one TFF context.
+
+    python -m tff_byz.grid.worker      (started by `tff_byz.grid.runner`, not by hand)
+
+Importing TensorFlow Federated and starting its worker takes seconds, often more
+than a small cell's training, so a worker process serves many cells. Protocol:
+one JSON object per line on stdin, `{"id", "config", "resume", "log"}`, answered
+by one line on the original stdout, `{"id", "outcome", "reason", "seconds"}`. While
+a cell runs, file descriptors 1 and 2 (Python, TensorFlow's C++ logs and the
+progress bar alike) go to the cell's log file, so nothing can write into the
+protocol pipe. Outcomes: `complete`; `failed` (the run's own verdict, e.g. a
+non-finite model); `invalid` (settings rejected when the experiment is built,
+e.g. Krum with too few clients; nothing written); `error` (any other exception:
+the worker then exits so the next cell gets a fresh process). SIGTERM/SIGHUP
+save the running cell's state (`tff_byz.training`) and end the process; the
+parent sets PR_SET_PDEATHSIG so a worker never outlives it.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+
+from tff_byz import context, training  # noqa: E402
+from tff_byz.config import ConfigError, ExperimentConfig  # noqa: E402
+
+
+@contextlib.contextmanager
+def _output_to(path: str):
+    """Points fds 1 and 2 at `path` for the block (C++ and Python output alike)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab", buffering=0) as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def run_cell(request: dict) -> dict:
+    """Runs one cell; returns its outcome record. Interrupts propagate."""
+    config = ExperimentConfig.from_dict(request["config"])
+    started = time.monotonic()
+    outcome = dict(id=request["id"], outcome="error", reason="")
+    os.makedirs(os.path.dirname(request["log"]), exist_ok=True)
+    with _output_to(request["log"]):
+        print(f"--- cell {request['id'][:8]} {config.run_name}, resume={request['resume']}, "
+              f"pid {os.getpid()}", file=sys.stderr, flush=True)
+        try:
+            summary = training.run_experiment(config, resume=request["resume"], progress=False)
+            outcome["outcome"] = "complete" if summary["status"] == "complete" else "failed"
+            outcome["reason"] = summary.get("reason", "")
+        except ConfigError as error:
+            outcome.update(outcome="invalid", reason=str(error))
+            print(f"invalid: {error}", file=sys.stderr)
+        except Exception as error:  # pylint: disable=broad-except
+            traceback.print_exc()
+            outcome["reason"] = f"{type(error).__name__}: {error}".splitlines()[0]
+    outcome["seconds"] = time.monotonic() - started
+    return outcome
+
+
+def main() -> int:
+    # The protocol keeps the original stdout; fd 1 itself goes to stderr between cells.
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    with context.managed_execution_context(log_path=os.environ.get("TFF_BYZ_WORKER_LOG")):
+        protocol.write(json.dumps({"ready": os.getpid()}) + "\n")
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            outcome = run_cell(json.loads(line))
+            protocol.write(json.dumps(outcome) + "\n")
+            if outcome["outcome"] == "error":
+                return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
