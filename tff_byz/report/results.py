@@ -1,0 +1,153 @@
+"""Run directories -> tidy pandas DataFrames (reads only config.json, summary.json, metrics.csv).
+
+`load_results(directory)` finds the runs of a grid directory (the cells listed in
+`grid.json` when it exists, else every `*/config.json` below `directory`) and
+returns
+
+- `results`: one row per run: every config field as a column, plus `heterogeneity`
+  (iid, q=0.9, dirichlet α=0.5, natural), the summary (`status`, `reason`,
+  `rounds_completed`, `final_test_accuracy`, `best_test_accuracy`, `wall_seconds`,
+  `actual_byzantine_fraction`, ...), `detection_{precision,recall,f1,accuracy}`
+  (FedLAW), `final_attack_success_rate` (backdoor: the last evaluated value),
+  `diverged` (the run stopped because the model became non-finite) and
+  `final_accuracy`: the final test accuracy, with a diverged run scored
+  `diverged_score` (default 0: its model is NaN);
+- `rounds`: one row per run and round: `run_name`, the config columns and every
+  metrics.csv column.
+
+No TensorFlow here: reports load fast and read only files.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+from typing import Optional
+
+import pandas as pd
+
+__all__ = ["load_results", "find_run_dirs", "heterogeneity_label", "RESULT_COLUMNS", "NotAGridError"]
+
+# Summary fields copied as columns (lists are JSON-encoded), renamed where a config
+# field has the same name.
+_SUMMARY_FIELDS = {"status": "status", "reason": "reason", "rounds_completed": "rounds_completed",
+                   "final_test_accuracy": "final_test_accuracy", "final_test_loss": "final_test_loss",
+                   "best_test_accuracy": "best_test_accuracy", "wall_seconds": "wall_seconds",
+                   "num_parameters": "num_parameters", "num_clients": "clients_in_run",
+                   "actual_byzantine_fraction": "actual_byzantine_fraction",
+                   "declared_byzantine_fraction": "declared_fraction_used",
+                   "byzantine_ids": "byzantine_ids"}
+RESULT_COLUMNS = ("final_accuracy", "final_test_accuracy", "best_test_accuracy", "final_test_loss",
+                  "detection_precision", "detection_recall", "detection_f1", "detection_accuracy",
+                  "final_attack_success_rate", "wall_seconds")
+# A non-finite model is the run's own verdict (tff_byz.training.NonFiniteModelError).
+_DIVERGED_MARK = "non-finite"
+
+
+class NotAGridError(ValueError):
+    """The directory holds no run (CLI: exit 2)."""
+
+
+def heterogeneity_label(partition: str, q: float, alpha: float) -> str:
+    if partition == "q":
+        return f"q={q:g}"
+    if partition == "dirichlet":
+        return f"dirichlet α={alpha:g}"
+    return str(partition)
+
+
+def find_run_dirs(directory: str) -> list[tuple[str, dict]]:
+    """(run directory, axis labels) of the grid's runs: `grid.json`'s cells if present,
+    else every run below `directory` (with no labels)."""
+    manifest_path = os.path.join(directory, "grid.json")
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        dirs = [(os.path.join(directory, "runs", c["run_name"]), c.get("axes", {}))
+                for c in manifest.get("cells", [])]
+        return [(d, axes) for d, axes in dirs if os.path.exists(os.path.join(d, "config.json"))]
+    found = sorted(glob.glob(os.path.join(directory, "**", "config.json"), recursive=True))
+    return [(os.path.dirname(path), {}) for path in found
+            if os.path.exists(os.path.join(os.path.dirname(path), "summary.json"))]
+
+
+def _axis_names(run_dirs) -> set:
+    return {name for _, axes in run_dirs for name in axes}
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _last_valid(frame: pd.DataFrame, column: str) -> float:
+    if column not in frame:
+        return math.nan
+    values = frame.sort_values("round")[column].dropna()
+    return float(values.iloc[-1]) if len(values) else math.nan
+
+
+def load_results(directory: str, *, diverged_score: Optional[float] = 0.0
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results, rounds) DataFrames of every run of `directory` (see the module doc)."""
+    run_dirs = find_run_dirs(directory)
+    if not run_dirs:
+        raise NotAGridError(f"{directory}: no runs found (expected grid.json or */config.json); "
+                            "run pipelines.compare first.")
+    rows, round_frames = [], []
+    config_columns: list[str] = []
+    for run_dir, axes in run_dirs:
+        config = _read_json(os.path.join(run_dir, "config.json"))
+        summary_path = os.path.join(run_dir, "summary.json")
+        summary = _read_json(summary_path) if os.path.exists(summary_path) else {"status": "missing"}
+        for key in config:
+            if key not in config_columns:
+                config_columns.append(key)
+        row = dict(config)
+        row["run_dir"] = run_dir
+        row["heterogeneity"] = heterogeneity_label(config.get("partition", "iid"),
+                                                   config.get("q", math.nan),
+                                                   config.get("alpha", math.nan))
+        # Tables show settings as the grid wrote them ("median", not its canonical spec
+        # "median:..."); the canonical value stays in <field>_resolved.
+        for name, label in axes.items():
+            if name in config and isinstance(config[name], str) and label != config[name]:
+                row[f"{name}_resolved"] = config[name]
+            row[name] = label
+        for key, column in _SUMMARY_FIELDS.items():
+            if key in summary:
+                value = summary[key]
+                row[column] = json.dumps(value) if isinstance(value, (list, dict)) else value
+        for key, value in (summary.get("final_detection") or {}).items():
+            row[f"detection_{key}"] = value
+        metrics_path = os.path.join(run_dir, "metrics.csv")
+        metrics = pd.read_csv(metrics_path) if os.path.exists(metrics_path) else pd.DataFrame(
+            {"round": []})
+        if len(metrics):
+            metrics = metrics[metrics["round"] <= summary.get("rounds_completed", math.inf)].copy()
+            metrics.insert(0, "run_name", config["run_name"])
+            round_frames.append(metrics)
+        row["final_attack_success_rate"] = _last_valid(metrics, "backdoor/attack_success_rate")
+        row["diverged"] = (summary.get("status") == "failed"
+                           and _DIVERGED_MARK in str(summary.get("reason", "")))
+        accuracy = summary.get("final_test_accuracy")
+        row["final_accuracy"] = (diverged_score if row["diverged"] else
+                                 (math.nan if accuracy is None else float(accuracy)))
+        rows.append(row)
+    results = pd.DataFrame(rows)
+    for column in RESULT_COLUMNS:
+        if column not in results:
+            results[column] = math.nan
+    results = results.sort_values("run_name", kind="stable").reset_index(drop=True)
+    keys = ["run_name"] + [c for c in config_columns if c != "run_name"] + [
+        c for c in results.columns if c not in config_columns and c in _axis_names(run_dirs)
+        or c == "heterogeneity"]
+    if round_frames:
+        rounds = pd.concat(round_frames, ignore_index=True)
+        rounds = results[keys].merge(rounds, on="run_name", how="right")
+        rounds = rounds.sort_values(["run_name", "round"], kind="stable").reset_index(drop=True)
+    else:
+        rounds = pd.DataFrame(columns=keys + ["round"])
+    return results, rounds
