@@ -30,7 +30,6 @@ from tff_byz.report import plots, render, results as results_lib, stats
 
 # Columns that never define a group: they say where or which run, not what was run.
 _NOT_KEYS = {"seed", "run_name", "output_dir", "data_dir", "tff_workers", "run_dir"}
-_HETEROGENEITY_PARTS = ("partition", "q", "alpha", "q_mode")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,24 +94,37 @@ def _parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _determined(frame: pd.DataFrame, by: list, column: str) -> bool:
+    """True if `column` takes one value within every group of `by`."""
+    return bool(frame.astype({c: str for c in by + [column]}).groupby(by)[column]
+                .nunique(dropna=False).max() <= 1)
+
+
 def group_keys(results: pd.DataFrame) -> list[str]:
-    """Settings that vary across the runs (heterogeneity replaces its parts)."""
+    """Settings that vary across the runs. A config field fixed by a label column
+    (`heterogeneity`, or a table axis of the grid such as `algorithm`) gives way to it."""
     candidates = [c for c in results.columns if c not in _NOT_KEYS and not c.endswith("_resolved")
                   and c not in results_lib.RESULT_COLUMNS]
     config_end = candidates.index("status") if "status" in candidates else len(candidates)
-    candidates = candidates[:config_end] + (["heterogeneity"] if "heterogeneity" not in
-                                            candidates[:config_end] else [])
+    candidates = candidates[:config_end]
     keys = stats.varying_columns(results, candidates)
-    if "heterogeneity" in keys:
-        keys = [k for k in keys if k not in _HETEROGENEITY_PARTS]
-    return keys
+    columns = list(results.columns)
+    config = set(columns[:columns.index("run_dir")]) if "run_dir" in columns else set()
+    labels = [k for k in keys if k not in config]
+    return [k for k in keys if k in labels or not any(
+        _determined(results, [label], k) for label in labels)]
+
+
+def facet_keys(results: pd.DataFrame, keys: list, shown: list) -> list[str]:
+    """Keys that split the tables: those not fixed by the rows and columns shown."""
+    return [k for k in keys if k not in shown and not (shown and _determined(results, shown, k))]
 
 
 def build_tables(results: pd.DataFrame, *, rows, columns, metric, baseline, confidence, digits,
                  pm="±"):
     """Every report table (a list of `render.Table`) from the results frame."""
     keys = group_keys(results)
-    facets = [k for k in keys if k not in rows and k not in columns]
+    facets = facet_keys(results, keys, rows + columns)
     tables = []
     note = ("† k: k of the seeds diverged (non-finite model), scored "
             f"{results.loc[results['diverged'], metric].iloc[0]:g}"

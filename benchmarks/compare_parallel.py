@@ -1,0 +1,78 @@
+"""Grid throughput of `pipelines.compare` with 1 and with 2 worker processes, side by side.
+
+    python -m benchmarks.compare_parallel [--cells=8 --rounds=5 --repeats=1 --out=/tmp/...]
+
+Runs the same small grid (digits, 10 clients; mean/median × none/sign_flip × seeds)
+from scratch with --parallel=1 and --parallel=2 (each with the default threads per
+cell: cores // parallel), alternating the order over repeats, and prints the wall
+time of each, the rate in cells per minute and the ratio rate(2) / rate(1). Each
+run includes starting the worker processes (importing TensorFlow Federated), as
+a user's grid does. Other load on the machine makes single figures noisy: repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+GRID = """\
+name = "bench"
+[settings]
+dataset = "digits"
+num_clients = 10
+rounds = {rounds}
+byzantine_fraction = 0.2
+[axes]
+aggregator = ["mean", "median"]
+attack = ["none", "sign_flip"]
+seed = {seeds}
+"""
+
+
+def run(grid: str, out: str, parallel: int) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.monotonic()
+    with open(os.devnull, "w") as devnull:
+        code = subprocess.run([sys.executable, "-m", "pipelines.compare", grid, f"--output_dir={out}",
+                               f"--parallel={parallel}", "--noprogress"], stdout=devnull,
+                              check=False).returncode
+    if code != 0:
+        raise SystemExit(f"pipelines.compare --parallel={parallel} exited with {code}")
+    return time.monotonic() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cells", type=int, default=8, help="a multiple of 4 (seeds = cells / 4)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    out = args.out or tempfile.mkdtemp(prefix="compare_parallel_")
+    os.makedirs(out, exist_ok=True)
+    grid = os.path.join(out, "grid.toml")
+    with open(grid, "w") as f:
+        f.write(GRID.format(rounds=args.rounds, seeds=list(range(max(1, args.cells // 4)))))
+    cells = 4 * max(1, args.cells // 4)
+    print(f"grid: {cells} cells of {args.rounds} rounds (digits, 10 clients); "
+          f"{len(os.sched_getaffinity(0))} cores; load average {os.getloadavg()[0]:.2f}")
+    for repeat in range(args.repeats):
+        order = (1, 2) if repeat % 2 == 0 else (2, 1)
+        seconds = {p: run(grid, os.path.join(out, f"p{p}"), p) for p in order}
+        rates = {p: 60.0 * cells / s for p, s in seconds.items()}
+        print(f"repeat {repeat + 1}: --parallel=1 {seconds[1]:.1f} s ({rates[1]:.2f} cells/min), "
+              f"--parallel=2 {seconds[2]:.1f} s ({rates[2]:.2f} cells/min): "
+              f"ratio {rates[2] / rates[1]:.2f}x (load average now {os.getloadavg()[0]:.2f})",
+              flush=True)
+    if args.out is None:
+        shutil.rmtree(out, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
