@@ -5,7 +5,8 @@
 Runs the same small grid (digits, 10 clients; mean/median × none/sign_flip × seeds)
 from scratch with --parallel=1 and --parallel=2 (each with the default threads per
 cell: cores // parallel), alternating the order over repeats, and prints the wall
-time of each, the rate in cells per minute and the ratio rate(2) / rate(1). Each
+time of each, the rate in cells per minute, the ratio rate(2) / rate(1) and the CPU
+seconds used (all processes, TFF workers included) per wall second. Each
 run includes starting the worker processes (importing TensorFlow Federated), as
 a user's grid does. Other load on the machine makes single figures noisy: repeat.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -34,8 +36,10 @@ seed = {seeds}
 """
 
 
-def run(grid: str, out: str, parallel: int) -> float:
+def run(grid: str, out: str, parallel: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of every process of the grid, TFF workers included)."""
     shutil.rmtree(out, ignore_errors=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     with open(os.devnull, "w") as devnull:
         code = subprocess.run([sys.executable, "-m", "pipelines.compare", grid, f"--output_dir={out}",
@@ -43,7 +47,9 @@ def run(grid: str, out: str, parallel: int) -> float:
                               check=False).returncode
     if code != 0:
         raise SystemExit(f"pipelines.compare --parallel={parallel} exited with {code}")
-    return time.monotonic() - started
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> int:
@@ -63,12 +69,15 @@ def main() -> int:
           f"{len(os.sched_getaffinity(0))} cores; load average {os.getloadavg()[0]:.2f}")
     for repeat in range(args.repeats):
         order = (1, 2) if repeat % 2 == 0 else (2, 1)
-        seconds = {p: run(grid, os.path.join(out, f"p{p}"), p) for p in order}
+        measured = {p: run(grid, os.path.join(out, f"p{p}"), p) for p in order}
+        seconds = {p: wall for p, (wall, _) in measured.items()}
+        cpu = {p: c for p, (_, c) in measured.items()}
         rates = {p: 60.0 * cells / s for p, s in seconds.items()}
-        print(f"repeat {repeat + 1}: --parallel=1 {seconds[1]:.1f} s ({rates[1]:.2f} cells/min), "
-              f"--parallel=2 {seconds[2]:.1f} s ({rates[2]:.2f} cells/min): "
-              f"ratio {rates[2] / rates[1]:.2f}x (load average now {os.getloadavg()[0]:.2f})",
-              flush=True)
+        print(f"repeat {repeat + 1}: --parallel=1 {seconds[1]:.1f} s ({rates[1]:.2f} cells/min, "
+              f"{cpu[1]:.0f} CPU s), --parallel=2 {seconds[2]:.1f} s ({rates[2]:.2f} cells/min, "
+              f"{cpu[2]:.0f} CPU s): ratio {rates[2] / rates[1]:.2f}x; CPU used per wall second "
+              f"{cpu[1] / seconds[1]:.2f} vs {cpu[2] / seconds[2]:.2f} (load average now "
+              f"{os.getloadavg()[0]:.2f})", flush=True)
     if args.out is None:
         shutil.rmtree(out, ignore_errors=True)
     return 0

@@ -140,7 +140,7 @@ def load_results(directory: str, *, diverged_score: Optional[float] = 0.0
     for column in RESULT_COLUMNS:
         if column not in results:
             results[column] = math.nan
-    results = results.sort_values("run_name", kind="stable").reset_index(drop=True)
+    results = results.reset_index(drop=True)  # grid order (the manifest's), else by path
     keys = ["run_name"] + [c for c in config_columns if c != "run_name"] + [
         c for c in results.columns if c not in config_columns and c in _axis_names(run_dirs)
         or c == "heterogeneity"]

@@ -144,7 +144,7 @@ def paired_differences(frame: pd.DataFrame, value: str, baseline: Mapping[str, o
     for record in summary.to_dict("records"):
         mask = np.logical_and.reduce([merged[k] == record[k] for k in group_keys])
         diffs = merged.loc[mask, "difference"].dropna().to_numpy(dtype=float)
-        if len(diffs) > 1 and np.std(diffs) > 0:
+        if len(diffs) > 1 and not np.allclose(diffs, diffs[0], rtol=0, atol=1e-12):
             p_values.append(float(scipy_stats.ttest_1samp(diffs, 0.0).pvalue))
         else:
             p_values.append(math.nan)

@@ -1,0 +1,111 @@
+"""pipelines.report on hand-made run directories: files, tables, plots, renderers, errors."""
+
+import math
+import os
+
+import pandas as pd
+import pytest
+
+from pipelines import report
+from tests.report.helpers import write_manifest, write_run
+from tff_byz.report import render
+
+
+@pytest.fixture()
+def grid(tmp_path):
+    """aggregator × attack × f × heterogeneity × 2 seeds, final accuracies chosen by hand."""
+    cells = []
+    accuracy = {("mean", "none"): 0.9, ("mean", "backdoor"): 0.5, ("fedlaw", "none"): 0.88,
+                ("fedlaw", "backdoor"): 0.8}
+    for aggregator in ("mean", "fedlaw"):
+        for attack in ("none", "backdoor"):
+            for f in (0.1, 0.3):
+                for q in (0.5, 0.9):
+                    for seed in (0, 1):
+                        name = f"{aggregator}_{attack}_{f}_{q}_{seed}"
+                        final = accuracy[(aggregator, attack)] - f / 10 - (q - 0.5) / 10 + seed / 100
+                        extra = {}
+                        if aggregator == "fedlaw":
+                            extra["detection"] = [(math.nan, 0.0), (1.0, 0.5), (1.0, 1.0)]
+                            extra["weights"] = [[0.25] * 4, [0.3, 0.1, 0.3, 0.3],
+                                                [1 / 3, 0.0, 1 / 3, 1 / 3]]
+                        if attack == "backdoor":
+                            extra["asr"] = [0.5, 0.4, 0.3 if aggregator == "fedlaw" else 0.9]
+                        write_run(tmp_path, name, [0.3, 0.6, final], seed=seed, partition="q", q=q,
+                                  byzantine_fraction=f, attack=f"{attack}:target=0"
+                                  if attack == "backdoor" else attack,
+                                  aggregator=f"{aggregator}:x=1", **extra)
+                        cells.append((name, {"aggregator": aggregator, "attack": attack,
+                                             "byzantine_fraction": f, "q": q, "seed": seed}))
+    write_manifest(tmp_path, cells)
+    return tmp_path
+
+
+def test_report_writes_results_tables_and_plots(grid, capsys):
+    assert report.main(["report", str(grid)]) == 0
+    results = pd.read_csv(grid / "results.csv")
+    assert len(results) == 32
+    assert set(pd.read_parquet(grid / "results.parquet")["run_name"]) == set(results["run_name"])
+    assert len(pd.read_csv(grid / "rounds.csv")) == 32 * 3
+    markdown = (grid / "report" / "report.md").read_text()
+    # mean, no attack, f = 0.1, q = 0.5: seeds 0.89 and 0.90 -> 0.895 ± 0.007.
+    assert "### final_accuracy, mean ± std over seeds (heterogeneity=q=0.5)" in markdown
+    assert "0.895 ± 0.007" in markdown
+    assert "**0.895 ± 0.007**" in markdown  # best in its column (fedlaw: 0.875)
+    assert "final_accuracy − aggregator=mean, paired by seed" in markdown
+    assert "worst case over attacks" in markdown
+    assert "detection_recall, mean ± std over seeds" in markdown
+    assert "final_attack_success_rate" in markdown
+    plots = sorted(os.listdir(grid / "report" / "plots"))
+    for name in ("accuracy_vs_round_heterogeneity=q=0.5", "heatmap_attack=none",
+                 "heatmap_attack=backdoor", "backdoor_asr_heterogeneity=q=0.9"):
+        assert f"{name}.png" in plots and f"{name}.svg" in plots, plots
+    assert any(p.startswith("fedlaw_") and p.endswith(".png") for p in plots)
+    tex = (grid / "report" / "tables.tex").read_text()
+    assert r"\bfseries 0.895 $\pm$ 0.007" in tex and r"\begin{document}" in tex
+    html = (grid / "report" / "report.html").read_text()
+    assert "font-weight: bold" in html and "plots/heatmap_attack=none.png" in html
+    assert "32 runs" in capsys.readouterr().out
+
+
+def test_report_rows_columns_and_baseline_choices(grid):
+    assert report.main(["report", str(grid), "--rows=attack", "--columns=aggregator",
+                        "--baseline=aggregator=fedlaw", "--noplots", "--output", str(grid / "r2")]) == 0
+    markdown = (grid / "r2" / "report.md").read_text()
+    assert "attack \\ aggregator" in markdown
+    assert "final_accuracy − aggregator=fedlaw" in markdown
+    assert not (grid / "r2" / "plots").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--rows=bogus"], "--rows: unknown column 'bogus'; settings that vary: aggregator, attack"),
+    (["--columns=atack"], "--columns: unknown column 'atack'"),
+    (["--metric=accuracy"], "--metric: invalid value 'accuracy'; valid choices: final_accuracy"),
+    (["--baseline=mean"], "--baseline must be COLUMN=VALUE"),
+    (["--baseline=aggregator=krum"], "--baseline: aggregator='krum' matches no run; valid values: mean, fedlaw"),
+    (["--confidence=95"], "--confidence must be in (0, 1); got 95.0"),
+    (["--digits=x"], "argument --digits: invalid int value: 'x'"),
+])
+def test_bad_flags_exit_2_with_one_line(grid, capsys, args, expected):
+    assert report.main(["report", str(grid), *args]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and expected in line
+
+
+def test_empty_directory_exits_2(tmp_path, capsys):
+    assert report.main(["report", str(tmp_path)]) == 2
+    assert "no runs found" in capsys.readouterr().err
+
+
+def test_renderers_mark_the_best_cell():
+    text = pd.DataFrame({"none": ["0.9 ± 0.1", "0.8 ± 0.1"]},
+                        index=pd.Index(["mean", "trimmed_mean"], name="aggregator"))
+    best = pd.DataFrame({"none": [True, False]}, index=text.index)
+    table = render.Table("title_x", text, best, note="50% †")
+    markdown = render.markdown(table)
+    assert "**0.9 ± 0.1**" in markdown and "| trimmed_mean" in markdown
+    latex = render.latex(table)
+    assert r"\bfseries 0.9 $\pm$ 0.1" in latex and r"trimmed\_mean" in latex
+    assert r"title\_x" in latex and r"50\% $\dagger$" in latex
+    page = render.html_page("t", [table], ["plots/a.png"])
+    assert "font-weight: bold" in page and "<img src='plots/a.png'" in page
