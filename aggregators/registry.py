@@ -220,10 +220,36 @@ AGGREGATORS.register(Entry(
     }))
 
 
+def _pdmm(context: AggregatorContext, **values):
+    del context
+    from pdmm.process import PDMMOptions  # pylint: disable=import-outside-toplevel
+    return PDMMOptions(**values)
+
+
+def _theta(value) -> Optional[str]:
+    return None if 0.0 < value <= 1.0 else "must be in (0, 1] (1 plain PDMM, 0.5 averaged)"
+
+
+AGGREGATORS.register(Entry(
+    name="pdmm", build=_pdmm, kind="algorithm",
+    help="PDMM (Xia, Yu & Li, arXiv 2503.10792): primal-dual consensus; the server is a data-less "
+         "PDMM node, clients keep (w, v, u) between rounds and send only y = 2w − v; "
+         "--topology=ring|complete|rgg runs it decentralized. A training algorithm, not a rule.",
+    params={
+        "c": Param(float, 0.4, "penalty c (sets the speed, not the fixed point)", check=_positive),
+        "theta": Param(float, 1.0, "relaxation θ: 1 plain PDMM (FedSplit), 0.5 averaged",
+                       check=_theta),
+        "local_steps": Param(int, None, "SGD steps K of the inexact prox (default --local_steps "
+                             "if set, else 10)", check=_at_least_one),
+        "init": Param(str, "consensus", "consensus (w = v = u = w_0) or zero (v = u = 0)",
+                      choices=("consensus", "zero")),
+    }))
+
+
 def build_aggregator(spec: str, context: AggregatorContext):
     """A TFF aggregation factory for `spec` (validated; raises SpecError/ValueError).
 
-    For a training algorithm (`fedlaw`) it returns the algorithm's options instead,
+    For a training algorithm (`fedlaw`, `pdmm`) it returns the algorithm's options instead,
     which the training loop turns into its own process.
     """
     components = AGGREGATORS.resolve(spec)

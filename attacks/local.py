@@ -130,13 +130,21 @@ def build_attacked_client_work(
     *,
     seed: int,
     mark_groups: bool = False,
+    message: str = "delta",
 ) -> tff.learning.templates.ClientWorkProcess:
     """`honest` with the Byzantine clients' local attacks applied (module doc).
 
     State: `OrderedDict(inner=<honest state>, attack=OrderedDict(seed, round))`.
     Measurements: the honest work's, plus `attacked_clients` (Byzantine clients
     whose attack was active this round).
+
+    `message="model"` makes the attacks corrupt the uploaded model θ + Δ_i
+    instead of the delta Δ_i (the record still carries a delta: θ is added
+    before and subtracted after the transforms), as when FedAvg is compared
+    with PDMM, whose message is model-sized (pdmm.md §4).
     """
+    if message not in ("delta", "model"):
+        raise ValueError(f"message must be delta or model; got {message!r}.")
     attacks = list(attacks)
     inner_state_type = honest.initialize.type_signature.result.member
     weights_type = honest.next.type_signature.parameter[1].member
@@ -183,10 +191,19 @@ def build_attacked_client_work(
     def transform(result, weights, info, attack_state):
         @tf.function
         def run(result, weights, info, attack_state):
+            record = result.update
+            if message == "model":
+                record = collections.OrderedDict(record)
+                record["delta"] = tf.nest.map_structure(tf.add, record["delta"],
+                                                        list(weights.trainable))
             record, weight = apply_record_attacks(
-                attacks, result.update, result.update_weight, info=info,
+                attacks, record, result.update_weight, info=info,
                 run_seed=attack_state["seed"], round_num=attack_state["round"],
                 weights=list(weights.trainable), mark_groups=mark_groups)
+            if message == "model":
+                record = collections.OrderedDict(record)
+                record["delta"] = tf.nest.map_structure(tf.subtract, record["delta"],
+                                                        list(weights.trainable))
             return tff.learning.templates.ClientResult(update=record, update_weight=weight)
 
         return run(result, weights, info, attack_state)

@@ -81,14 +81,15 @@ class AttackPlan:
         """The predicate for `build_local_sgd_client_work(ascent=...)`, or None."""
         return ascent_predicate(self.local_attacks)
 
-    def client_work(self, honest, *, seed: int):
-        """`honest` wrapped with the local attacks (unchanged when there are none)."""
+    def client_work(self, honest, *, seed: int, message: str = "delta"):
+        """`honest` wrapped with the local attacks (unchanged when there are none);
+        `message="model"`: they corrupt the uploaded model θ + Δ instead of Δ."""
         transforms = [a for a in self.local_attacks
                       if a.attack.transform is not None or a.attack.perturb_weights is not None]
         if not transforms and not self.collusions:
             return honest
         return build_attacked_client_work(honest, transforms, seed=seed,
-                                          mark_groups=bool(self.collusions))
+                                          mark_groups=bool(self.collusions), message=message)
 
     def aggregator(self, inner, *, seed: int):
         """`inner` wrapped with the colluding attacks (unchanged when there are none)."""

@@ -22,43 +22,52 @@ the NumPy references in the tests alike.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 __all__ = ["prox_gradient", "uplink_message", "relax", "server_reply", "node_gradient",
            "edge_message", "squared_distance"]
 
 
+def _map(fn, *structures):
+    """`tf.nest.map_structure`, with a fast path for plain arrays and tensors."""
+    if all(isinstance(x, (np.ndarray, np.generic, float, tf.Tensor, tf.Variable))
+           for x in structures):
+        return fn(*structures)
+    return tf.nest.map_structure(fn, *structures)
+
+
 def prox_gradient(gradients, w, v, *, c):
     """∇f(w) + c (w − v): the gradient of f(w) + (c/2)‖w − v‖², leaf by leaf."""
-    return tf.nest.map_structure(lambda g, wl, vl: g + c * (wl - vl), gradients, w, v)
+    return _map(lambda g, wl, vl: g + c * (wl - vl), gradients, w, v)
 
 
 def uplink_message(w, v):
     """y = 2w − v (the reflection of v through w)."""
-    return tf.nest.map_structure(lambda wl, vl: 2.0 * wl - vl, w, v)
+    return _map(lambda wl, vl: 2.0 * wl - vl, w, v)
 
 
 def relax(old, new, *, theta):
     """(1 − θ) old + θ new: θ = 1 plain PDMM, θ = 1/2 averaged PDMM."""
     if theta == 1.0:
-        return tf.nest.map_structure(lambda o, n: n, old, new)
-    return tf.nest.map_structure(lambda o, n: (1.0 - theta) * o + theta * n, old, new)
+        return _map(lambda o, n: n, old, new)
+    return _map(lambda o, n: (1.0 - theta) * o + theta * n, old, new)
 
 
 def server_reply(w_s, u):
     """2 w_s − u: the server's message y_{s|i}, scaled (computed by the client from w_s)."""
-    return tf.nest.map_structure(lambda s, ul: 2.0 * s - ul, w_s, u)
+    return _map(lambda s, ul: 2.0 * s - ul, w_s, u)
 
 
 def node_gradient(gradients, w, dual_sum, *, c, degree):
     """∇f_i(w) + Σ_j B_{i|j} z_{i|j} + c d_i w (`dual_sum` = Σ_j B_{i|j} z_{i|j})."""
-    return tf.nest.map_structure(lambda g, wl, zl: g + zl + c * degree * wl,
+    return _map(lambda g, wl, zl: g + zl + c * degree * wl,
                                  gradients, w, dual_sum)
 
 
 def edge_message(z, w, *, c, sign):
     """y_{i|j} = z_{i|j} + 2c B_{i|j} w_i."""
-    return tf.nest.map_structure(lambda zl, wl: zl + 2.0 * c * sign * wl, z, w)
+    return _map(lambda zl, wl: zl + 2.0 * c * sign * wl, z, w)
 
 
 def squared_distance(a, b):

@@ -38,6 +38,8 @@ flags.DEFINE_float("declared_byzantine_fraction", None, "Fraction declared to de
                    "(default: the actual fraction of Byzantine clients).")
 flags.DEFINE_integer("rounds", 30, "Number of rounds.")
 flags.DEFINE_integer("local_epochs", 1, "Local epochs per round (local_sgd).")
+flags.DEFINE_integer("local_steps", 0, "Local SGD steps per round on each client's example "
+                     "stream instead of --local_epochs (0 = epochs); PDMM's K by default.")
 flags.DEFINE_integer("batch_size", 32, "Client mini-batch size.")
 flags.DEFINE_float("client_lr", 0.1, "Client SGD learning rate (local_sgd).")
 flags.DEFINE_string("client_work", "local_sgd", "local_sgd (FedAvg) or momentum_sgd.")
@@ -46,6 +48,10 @@ flags.DEFINE_float("weight_decay", 0.0, "Weight decay (momentum_sgd).")
 flags.DEFINE_float("server_lr", 1.0, "Server learning rate: θ ← θ + server_lr · Agg(Δ).")
 flags.DEFINE_integer("eval_every", 1, "Evaluate on the test set every k rounds (and at the end).")
 flags.DEFINE_integer("checkpoint_every", 0, "Save program state every k rounds (0 = eval_every).")
+flags.DEFINE_string("topology", "star", "PDMM: star (centralized, server as a PDMM node), "
+                    "ring, complete or rgg (decentralized).")
+flags.DEFINE_string("attack_message", "delta", "FedAvg: local attacks corrupt the delta or the "
+                    "uploaded model (model-sized message, as PDMM's y).")
 flags.DEFINE_integer("seed", 0, "Run seed: data split, initial model, sampling, shuffles.")
 flags.DEFINE_string("output_dir", "runs", "Parent directory of run directories.")
 flags.DEFINE_string("run_name", None, "Run directory name (default: derived from the settings).")
@@ -61,9 +67,10 @@ FLAGS = flags.FLAGS
 _CONFIG_FLAGS = ("dataset", "data_dir", "partition", "q", "q_mode", "alpha", "num_clients",
                  "clients_per_round", "model", "aggregator", "attack", "byzantine_fraction",
                  "byzantine_selection", "declared_byzantine_fraction",
-                 "rounds", "local_epochs", "batch_size", "client_lr", "client_work", "momentum",
+                 "rounds", "local_epochs", "local_steps", "batch_size", "client_lr", "client_work",
+                 "momentum",
                  "weight_decay", "server_lr", "eval_every", "checkpoint_every", "seed",
-                 "output_dir", "run_name", "tff_workers")
+                 "topology", "attack_message", "output_dir", "run_name", "tff_workers")
 
 
 def _error(message: str) -> int:
@@ -123,6 +130,9 @@ def main(argv=None) -> int:
           f"{resolved.rounds} rounds, final test accuracy "
           f"{'n/a' if accuracy is None else f'{accuracy:.4f}'}, {summary['wall_seconds']:.1f} s "
           f"({run_dir})")
+    honest_mean = summary.get("final_test_accuracy_honest_mean")
+    if honest_mean is not None:
+        print(f"  honest clients' mean model (PDMM): final test accuracy {honest_mean:.4f}")
     if summary["status"] != "complete":
         print(f"reason: {summary['reason']}", file=sys.stderr)
         return 1

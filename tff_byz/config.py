@@ -20,9 +20,13 @@ from tff_byz import datasets
 from tff_byz.models import MODELS
 from tff_byz.registry import SpecError
 
-__all__ = ["ExperimentConfig", "ConfigError", "CLIENT_WORKS", "DEFAULT_MODELS", "RESUMABLE_CHANGES"]
+__all__ = ["ExperimentConfig", "ConfigError", "CLIENT_WORKS", "ATTACK_MESSAGES", "DEFAULT_MODELS",
+           "RESUMABLE_CHANGES"]
 
 CLIENT_WORKS = ("local_sgd", "momentum_sgd")
+# What a local attack corrupts under FedAvg: the delta Δ_i (what TFF's FedAvg sends) or the
+# uploaded model θ + Δ_i (a model-sized message like PDMM's y; pdmm.md §4).
+ATTACK_MESSAGES = ("delta", "model")
 
 # The model each dataset gets when --model is not given.
 DEFAULT_MODELS = {
@@ -61,6 +65,7 @@ class ExperimentConfig:
     declared_byzantine_fraction: Optional[float] = None  # None: the actual fraction
     rounds: int = 30
     local_epochs: int = 1
+    local_steps: int = 0  # local_sgd: K mini-batch steps per round instead of epochs (0: epochs)
     batch_size: int = 32
     client_lr: float = 0.1
     client_work: str = "local_sgd"
@@ -70,6 +75,8 @@ class ExperimentConfig:
     eval_every: int = 1
     checkpoint_every: int = 0  # 0: same as eval_every
     seed: int = 0
+    topology: str = "star"  # pdmm: star (centralized) or a decentralized graph
+    attack_message: str = "delta"  # local attacks corrupt the delta Δ_i or the model θ + Δ_i
     output_dir: str = "runs"
     run_name: Optional[str] = None  # None: derived from the settings
     tff_workers: str = ""
@@ -94,6 +101,8 @@ class ExperimentConfig:
         aggregator = "+".join(c.compact for c in AGGREGATORS.resolve(self.aggregator))
         attack = "+".join(c.compact for c in ATTACKS.resolve(self.attack))
         selection = "" if self.byzantine_selection == "random" else f"_{self.byzantine_selection}"
+        if self.topology != "star":
+            aggregator += f"_{self.topology}"
         name = (f"{self.dataset}_{self.partition}_n{self.num_clients}_{aggregator}_"
                 f"{attack}_f{self.byzantine_fraction:g}{selection}_s{self.seed}")
         return re.sub(r"[^A-Za-z0-9_.=-]+", "-", name)
@@ -141,6 +150,10 @@ class ExperimentConfig:
             raise ConfigError(str(error)) from None
         integer("rounds", self.rounds, 1)
         integer("local_epochs", self.local_epochs, 1)
+        integer("local_steps", self.local_steps, 0)
+        from pdmm.graphs import TOPOLOGIES  # pylint: disable=import-outside-toplevel
+        choice("topology", self.topology, TOPOLOGIES)
+        choice("attack_message", self.attack_message, ATTACK_MESSAGES)
         integer("batch_size", self.batch_size, 1)
         number("client_lr", self.client_lr, 0.0, math.inf, low_open=True, high_open=True)
         number("momentum", self.momentum, 0.0, 1.0, high_open=True)
@@ -165,6 +178,21 @@ class ExperimentConfig:
             if self.server_lr != 1.0:
                 raise ConfigError(f"--aggregator=fedlaw steps θ + Σ w_i Δ_i (its server step is "
                                   f"the client lr α); --server_lr must be 1; got {self.server_lr}.")
+        pdmm = any(c.name == "pdmm" for c in AGGREGATORS.resolve(self.aggregator))
+        if pdmm:
+            if self.client_work != "local_sgd":
+                raise ConfigError(f"--aggregator=pdmm runs its own client work (K prox steps); "
+                                  f"--client_work must stay local_sgd; got {self.client_work}.")
+            if self.server_lr != 1.0:
+                raise ConfigError(f"--aggregator=pdmm has no server learning rate (w_s is the "
+                                  f"mean of the messages); --server_lr must be 1; got "
+                                  f"{self.server_lr}.")
+            if self.attack_message != "delta":
+                raise ConfigError(f"--attack_message={self.attack_message} is for FedAvg; "
+                                  "PDMM's Byzantine clients always corrupt their message y.")
+        elif self.topology != "star":
+            raise ConfigError(f"--topology={self.topology} needs --aggregator=pdmm (decentralized "
+                              f"PDMM); got --aggregator={self.aggregator!r}.")
         attacked = ATTACKS.resolve(self.attack)[0].name != "none"
         if attacked and self.client_work != "local_sgd":
             raise ConfigError(f"--attack={self.attack!r} needs --client_work=local_sgd (attacks "

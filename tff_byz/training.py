@@ -223,8 +223,11 @@ class Experiment:
             declared_byzantine_fraction=self.declared_byzantine_fraction,
             clients_per_round=per_round, seed=config.seed))
         from fedlaw.process import FedLAWOptions  # pylint: disable=import-outside-toplevel
+        from pdmm.process import PDMMOptions  # pylint: disable=import-outside-toplevel
         self.fedlaw_options = base_aggregator if isinstance(base_aggregator, FedLAWOptions) else None
-        self.aggregator = (None if self.fedlaw_options is not None else
+        self.pdmm_options = base_aggregator if isinstance(base_aggregator, PDMMOptions) else None
+        algorithm = self.fedlaw_options is not None or self.pdmm_options is not None
+        self.aggregator = (None if algorithm else
                            self.attack_plan.aggregator(base_aggregator, seed=config.seed))
         self.backdoor = self.attack_plan.backdoor
         self.triggered_test_x = (self.backdoor.stamp(self.dataset.test_x)
@@ -234,11 +237,14 @@ class Experiment:
 
     def _build_process(self):
         config = self.config
+        if self.pdmm_options is not None:
+            return self._build_pdmm_process()
         if config.client_work == "local_sgd":
             honest = client_work.build_local_sgd_client_work(
                 self.model_fn, epochs=config.local_epochs, batch_size=config.batch_size,
                 learning_rate=config.client_lr, seed=config.seed, ascent=self.attack_plan.ascent(),
-                loss_at=self.fedlaw_options.loss if self.fedlaw_options is not None else "last_epoch")
+                loss_at=self.fedlaw_options.loss if self.fedlaw_options is not None else "last_epoch",
+                steps=config.local_steps)
             if self.fedlaw_options is not None:
                 from fedlaw.process import build_fedlaw_process  # pylint: disable=import-outside-toplevel
                 process = build_fedlaw_process(
@@ -251,7 +257,8 @@ class Experiment:
                 return process, None
             process = fedavg.build_fedavg_process(
                 self.model_fn, self.initial_weights, aggregator=self.aggregator,
-                client_work=self.attack_plan.client_work(honest, seed=config.seed),
+                client_work=self.attack_plan.client_work(honest, seed=config.seed,
+                                                         message=config.attack_message),
                 server_lr=config.server_lr)
             return process, None
         from tff_byz import client_state, momentum  # pylint: disable=import-outside-toplevel
@@ -262,6 +269,53 @@ class Experiment:
         store = client_state.ClientStateStore(process.client_state_template, self.num_clients,
                                               id_key="client_id")
         return process, store
+
+    def _build_pdmm_process(self):
+        """Centralized PDMM (`pdmm.process`) and the store of its client states."""
+        from pdmm.process import build_pdmm_process  # pylint: disable=import-outside-toplevel
+        from tff_byz import client_state  # pylint: disable=import-outside-toplevel
+        config, plan = self.config, self.attack_plan
+        per_round = config.clients_per_round or self.num_clients
+        process = build_pdmm_process(
+            self.model_fn, self.initial_weights, options=self.pdmm_options,
+            local_steps=self.pdmm_options.steps(config.local_steps),
+            batch_size=config.batch_size, learning_rate=config.client_lr, seed=config.seed,
+            num_clients=self.num_clients, partial=per_round < self.num_clients,
+            attacks=plan.local_attacks, mark_groups=bool(plan.collusions),
+            wrap_aggregator=lambda factory: plan.aggregator(factory, seed=config.seed))
+        return process, self._client_state_store(process, client_state)
+
+    def _client_state_store(self, process, client_state):
+        """In memory, or in memory-mapped files under the run directory when the
+        states of all clients would take more than `_MEMMAP_BYTES`."""
+        store_kwargs = dict(initial=process.initial_client_state, id_key="client_id")
+        probe = client_state.ClientStateStore(process.client_state_template, 1, **store_kwargs)
+        if probe.bytes_per_client * self.num_clients <= _MEMMAP_BYTES:
+            return client_state.ClientStateStore(process.client_state_template, self.num_clients,
+                                                 **store_kwargs)
+        directory = os.path.join(self.config.output_dir, self.config.run_name, "client_states")
+        return client_state.ClientStateStore(process.client_state_template, self.num_clients,
+                                             backend="memmap", directory=directory, **store_kwargs)
+
+    def honest_mean_metrics(self, evaluate: bool):
+        """PDMM (pdmm.md §2): the honest clients' mean model w̄_H, its test accuracy and loss,
+        and the consensus gap mean_{i∈H} ‖w_i − w̄_H‖ (from the client-state store)."""
+        names = ("test_accuracy_honest_mean", "test_loss_honest_mean", "consensus_gap_honest")
+        if self.pdmm_options is None:
+            return collections.OrderedDict()
+        honest = np.flatnonzero(~np.asarray(self.byzantine, bool))
+        if not evaluate or not len(honest):
+            return collections.OrderedDict((name, math.nan) for name in names)
+        states = self.client_states.get(honest)
+        leaves = [np.stack([np.asarray(state["w"][k]) for state in states])
+                  for k in range(len(states[0]["w"]))]
+        mean = [leaf.mean(axis=0) for leaf in leaves]
+        gap = np.mean(np.sqrt(sum(np.sum((leaf - m) ** 2, axis=tuple(range(1, leaf.ndim)))
+                                  for leaf, m in zip(leaves, mean))))
+        weights = tff.learning.models.ModelWeights(
+            trainable=mean, non_trainable=list(self.initial_weights.non_trainable))
+        loss, accuracy = self.evaluator(weights)
+        return collections.OrderedDict(zip(names, (accuracy, loss, float(gap))))
 
     def client_input(self, index: int):
         if index not in self._client_inputs:
@@ -313,6 +367,8 @@ class Experiment:
     def model_weights(self, state) -> tff.learning.models.ModelWeights:
         if self.fedlaw_options is not None:
             return self.process.get_model_weights(state)
+        if self.pdmm_options is not None:
+            return state["server"]["global_model_weights"]
         if self.client_states is None:
             return state.global_model_weights
         return state["global_model_weights"]
@@ -340,6 +396,10 @@ class Experiment:
             self.client_states.load_state_dict(program_state["client_states"])
         return (program_state["process_state"], int(program_state["round"]),
                 float(program_state["wall_seconds"]))
+
+
+# Client-state stores bigger than this go to memory-mapped files in the run directory.
+_MEMMAP_BYTES = 2 << 30
 
 
 def _run_sync(coroutine):
@@ -458,6 +518,10 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
             evaluate = finite and (round_num % config.eval_every == 0 or round_num == config.rounds)
             test_loss, test_accuracy = experiment.evaluator(weights) if evaluate else (math.nan, math.nan)
             flat = _flatten(metrics)
+            honest_mean = experiment.honest_mean_metrics(evaluate)
+            flat.update(honest_mean)
+            if honest_mean and evaluate:
+                summary["final_test_accuracy_honest_mean"] = honest_mean["test_accuracy_honest_mean"]
             if experiment.backdoor is not None:
                 flat.update(experiment.backdoor_metrics(weights, test_accuracy, evaluate))
             learned = experiment.client_weights(state)
