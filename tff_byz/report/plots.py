@@ -122,9 +122,12 @@ def _curves(frame: pd.DataFrame, y: str, ylabel: str, out_path: str, suptitle: s
             if band.empty:
                 continue
             ax.plot(band["round"], band["mean"], color=color, label=str(value), lw=1.6)
-            ax.fill_between(band["round"], band["low"], band["high"], color=color, alpha=0.18,
-                            lw=0)
+            # Rates live in [0, 1]; with few seeds the t band reaches far beyond (t = 12.7 at
+            # n = 2), so it is drawn clipped to the possible range.
+            ax.fill_between(band["round"], band["low"].clip(0, 1), band["high"].clip(0, 1),
+                            color=color, alpha=0.18, lw=0)
         ax.set_title(title, fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in axes[-1]:
@@ -138,7 +141,7 @@ def _curves(frame: pd.DataFrame, y: str, ylabel: str, out_path: str, suptitle: s
             handles, labels = h, l
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title=hue,
                frameon=False)
-    fig.suptitle(suptitle, fontsize=10)
+    fig.suptitle(f"{suptitle}; bands clipped to [0, 1]", fontsize=10)
     fig.tight_layout()
     return _save(fig, out_path)
 
@@ -247,8 +250,8 @@ def fedlaw_figures(results: pd.DataFrame, rounds: pd.DataFrame, out_dir: str, *,
                 continue
             band = mean_band(runs, "round", metric, confidence)
             right.plot(band["round"], band["mean"], color=color, label=metric.split("/")[1])
-            right.fill_between(band["round"], band["low"], band["high"], color=color, alpha=0.18,
-                               lw=0)
+            right.fill_between(band["round"], band["low"].clip(0, 1), band["high"].clip(0, 1),
+                               color=color, alpha=0.18, lw=0)
         right.set_ylim(-0.05, 1.05)
         right.set_xlabel("round")
         right.set_title(f"detection (w_i ≤ 1e-4), mean and {confidence:.0%} CI over "

@@ -147,7 +147,9 @@ def load_results(directory: str, *, diverged_score: Optional[float] = 0.0
     if round_frames:
         rounds = pd.concat(round_frames, ignore_index=True)
         rounds = results[keys].merge(rounds, on="run_name", how="right")
-        rounds = rounds.sort_values(["run_name", "round"], kind="stable").reset_index(drop=True)
+        order = {name: i for i, name in enumerate(results["run_name"])}  # the grid's order
+        rounds = rounds.sort_values(["run_name", "round"], key=lambda c: c.map(order) if
+                                    c.name == "run_name" else c, kind="stable").reset_index(drop=True)
     else:
         rounds = pd.DataFrame(columns=keys + ["round"])
     return results, rounds
