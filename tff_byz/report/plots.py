@@ -191,9 +191,10 @@ def heatmaps(results: pd.DataFrame, out_dir: str, *, value: str = "final_accurac
     vmin, vmax = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
     for label, group in _facet_groups(results, facets):
         panels = _unique(group, panel)
-        fig, axes = plt.subplots(1, len(panels), squeeze=False,
-                                 figsize=(1.2 * len(x_values) * len(panels) + 1.8,
-                                          0.6 * len(y_values) + 1.6))
+        fig, axes = plt.subplots(1, len(panels), squeeze=False, sharey=True,
+                                 constrained_layout=True,
+                                 figsize=(max(2.4, 1.1 * len(x_values)) * len(panels) + 1.4,
+                                          0.55 * len(y_values) + 2.0))
         image = None
         for ax, panel_value in zip(axes[0], panels):
             means = (group[group[panel] == panel_value].groupby([y, x])[value].mean()
@@ -207,6 +208,7 @@ def heatmaps(results: pd.DataFrame, out_dir: str, *, value: str = "final_accurac
             ax.set_xticks(range(len(x_values)), [_fmt(v) for v in x_values], rotation=30,
                           fontsize=8)
             ax.set_yticks(range(len(y_values)), [_fmt(v) for v in y_values], fontsize=8)
+            ax.tick_params(labelleft=ax is axes[0][0])
             ax.set_xlabel(x)
             ax.set_title(str(panel_value), fontsize=9)
         axes[0][0].set_ylabel(y)
