@@ -46,7 +46,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from aggregators.record_stack import StackedRecordsFactory
-from attacks.local import ScheduledAttack, apply_record_attacks
+from attacks.local import GROUP_KEY, ScheduledAttack, apply_record_attacks
 from pdmm import math as pdmm_math
 from tff_byz import aggregation, client_inputs, fedavg
 from tff_byz import client_work as client_work_lib
@@ -148,6 +148,10 @@ def build_pdmm_process(
     weights_type = init_weights.type_signature.result
     trainable_type = weights_type.trainable
     record_type = client_work_lib.client_record_type(trainable_type)
+    if mark_groups:  # the attack group travels to the colluding-attack wrapper
+        record_type = tff.StructWithPythonType(
+            list(tff.structure.iter_elements(record_type)) + [(GROUP_KEY, np.int32)],
+            collections.OrderedDict)
     client_state_type = tff.StructWithPythonType(
         [("client_id", np.int32), ("w", trainable_type), ("v", trainable_type),
          ("u", trainable_type), ("steps", np.int64)], collections.OrderedDict)
@@ -235,8 +239,6 @@ def build_pdmm_process(
 
         return run(round_info, server_weights, client_input, client_state)
 
-    sent_record_type = client_step.type_signature.result[0]
-
     @tff.tensorflow.computation(trainable_type, client_state_type)
     def client_reply(server_trainable, client_state):
         w_s = _as_list(server_trainable)
@@ -247,11 +249,11 @@ def build_pdmm_process(
                                         u=_as_list(client_state["u"]), steps=client_state["steps"])
         return state, pdmm_math.squared_distance(state["w"], w_s)
 
-    @tff.tensorflow.computation(sent_record_type)
+    @tff.tensorflow.computation(record_type)
     def record_loss(record):
         return record["loss"]
 
-    @tff.tensorflow.computation(sent_record_type)
+    @tff.tensorflow.computation(record_type)
     def record_num_examples(record):
         return record["num_examples"]
 
