@@ -1,0 +1,52 @@
+"""pipelines.compare's error paths (exit 2, one line, nothing written) and --dry_run."""
+
+import pytest
+
+from pipelines import compare
+
+GRID = '[settings]\nnum_clients = 5\nrounds = 2\n[axes]\naggregator = ["mean", "median"]\nseed = [0, 1]\n'
+
+
+def run(capsys, *args):
+    code = compare.main(["compare", *args])
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("grid, flags, expected", [
+    (None, [], "the following arguments are required: grid"),
+    ("missing.toml", [], "grid file not found: "),
+    (GRID, ["--parallel=0"], "--parallel must be an integer >= 1; got 0."),
+    (GRID, ["--parallel=two"], "argument --parallel: invalid int value: 'two'"),
+    (GRID, ["--threads_per_cell=0"], "--threads_per_cell must be an integer >= 1; got 0."),
+    (GRID, ["--bogus=1"], "unrecognized arguments: --bogus=1"),
+    ('[axes]\nseed = [0]\n[[exclude]]\nseed = 0\n', [], "the grid has no cells"),
+    ('[settings]\nrounds = 0\n', [], "cell {}: --rounds must be an integer >= 1; got 0."),
+    ('[axes]\naggregator = ["mean", "medain"]\n', [],
+     "cell {aggregator='medain'}: --aggregator: unknown name 'medain'; valid choices: mean"),
+])
+def test_invalid_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, grid, flags, expected):
+    args = []
+    if grid is not None:
+        path = tmp_path / "grid.toml"
+        if grid != "missing.toml":
+            path.write_text(grid)
+        args.append(str(path))
+    out = tmp_path / "out"
+    code, captured = run(capsys, *args, f"--output_dir={out}", *flags)
+    assert code == 2
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("error: ") and expected in line
+    assert not out.exists()
+
+
+def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys):
+    path = tmp_path / "grid.toml"
+    path.write_text(GRID)
+    out = tmp_path / "out"
+    code, captured = run(capsys, str(path), f"--output_dir={out}", "--dry_run")
+    assert code == 0
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 5 and lines[-1] == "4 cells: 4 new"
+    assert lines[0].split()[0] == "new" and "aggregator=mean seed=0" in lines[0]
+    assert "digits_iid_n5_median_none_f0_s1_" in lines[3]
+    assert not out.exists()
