@@ -82,7 +82,7 @@ def pivot(summary: pd.DataFrame, rows: Sequence[str], columns: Sequence[str], *,
     """(display strings, best mask): rows × columns of the summary's groups.
 
     The best cell of each column is the one with the highest mean (lowest when
-    `higher_is_better` is False); ties are all marked. Row and column order follow
+    `higher_is_better` is False); ties are all marked; a single row marks nothing. Row and column order follow
     the summary's (the grid's) order.
     """
     rows, columns = list(rows), list(columns)
@@ -101,6 +101,8 @@ def pivot(summary: pd.DataFrame, rows: Sequence[str], columns: Sequence[str], *,
     means = means.reindex(index=text.index, columns=text.columns)
     best_values = means.max(axis=0) if higher_is_better else means.min(axis=0)
     best = means.eq(best_values, axis=1) & means.notna()
+    if len(means.index) < 2:  # nothing to compare with: mark nothing
+        best[:] = False
     if columns == ["_"]:
         text.columns = text.columns.get_level_values(0)
         best.columns = text.columns
