@@ -1,0 +1,268 @@
+"""Decentralized PDMM on a graph (pdmm.md §1, §3), simulated in TFF with the server as a relay.
+
+Every node is a TFF client holding w_i and one dual z_{i|j} per neighbour (in
+the order of `Graph.neighbours`, padded to the maximum degree). One round:
+
+    node i:  K SGD steps on f_i(w) + Σ_j B_{i|j} z_{i|j}ᵀ w + (c d_i / 2)‖w‖²,
+             warm-started at w_i, on its example stream
+             y_{i|j} = z_{i|j} + 2c B_{i|j} w_i for each neighbour j (a Byzantine
+             node sends attack(y_{i|j}), noise drawn independently per edge)
+    relay:   the server stacks every node's outgoing messages by node id
+             (`aggregators.record_stack.StackedRecordsFactory`) and broadcasts
+             the table; it computes nothing
+    node i:  z_{i|j} ← (1 − θ) z_{i|j} + θ y_{j|i}, reading y_{j|i} from the table
+             at (sender j, the slot of i in j's list)
+
+The relay's broadcast carries N × max-degree messages to each node; a real
+deployment would deliver each node only its d_i incoming messages (per-edge
+traffic d_i model-sized vectors each way). This is a simulation device: no
+node uses another's messages except those addressed to it.
+
+Duals start at z = 0 (`init=zero`, the textbook form) or at the consensus
+analogue z_{i|j} = −c B_{i|j} w_0 (`init=consensus`, default). All nodes take
+part in every round. Colluding attacks are not defined per edge here and are
+rejected; local message attacks (sign flip, Gaussian, bit flip, ...) apply.
+
+There is no server model: `get_model_weights` is absent, and evaluation uses
+the honest nodes' mean model (`tff_byz.training`), each honest node's accuracy
+and the consensus gap.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from aggregators.record_stack import StackedRecordsFactory
+from attacks.local import ScheduledAttack, apply_record_attacks
+from pdmm import math as pdmm_math
+from pdmm.graphs import Graph
+from pdmm.process import PDMMOptions
+from tff_byz import aggregation, client_inputs, fedavg
+from tff_byz import client_work as client_work_lib
+from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
+
+__all__ = ["build_decentralized_pdmm_process"]
+
+
+def _as_list(structure):
+    return [tf.convert_to_tensor(t) for t in tf.nest.flatten(structure)]
+
+
+def build_decentralized_pdmm_process(
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    initial_weights: tff.learning.models.ModelWeights,
+    graph: Graph,
+    *,
+    options: PDMMOptions = PDMMOptions(),
+    local_steps: int = 10,
+    batch_size: int = 64,
+    learning_rate: float = 0.05,
+    seed: int = 0,
+    attacks: Sequence[ScheduledAttack] = (),
+) -> StatefulClientsProcess:
+    """Decentralized PDMM (module doc) as a `StatefulClientsProcess`.
+
+    `next(state, client_inputs, client_states)` must receive every node, in
+    node-id order (the relay table is indexed by node id). Node state:
+    `OrderedDict(client_id, w=<trainable>, z=<trainable with a leading
+    max-degree axis>, steps)`; `initial_client_state(i)` gives node i's
+    initial state (its duals depend on its neighbours' signs). Metrics:
+    `client_work=OrderedDict(train_loss, num_examples)`,
+    `pdmm=OrderedDict(message_norm)` (root mean square of the sent messages).
+    """
+    options.validate()
+    for scheduled in attacks:
+        if scheduled.attack.perturb_weights is not None or scheduled.attack.ascent:
+            raise ValueError(
+                f"pdmm: attack {scheduled.attack.name!r} acts on local training; PDMM's Byzantine "
+                "clients train honestly and corrupt only their messages (pdmm.md §4).")
+    attacks = [a for a in attacks if a.attack.transform is not None]
+    c, theta = float(options.c), float(options.theta)
+    num_nodes = graph.num_nodes
+    neighbour, reverse, sign = graph.slot_tables()
+    width = neighbour.shape[1]
+    degrees = graph.degrees.astype(np.float32)
+
+    data_type, _ = client_work_lib.client_input_types(model_fn)
+    init_weights = fedavg.initial_weights_fn(initial_weights)
+    weights_type = init_weights.type_signature.result
+    trainable_type = weights_type.trainable
+    shapes = [tuple(np.shape(t)) for t in initial_weights.trainable]
+    sizes = [int(np.prod(s)) for s in shapes]
+    dual_type = tff.StructWithPythonType(
+        [(None, tff.TensorType(np.float32, [width, *shape])) for shape in shapes], list)
+    node_state_type = tff.StructWithPythonType(
+        [("client_id", np.int32), ("w", trainable_type), ("z", dual_type), ("steps", np.int64)],
+        collections.OrderedDict)
+    record_type = client_work_lib.client_record_type(dual_type)
+    round_type = tff.StructWithPythonType([("seed", np.int64), ("round", np.int64)],
+                                          collections.OrderedDict)
+
+    w0 = [np.asarray(t, np.float32) for t in initial_weights.trainable]
+
+    def initial_client_state(node: int):
+        duals = []
+        for leaf in w0:
+            z = np.zeros([width, *leaf.shape], np.float32)
+            if options.init == "consensus":
+                for k in range(width):  # z_{i|j} = −c B_{i|j} w_0 (padding: sign 0)
+                    z[k] = -c * sign[node, k] * leaf
+            duals.append(z)
+        return collections.OrderedDict(client_id=np.int32(node), w=[t.copy() for t in w0],
+                                       z=duals, steps=np.int64(0))
+
+    collector = aggregation.build_update_aggregator(StackedRecordsFactory(), record_type)
+    stacked_type = collector.next.type_signature.result.result.member
+
+    @tff.tensorflow.computation
+    def initial_round_info():
+        return collections.OrderedDict(seed=tf.constant(seed, tf.int64),
+                                       round=tf.constant(0, tf.int64))
+
+    @tff.tensorflow.computation(round_type)
+    def advance(round_info):
+        return collections.OrderedDict(seed=round_info["seed"], round=round_info["round"] + 1)
+
+    @tff.tensorflow.computation
+    def server_init():
+        return init_weights()
+
+    @tff.tensorflow.computation(round_type, weights_type, data_type, node_state_type)
+    def node_step(round_info, reference_weights, client_input, node_state):
+        model = model_fn()
+        model_weights = tff.learning.models.ModelWeights.from_model(model)
+
+        @tf.function
+        def run(round_info, reference_weights, client_input, node_state):
+            tf.nest.map_structure(lambda var, value: var.assign(value), model_weights,
+                                  tff.learning.models.ModelWeights(
+                                      trainable=list(node_state["w"]),
+                                      non_trainable=list(reference_weights.non_trainable)))
+            info = client_inputs.read_client_info(client_input["info"])
+            node = info["client_id"]
+            x, y = client_inputs.materialize_examples(client_input["examples"])
+            signs = tf.gather(tf.constant(sign), node)  # [width]
+            degree = tf.gather(tf.constant(degrees), node)
+            duals = _as_list(node_state["z"])
+            dual_sum = [tf.tensordot(signs, z, axes=1) for z in duals]  # Σ_j B_{i|j} z_{i|j}
+            loss = client_work_lib.local_sgd_steps(
+                model, list(model_weights.trainable), x, y, run_seed=round_info["seed"],
+                client_id=node, start_step=node_state["steps"], steps=local_steps,
+                batch_size=batch_size, learning_rate=learning_rate,
+                extra_gradient=lambda trainable: [
+                    d + c * degree * tf.convert_to_tensor(t)
+                    for t, d in zip(trainable, dual_sum)])
+            w = _as_list(model_weights.trainable)
+            shaped_signs = [tf.reshape(signs, [width] + [1] * len(shape)) for shape in shapes]
+            messages = [pdmm_math.edge_message(z, wl[tf.newaxis], c=c, sign=s)
+                        for z, wl, s in zip(duals, w, shaped_signs)]
+            messages = [m * tf.abs(s) for m, s in zip(messages, shaped_signs)]  # padding: 0
+            record = collections.OrderedDict(
+                delta=messages, client_id=node,
+                num_examples=tf.cast(tf.shape(y)[0], tf.float32), loss=loss)
+            record, weight = apply_record_attacks(
+                attacks, record, tf.constant(1.0), info=info, run_seed=round_info["seed"],
+                round_num=round_info["round"], weights=_as_list(reference_weights.trainable))
+            state = collections.OrderedDict(client_id=node, w=w, z=duals,
+                                            steps=node_state["steps"] + local_steps)
+            return record, weight, state
+
+        return run(round_info, reference_weights, client_input, node_state)
+
+    @tff.tensorflow.computation(stacked_type)
+    def relay_table(stacked):
+        check = tf.debugging.assert_equal(
+            stacked["client_ids"], tf.range(num_nodes, dtype=stacked["client_ids"].dtype),
+            message="decentralized PDMM needs every node, once, in every round")
+        with tf.control_dependencies([check]):
+            return tf.identity(stacked["deltas"])
+
+    table_type = relay_table.type_signature.result
+
+    @tff.tensorflow.computation(table_type, node_state_type)
+    def node_receive(table, node_state):
+        node = node_state["client_id"]
+        senders = tf.gather(tf.constant(neighbour), node)  # [width], −1 = padding
+        slots = tf.gather(tf.constant(reverse), node)
+        valid = senders >= 0
+        rows = tf.gather(table, tf.maximum(senders, 0))  # [width, Dtot]
+        offset, incoming = 0, []
+        for shape, size in zip(shapes, sizes):
+            block = tf.reshape(rows[:, offset:offset + width * size], [width, width, size])
+            picked = tf.gather(block, slots, axis=1, batch_dims=1)  # [width, size]
+            picked = tf.where(valid[:, tf.newaxis], picked, tf.zeros_like(picked))
+            incoming.append(tf.reshape(picked, [width, *shape]))
+            offset += width * size
+        duals = pdmm_math.relax(_as_list(node_state["z"]), incoming, theta=theta)
+        return collections.OrderedDict(client_id=node, w=_as_list(node_state["w"]), z=duals,
+                                       steps=node_state["steps"])
+
+    @tff.tensorflow.computation(record_type)
+    def record_loss(record):
+        return record["loss"]
+
+    @tff.tensorflow.computation(record_type)
+    def record_num_examples(record):
+        return record["num_examples"]
+
+    @tff.tensorflow.computation(record_type)
+    def message_square(record):
+        degree_slots = tf.reduce_sum(tf.abs(tf.constant(sign)[record["client_id"]]))
+        total = tf.add_n([tf.reduce_sum(tf.square(m)) for m in record["delta"]])
+        return total / tf.maximum(degree_slots, 1.0) / float(sum(sizes))
+
+    @tff.tensorflow.computation(tf.float32)
+    def root(value):
+        return tf.sqrt(value)
+
+    @tff.federated_computation
+    def initialize():
+        round_info = tff.federated_eval(initial_round_info, tff.SERVER)
+        return tff.federated_zip(collections.OrderedDict(
+            reference=tff.federated_eval(server_init, tff.SERVER),
+            seed=round_info.seed, round=round_info.round))
+
+    state_type = initialize.type_signature.result
+
+    @tff.federated_computation(
+        state_type,
+        tff.FederatedType(data_type, tff.CLIENTS),
+        tff.FederatedType(node_state_type, tff.CLIENTS))
+    def next_fn(state, client_data, node_states):
+        round_info = tff.federated_zip(collections.OrderedDict(seed=state.seed,
+                                                               round=state.round))
+        outputs = tff.federated_map(node_step, (
+            tff.federated_broadcast(round_info), tff.federated_broadcast(state.reference),
+            client_data, node_states))
+        records, weights, stepped = outputs[0], outputs[1], outputs[2]
+        stacked = collector.next(collector.initialize(), records, weights).result
+        table = tff.federated_broadcast(tff.federated_map(relay_table, stacked))
+        new_states = tff.federated_map(node_receive, (table, stepped))
+        num_examples = tff.federated_map(record_num_examples, records)
+        metrics = tff.federated_zip(collections.OrderedDict(
+            client_work=tff.federated_zip(collections.OrderedDict(
+                train_loss=tff.federated_mean(tff.federated_map(record_loss, records),
+                                              num_examples),
+                num_examples=tff.federated_sum(num_examples))),
+            pdmm=tff.federated_zip(collections.OrderedDict(
+                message_norm=tff.federated_map(root, tff.federated_mean(
+                    tff.federated_map(message_square, records)))))))
+        next_round = tff.federated_map(advance, round_info)
+        new_state = tff.federated_zip(collections.OrderedDict(
+            reference=state.reference, seed=next_round.seed, round=next_round.round))
+        return collections.OrderedDict(state=new_state, metrics=metrics,
+                                       client_states=new_states)
+
+    @tff.tensorflow.computation(state_type.member)
+    def get_model_weights(state):
+        return state["reference"]
+
+    return StatefulClientsProcess(
+        initialize=initialize, next=next_fn, get_model_weights=get_model_weights,
+        client_state_template=zeros_from_type(node_state_type),
+        initial_client_state=initial_client_state)
