@@ -59,6 +59,8 @@ flags.DEFINE_bool("resume", False, "Continue the run in --output_dir/--run_name 
 flags.DEFINE_bool("overwrite", False, "Replace an existing run directory.")
 flags.DEFINE_string("tff_workers", "", "Remote TFF workers host:port,... (default: a local worker).")
 flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+flags.DEFINE_string("baseline", None, "Also run the same settings with this --aggregator "
+                    "(e.g. mean) and print both results side by side.")
 flags.DEFINE_bool("list_aggregators", False, "Print every aggregator with its parameters and exit.")
 flags.DEFINE_bool("list_attacks", False, "Print every attack with its parameters and exit.")
 
@@ -103,16 +105,22 @@ def main(argv=None) -> int:
     config = ExperimentConfig(**{name: getattr(FLAGS, name) for name in _CONFIG_FLAGS})
     try:
         resolved = config.resolved()
-        training.prepare_run_directory(resolved, resume=FLAGS.resume, overwrite=FLAGS.overwrite)
+        runs = [resolved]
+        if FLAGS.baseline is not None:
+            runs.append(baseline_config(resolved, FLAGS.baseline))
+        for run in runs:
+            training.prepare_run_directory(run, resume=FLAGS.resume, overwrite=FLAGS.overwrite)
         workers = context.parse_worker_addresses(resolved.tff_workers) if resolved.tff_workers else ()
     except (ConfigError, ValueError) as error:
         return _error(str(error))
 
+    summaries = []
     try:
         with context.managed_execution_context(
                 workers, log_path=os.environ.get("TFF_BYZ_WORKER_LOG")):
-            summary = training.run_experiment(resolved, resume=FLAGS.resume,
-                                              overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+            for run in runs:
+                summaries.append(training.run_experiment(
+                    run, resume=FLAGS.resume, overwrite=FLAGS.overwrite, progress=FLAGS.progress))
     except ConfigError as error:  # includes missing dataset files; nothing was written
         return _error(str(error))
     except KeyboardInterrupt:
@@ -124,19 +132,60 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return exit_request.code if isinstance(exit_request.code, int) else 143
 
-    run_dir = os.path.join(resolved.output_dir, resolved.run_name)
-    accuracy = summary["final_test_accuracy"]
-    print(f"{summary['status']}: {resolved.run_name}: {summary['rounds_completed']}/"
-          f"{resolved.rounds} rounds, final test accuracy "
-          f"{'n/a' if accuracy is None else f'{accuracy:.4f}'}, {summary['wall_seconds']:.1f} s "
-          f"({run_dir})")
-    honest_mean = summary.get("final_test_accuracy_honest_mean")
-    if honest_mean is not None:
-        print(f"  honest clients' mean model (PDMM): final test accuracy {honest_mean:.4f}")
-    if summary["status"] != "complete":
-        print(f"reason: {summary['reason']}", file=sys.stderr)
-        return 1
-    return 0
+    code = 0
+    for run, summary in zip(runs, summaries):
+        run_dir = os.path.join(run.output_dir, run.run_name)
+        accuracy = summary["final_test_accuracy"]
+        print(f"{summary['status']}: {run.run_name}: {summary['rounds_completed']}/"
+              f"{run.rounds} rounds, final test accuracy "
+              f"{'n/a' if accuracy is None else f'{accuracy:.4f}'}, "
+              f"{summary['wall_seconds']:.1f} s ({run_dir})")
+        honest_mean = summary.get("final_test_accuracy_honest_mean")
+        if honest_mean is not None:
+            print(f"  honest clients' mean model (PDMM): final test accuracy {honest_mean:.4f}")
+        if summary["status"] != "complete":
+            print(f"reason: {summary['reason']}", file=sys.stderr)
+            code = 1
+    if len(runs) > 1:
+        print(side_by_side(runs, summaries))
+    return code
+
+
+def baseline_config(config, aggregator: str):
+    """The same run settings with another aggregator (centralized), in its own run directory."""
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    from aggregators import AGGREGATORS  # pylint: disable=import-outside-toplevel
+    from pdmm.process import DEFAULT_LOCAL_STEPS  # pylint: disable=import-outside-toplevel
+    local_steps = config.local_steps
+    main = AGGREGATORS.resolve(config.aggregator)[0]
+    if main.name == "pdmm" and not local_steps:  # FedAvg takes PDMM's K local steps too
+        local_steps = main.params.get("local_steps") or DEFAULT_LOCAL_STEPS
+    baseline = dataclasses.replace(config, aggregator=aggregator, topology="star",
+                                   local_steps=local_steps, run_name=None)
+    if FLAGS.run_name is not None:
+        baseline.run_name = f"{FLAGS.run_name}_baseline"
+    baseline = baseline.resolved()
+    if baseline.run_name == config.run_name:
+        from tff_byz.config import ConfigError  # pylint: disable=import-outside-toplevel
+        raise ConfigError(f"--baseline={aggregator!r} is the run's own --aggregator.")
+    return baseline
+
+
+def side_by_side(runs, summaries) -> str:
+    """A small table of the runs' final accuracies (same settings, different aggregators)."""
+    def cell(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    first = runs[0]
+    lines = [f"\nsame settings ({first.dataset}, {first.num_clients} clients, attack "
+             f"{first.attack}, byzantine fraction {first.byzantine_fraction:g}, "
+             f"{first.rounds} rounds, seed {first.seed}):",
+             f"  {'aggregator':<40} {'final acc':>9} {'best acc':>9} {'honest-mean acc':>15}"]
+    for run, summary in zip(runs, summaries):
+        lines.append(f"  {run.aggregator[:40]:<40} {cell(summary['final_test_accuracy']):>9} "
+                     f"{cell(summary['best_test_accuracy']):>9} "
+                     f"{cell(summary.get('final_test_accuracy_honest_mean')):>15}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

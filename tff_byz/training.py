@@ -232,6 +232,7 @@ class Experiment:
         self.backdoor = self.attack_plan.backdoor
         self.triggered_test_x = (self.backdoor.stamp(self.dataset.test_x)
                                  if self.backdoor is not None else None)
+        self.graph = None  # decentralized PDMM's communication graph
         self.process, self.client_states = self._build_process()
         self._client_inputs = {}
 
@@ -276,6 +277,8 @@ class Experiment:
         from tff_byz import client_state  # pylint: disable=import-outside-toplevel
         config, plan = self.config, self.attack_plan
         per_round = config.clients_per_round or self.num_clients
+        if config.topology != "star":
+            return self._build_decentralized_pdmm_process(client_state)
         process = build_pdmm_process(
             self.model_fn, self.initial_weights, options=self.pdmm_options,
             local_steps=self.pdmm_options.steps(config.local_steps),
@@ -285,10 +288,33 @@ class Experiment:
             wrap_aggregator=lambda factory: plan.aggregator(factory, seed=config.seed))
         return process, self._client_state_store(process, client_state)
 
+    def _build_decentralized_pdmm_process(self, client_state):
+        from pdmm import graphs  # pylint: disable=import-outside-toplevel
+        from pdmm.decentralized import build_decentralized_pdmm_process  # pylint: disable=import-outside-toplevel
+        config, plan = self.config, self.attack_plan
+        if config.clients_per_round not in (0, self.num_clients):
+            raise ConfigError(f"--topology={config.topology}: decentralized PDMM runs every node "
+                              f"every round; --clients_per_round must be 0; got "
+                              f"{config.clients_per_round}.")
+        if plan.collusions:
+            raise ConfigError(f"--attack={config.attack!r}: colluding attacks are not defined per "
+                              f"edge; decentralized PDMM takes local message attacks only.")
+        self.graph = graphs.build_graph(config.topology, self.num_clients, config.seed)
+        process = build_decentralized_pdmm_process(
+            self.model_fn, self.initial_weights, self.graph, options=self.pdmm_options,
+            local_steps=self.pdmm_options.steps(config.local_steps),
+            batch_size=config.batch_size, learning_rate=config.client_lr, seed=config.seed,
+            attacks=plan.local_attacks)
+        store = self._client_state_store(process, client_state)
+        ids = np.arange(self.num_clients)
+        store.put(ids, [process.initial_client_state(int(i)) for i in ids])
+        return process, store
+
     def _client_state_store(self, process, client_state):
         """In memory, or in memory-mapped files under the run directory when the
         states of all clients would take more than `_MEMMAP_BYTES`."""
-        store_kwargs = dict(initial=process.initial_client_state, id_key="client_id")
+        initial = process.initial_client_state
+        store_kwargs = dict(initial=None if callable(initial) else initial, id_key="client_id")
         probe = client_state.ClientStateStore(process.client_state_template, 1, **store_kwargs)
         if probe.bytes_per_client * self.num_clients <= _MEMMAP_BYTES:
             return client_state.ClientStateStore(process.client_state_template, self.num_clients,
@@ -300,22 +326,35 @@ class Experiment:
     def honest_mean_metrics(self, evaluate: bool):
         """PDMM (pdmm.md §2): the honest clients' mean model w̄_H, its test accuracy and loss,
         and the consensus gap mean_{i∈H} ‖w_i − w̄_H‖ (from the client-state store)."""
-        names = ("test_accuracy_honest_mean", "test_loss_honest_mean", "consensus_gap_honest")
+        names = ["test_accuracy_honest_mean", "test_loss_honest_mean", "consensus_gap_honest"]
+        if self.graph is not None:  # decentralized: also every honest node's own model
+            names += ["test_accuracy_node_mean", "test_accuracy_node_min"]
         if self.pdmm_options is None:
             return collections.OrderedDict()
         honest = np.flatnonzero(~np.asarray(self.byzantine, bool))
         if not evaluate or not len(honest):
             return collections.OrderedDict((name, math.nan) for name in names)
+        leaves, mean = self._honest_models(honest)
+        gap = np.mean(np.sqrt(sum(np.sum((leaf - m) ** 2, axis=tuple(range(1, leaf.ndim)))
+                                  for leaf, m in zip(leaves, mean))))
+        loss, accuracy = self.evaluator(self._weights(mean))
+        values = [accuracy, loss, float(gap)]
+        if self.graph is not None:
+            node_accuracy = [self.evaluator(self._weights([leaf[k] for leaf in leaves]))[1]
+                             for k in range(len(honest))]
+            values += [float(np.mean(node_accuracy)), float(np.min(node_accuracy))]
+        return collections.OrderedDict(zip(names, values))
+
+    def _honest_models(self, honest):
+        """Stacked honest clients' w (one array per leaf) and their mean."""
         states = self.client_states.get(honest)
         leaves = [np.stack([np.asarray(state["w"][k]) for state in states])
                   for k in range(len(states[0]["w"]))]
-        mean = [leaf.mean(axis=0) for leaf in leaves]
-        gap = np.mean(np.sqrt(sum(np.sum((leaf - m) ** 2, axis=tuple(range(1, leaf.ndim)))
-                                  for leaf, m in zip(leaves, mean))))
-        weights = tff.learning.models.ModelWeights(
-            trainable=mean, non_trainable=list(self.initial_weights.non_trainable))
-        loss, accuracy = self.evaluator(weights)
-        return collections.OrderedDict(zip(names, (accuracy, loss, float(gap))))
+        return leaves, [leaf.mean(axis=0) for leaf in leaves]
+
+    def _weights(self, trainable):
+        return tff.learning.models.ModelWeights(
+            trainable=list(trainable), non_trainable=list(self.initial_weights.non_trainable))
 
     def client_input(self, index: int):
         if index not in self._client_inputs:
@@ -367,6 +406,9 @@ class Experiment:
     def model_weights(self, state) -> tff.learning.models.ModelWeights:
         if self.fedlaw_options is not None:
             return self.process.get_model_weights(state)
+        if self.graph is not None:  # decentralized PDMM: the honest nodes' mean model
+            return self._weights(self._honest_models(
+                np.flatnonzero(~np.asarray(self.byzantine, bool)))[1])
         if self.pdmm_options is not None:
             return state["server"]["global_model_weights"]
         if self.client_states is None:
