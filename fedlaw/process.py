@@ -213,7 +213,13 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
             keep = finite_rows(stacked_a["deltas"], stacked_a["losses"])
             w_hat, _ = fedlaw_math.participant_weights(server["weights"], stacked_a["client_ids"])
             w_hat = tf.where(keep, w_hat, tf.zeros_like(w_hat))
-            step = fedlaw_math.weighted_delta(zero_rows(stacked_a["deltas"], keep), w_hat)
+            deltas = zero_rows(stacked_a["deltas"], keep)
+            if options.clip:
+                # θ̃ = θ_k − α G_k w_k with the clipped G_k, as the weight and θ steps use it:
+                # an unclipped huge update with weight 1/n would wreck θ̃ (every pass-B
+                # update non-finite) before the weight step could exclude it.
+                deltas, _, _ = fedlaw_math.clip_by_median_norm(deltas)
+            step = fedlaw_math.weighted_delta(deltas, w_hat)
             return add_to_model(server["model"], step)
         return run(server, stacked_a)
 

@@ -86,3 +86,37 @@ def test_learning_round_then_frozen_round(setup):
                          add(theta, learned @ deltas)):
         np.testing.assert_allclose(got, want, atol=1e-5)
     assert "fedlaw_frozen" in output.metrics
+
+
+def clip_rows(deltas):
+    norms = np.linalg.norm(deltas, axis=1)
+    radius = np.median(norms)
+    return deltas * np.where(norms > radius, radius / norms, 1.0)[:, None]
+
+
+def test_clip_learning_round_clips_the_look_ahead_too(setup):
+    """clip=true: θ̃, h and the θ step all use the median-norm-clipped deltas (§6)."""
+    initial, work, inputs, _ = setup
+    data = datasets.load_federated_dataset("digits", num_clients=N, seed=3)
+    model_fn = models.make_model_fn("small_mlp", data.input_shape, data.num_classes,
+                                    data.normalization)
+    process = build_fedlaw_process(
+        model_fn, initial, work,
+        options=FedLAWOptions(beta=BETA, s_start=0, s_end=0, f=2, clip=True),
+        num_clients=N, rounds=3, declared_fraction=0.0, alpha=ALPHA)
+    theta = list(initial.trainable)
+    w = np.full(N, 1 / N)
+    deltas, _, _ = client_pass(work, work.initialize(), theta, initial, inputs)
+    deltas = clip_rows(deltas)
+    look = add(theta, w @ deltas)
+    deltas_b, losses_b, _ = client_pass(work, work.initialize(), look, initial, inputs)
+    deltas_b = clip_rows(deltas_b)
+    h = w + (BETA / ALPHA) * deltas @ (w @ deltas_b) - BETA * losses_b
+    expected_w = fedlaw_math.project_sparse_capped_simplex(
+        h, N - 2, fedlaw_math.default_cap(N, N - 2)).numpy()
+    output = process.next(process.initialize(), inputs)
+    np.testing.assert_allclose(process.client_weights(output.state), expected_w, atol=1e-6)
+    for got, want in zip(process.get_model_weights(output.state).trainable,
+                         add(theta, expected_w @ deltas)):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert output.metrics["fedlaw"]["clipped_clients"] > 0
