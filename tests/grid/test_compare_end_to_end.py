@@ -5,9 +5,13 @@ recomputed by hand from the run files; a grid killed with SIGKILL in the middle 
 a cell and rerun ends with exactly the uninterrupted grid's table, every round once.
 """
 
+import collections
+import contextlib
+import io
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,9 +44,15 @@ def write_grid(directory):
     return str(path)
 
 
+Result = collections.namedtuple("Result", "returncode stdout stderr")
+
+
 def run_compare(*args):
-    return subprocess.run([sys.executable, "-m", "pipelines.compare", *args, "--noprogress"],
-                          capture_output=True, text=True, timeout=900, check=False)
+    """pipelines.compare in this process (its workers are subprocesses either way)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = compare.main(["compare", *args, "--noprogress"])
+    return Result(code, stdout.getvalue(), stderr.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -129,31 +139,44 @@ def _children(pid):
 
 
 def test_sigkill_mid_cell_then_rerun_equals_the_uninterrupted_grid(finished, tmp_path, capsys):
+    """A copy of the finished grid with two cells never run; the grid is killed (SIGKILL of
+    pipelines.compare) in the middle of one of them, then rerun."""
     grid, reference, _ = finished
     out = tmp_path / "killed"
+    shutil.copytree(reference, out, ignore=shutil.ignore_patterns("report", "results.*", "rounds.*"))
+    todo = sorted(n for n in os.listdir(out / "runs") if "median_sign_flip" in n)
+    assert len(todo) == 2
+    for name in todo:
+        shutil.rmtree(out / "runs" / name)
+    kept = {n: os.path.getmtime(out / "runs" / n / "summary.json")
+            for n in os.listdir(out / "runs")}
     process = subprocess.Popen([sys.executable, "-m", "pipelines.compare", grid,
-                                f"--output_dir={out}", "--parallel=2", "--noprogress"],
+                                f"--output_dir={out}", "--parallel=1", "--noprogress"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     mid_cell = None
     while mid_cell is None and time.monotonic() < deadline and process.poll() is None:
-        for path in (out / "runs").glob("*/summary.json") if (out / "runs").exists() else []:
+        for name in todo:
             try:
-                summary = json.loads(path.read_text())
+                summary = json.loads((out / "runs" / name / "summary.json").read_text())
             except (json.JSONDecodeError, FileNotFoundError):
                 continue
             if summary["status"] == "running" and 1 <= summary["rounds_completed"] < 4:
-                mid_cell = path.parent.name
+                mid_cell = name
                 break
         time.sleep(0.02)
     assert mid_cell is not None, "never saw a cell between rounds"
     descendants = _children(process.pid)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert wait_until_gone(descendants, timeout=20), "a grid or TFF worker outlived the grid"
+    assert descendants and wait_until_gone(descendants, timeout=20), \
+        "a grid worker or TFF worker outlived the grid"
 
     resumed = run_compare(grid, f"--output_dir={out}", "--parallel=2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"ran {len(todo)}" in resumed.stdout or "ran 1" in resumed.stdout
+    for name, mtime in kept.items():  # cells complete before the kill were not run again
+        assert os.path.getmtime(out / "runs" / name / "summary.json") == mtime
     for name in os.listdir(reference / "runs"):
         expected = pd.read_csv(reference / "runs" / name / "metrics.csv").drop(columns="round_seconds")
         actual = pd.read_csv(out / "runs" / name / "metrics.csv").drop(columns="round_seconds")
