@@ -177,12 +177,13 @@ def side_by_side(runs, summaries) -> str:
         return "n/a" if value is None else f"{value:.4f}"
 
     first = runs[0]
+    width = max(len("aggregator"), *(len(run.aggregator) for run in runs))
     lines = [f"\nsame settings ({first.dataset}, {first.num_clients} clients, attack "
              f"{first.attack}, byzantine fraction {first.byzantine_fraction:g}, "
              f"{first.rounds} rounds, seed {first.seed}):",
-             f"  {'aggregator':<40} {'final acc':>9} {'best acc':>9} {'honest-mean acc':>15}"]
+             f"  {'aggregator':<{width}} {'final acc':>9} {'best acc':>9} {'honest-mean acc':>15}"]
     for run, summary in zip(runs, summaries):
-        lines.append(f"  {run.aggregator[:40]:<40} {cell(summary['final_test_accuracy']):>9} "
+        lines.append(f"  {run.aggregator:<{width}} {cell(summary['final_test_accuracy']):>9} "
                      f"{cell(summary['best_test_accuracy']):>9} "
                      f"{cell(summary.get('final_test_accuracy_honest_mean')):>15}")
     return "\n".join(lines)
