@@ -129,7 +129,7 @@ def build_tables(results: pd.DataFrame, *, rows, columns, metric, baseline, conf
     note = ("† k: k of the seeds diverged (non-finite model), scored "
             f"{results.loc[results['diverged'], metric].iloc[0]:g}"
             if results["diverged"].any() and metric == "final_accuracy" else "")
-    for label, group in (plots._facet_groups(results, facets) if facets else [("", results)]):  # pylint: disable=protected-access
+    for label, group in stats.facet_groups(results, facets):
         suffix = f" ({label})" if label else ""
         summary = stats.summarize(group, rows + columns, metric, confidence=confidence)
         higher = metric != "final_attack_success_rate"

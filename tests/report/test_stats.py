@@ -120,3 +120,11 @@ def test_varying_columns():
     data = frame().assign(dataset="digits")
     assert stats.varying_columns(data, ["dataset", "aggregator", "attack", "missing"]) == [
         "aggregator", "attack"]
+
+
+def test_facet_groups_label_each_setting_in_frame_order():
+    data = pd.DataFrame(dict(q=[0.9, 0.5, 0.9], attack=["lie", "lie", "none"], v=[1, 2, 3]))
+    groups = [(label, list(group["v"])) for label, group in stats.facet_groups(data, ["q", "attack"])]
+    assert groups == [("q=0.9, attack=lie", [1]), ("q=0.5, attack=lie", [2]),
+                      ("q=0.9, attack=none", [3])]
+    assert [(label, len(g)) for label, g in stats.facet_groups(data, [])] == [("", 3)]

@@ -31,6 +31,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats as scipy_stats  # noqa: E402
 
+from tff_byz.report import stats  # noqa: E402
+
 __all__ = ["accuracy_curves", "heatmaps", "fedlaw_figures", "backdoor_curves", "mean_band"]
 
 ASR = "backdoor/attack_success_rate"
@@ -79,15 +81,6 @@ def _colors(values: Sequence) -> dict:
 
 def _unique(frame: pd.DataFrame, column: str) -> list:
     return list(dict.fromkeys(frame[column])) if column in frame else [None]
-
-
-def _facet_groups(frame: pd.DataFrame, facets: Sequence[str]):
-    if not facets:
-        yield "", frame
-        return
-    for key, group in frame.groupby(list(facets), sort=False, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        yield ", ".join(f"{f}={_fmt(v)}" for f, v in zip(facets, key)), group
 
 
 def _fmt(value) -> str:
@@ -152,7 +145,7 @@ def accuracy_curves(rounds: pd.DataFrame, out_dir: str, *, hue: str = "aggregato
     """Test accuracy vs round with confidence bands (see the module doc)."""
     written = []
     frame = rounds.dropna(subset=["test_accuracy"])
-    for label, group in _facet_groups(frame, facets):
+    for label, group in stats.facet_groups(frame, facets):
         name = "accuracy_vs_round" + (f"_{_slug(label)}" if label else "")
         written.append(_curves(
             group, "test_accuracy", "test accuracy", os.path.join(out_dir, name),
@@ -169,7 +162,7 @@ def backdoor_curves(rounds: pd.DataFrame, out_dir: str, *, hue: str = "aggregato
         return []
     frame = rounds.dropna(subset=[ASR])
     written = []
-    for label, group in _facet_groups(frame, facets):
+    for label, group in stats.facet_groups(frame, facets):
         name = "backdoor_asr" + (f"_{_slug(label)}" if label else "")
         written.append(_curves(
             group, ASR, "attack success rate", os.path.join(out_dir, name),
@@ -189,7 +182,7 @@ def heatmaps(results: pd.DataFrame, out_dir: str, *, value: str = "final_accurac
     x_values, y_values = _unique(results, x), sorted(_unique(results, y))
     finite = results[value].dropna()
     vmin, vmax = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
-    for label, group in _facet_groups(results, facets):
+    for label, group in stats.facet_groups(results, facets):
         panels = _unique(group, panel)
         fig, axes = plt.subplots(1, len(panels), squeeze=False, sharey=True,
                                  constrained_layout=True,
@@ -225,7 +218,7 @@ def fedlaw_figures(results: pd.DataFrame, rounds: pd.DataFrame, out_dir: str, *,
     spec = results.get("aggregator_resolved", results["aggregator"]).astype(str)
     fedlaw = results[spec.str.startswith("fedlaw")]
     written = []
-    for label, group in _facet_groups(fedlaw, [f for f in facets if f in fedlaw]):
+    for label, group in stats.facet_groups(fedlaw, [f for f in facets if f in fedlaw]):
         first = group.sort_values("seed").iloc[0]
         weights_path = os.path.join(first["run_dir"], "weights.csv")
         if not os.path.exists(weights_path):

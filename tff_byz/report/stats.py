@@ -20,12 +20,23 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 __all__ = ["summarize", "pivot", "paired_differences", "worst_case", "varying_columns",
-           "format_cell"]
+           "format_cell", "facet_groups"]
 
 
 def varying_columns(frame: pd.DataFrame, candidates: Sequence[str]) -> list[str]:
     """The candidate columns (in order) that take more than one value in `frame`."""
     return [c for c in candidates if c in frame and frame[c].astype(str).nunique() > 1]
+
+
+def facet_groups(frame: pd.DataFrame, facets: Sequence[str]):
+    """Yields (label "a=1, b=x", sub-frame) per setting of `facets`, in the frame's order;
+    ("", frame) when there are no facets."""
+    if not facets:
+        yield "", frame
+        return
+    for key, group in frame.groupby(list(facets), sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        yield ", ".join(f"{f}={_label(v)}" for f, v in zip(facets, key)), group
 
 
 def summarize(frame: pd.DataFrame, by: Sequence[str], value: str, *,
