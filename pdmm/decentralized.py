@@ -41,7 +41,7 @@ from aggregators.record_stack import StackedRecordsFactory
 from attacks.local import ScheduledAttack, apply_record_attacks
 from pdmm import math as pdmm_math
 from pdmm.graphs import Graph
-from pdmm.process import PDMMOptions
+from pdmm.process import PDMMOptions, pack_numpy
 from tff_byz import aggregation, client_inputs, fedavg
 from tff_byz import client_work as client_work_lib
 from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
@@ -69,8 +69,9 @@ def build_decentralized_pdmm_process(
 
     `next(state, client_inputs, client_states)` must receive every node, in
     node-id order (the relay table is indexed by node id). Node state:
-    `OrderedDict(client_id, w=<trainable>, z=<trainable with a leading
-    max-degree axis>, steps)`; `initial_client_state(i)` gives node i's
+    `OrderedDict(client_id, wz=float32[1 + max degree, D], steps)`: row 0 is
+    w_i, row 1 + k the dual of the k-th neighbour, each packed leaf by leaf
+    (`pdmm.process.pack_numpy`); `initial_client_state(i)` gives node i's
     initial state (its duals depend on its neighbours' signs). Metrics:
     `client_work=OrderedDict(train_loss, num_examples)`,
     `pdmm=OrderedDict(message_norm)` (root mean square of the sent messages).
@@ -94,11 +95,14 @@ def build_decentralized_pdmm_process(
     trainable_type = weights_type.trainable
     shapes = [tuple(np.shape(t)) for t in initial_weights.trainable]
     sizes = [int(np.prod(s)) for s in shapes]
+    dimension = int(sum(sizes))
     dual_type = tff.StructWithPythonType(
         [(None, tff.TensorType(np.float32, [width, *shape])) for shape in shapes], list)
+    # w_i and the duals z_{i|j} packed as the rows of one [1 + width, D] matrix: TFF moves
+    # CLIENTS-placed values tensor by tensor, at a fixed cost per tensor.
     node_state_type = tff.StructWithPythonType(
-        [("client_id", np.int32), ("w", trainable_type), ("z", dual_type), ("steps", np.int64)],
-        collections.OrderedDict)
+        [("client_id", np.int32), ("wz", tff.TensorType(np.float32, [1 + width, dimension])),
+         ("steps", np.int64)], collections.OrderedDict)
     record_type = client_work_lib.client_record_type(dual_type)
     round_type = tff.StructWithPythonType([("seed", np.int64), ("round", np.int64)],
                                           collections.OrderedDict)
@@ -106,15 +110,25 @@ def build_decentralized_pdmm_process(
     w0 = [np.asarray(t, np.float32) for t in initial_weights.trainable]
 
     def initial_client_state(node: int):
-        duals = []
-        for leaf in w0:
-            z = np.zeros([width, *leaf.shape], np.float32)
-            if options.init == "consensus":
-                for k in range(width):  # z_{i|j} = −c B_{i|j} w_0 (padding: sign 0)
-                    z[k] = -c * sign[node, k] * leaf
-            duals.append(z)
-        return collections.OrderedDict(client_id=np.int32(node), w=[t.copy() for t in w0],
-                                       z=duals, steps=np.int64(0))
+        flat_w0 = pack_numpy(w0)
+        wz = np.zeros([1 + width, dimension], np.float32)
+        wz[0] = flat_w0
+        if options.init == "consensus":
+            for k in range(width):  # z_{i|j} = −c B_{i|j} w_0 (padding: sign 0)
+                wz[1 + k] = -c * sign[node, k] * flat_w0
+        return collections.OrderedDict(client_id=np.int32(node), wz=wz, steps=np.int64(0))
+
+    def unflatten(vector):
+        parts = tf.split(vector, sizes) if len(sizes) > 1 else [vector]
+        return [tf.reshape(p, s) for p, s in zip(parts, shapes)]
+
+    def flatten(leaves):
+        return tf.concat([tf.reshape(tf.convert_to_tensor(t), [-1]) for t in leaves], axis=0)
+
+    def split_duals(z):
+        """[width, D] → one [width, *shape] tensor per leaf."""
+        parts = tf.split(z, sizes, axis=1) if len(sizes) > 1 else [z]
+        return [tf.reshape(p, [width, *s]) for p, s in zip(parts, shapes)]
 
     collector = aggregation.build_update_aggregator(StackedRecordsFactory(), record_type)
     stacked_type = collector.next.type_signature.result.result.member
@@ -141,14 +155,14 @@ def build_decentralized_pdmm_process(
         def run(round_info, reference_weights, client_input, node_state):
             tf.nest.map_structure(lambda var, value: var.assign(value), model_weights,
                                   tff.learning.models.ModelWeights(
-                                      trainable=list(node_state["w"]),
+                                      trainable=unflatten(node_state["wz"][0]),
                                       non_trainable=list(reference_weights.non_trainable)))
             info = client_inputs.read_client_info(client_input["info"])
             node = info["client_id"]
             x, y = client_inputs.materialize_examples(client_input["examples"])
             signs = tf.gather(tf.constant(sign), node)  # [width]
             degree = tf.gather(tf.constant(degrees), node)
-            duals = _as_list(node_state["z"])
+            duals = split_duals(node_state["wz"][1:])
             dual_sum = [tf.tensordot(signs, z, axes=1) for z in duals]  # Σ_j B_{i|j} z_{i|j}
             loss = client_work_lib.local_sgd_steps(
                 model, list(model_weights.trainable), x, y, run_seed=round_info["seed"],
@@ -168,8 +182,9 @@ def build_decentralized_pdmm_process(
             record, weight = apply_record_attacks(
                 attacks, record, tf.constant(1.0), info=info, run_seed=round_info["seed"],
                 round_num=round_info["round"], weights=_as_list(reference_weights.trainable))
-            state = collections.OrderedDict(client_id=node, w=w, z=duals,
-                                            steps=node_state["steps"] + local_steps)
+            state = collections.OrderedDict(
+                client_id=node, wz=tf.concat([flatten(w)[tf.newaxis], node_state["wz"][1:]], 0),
+                steps=node_state["steps"] + local_steps)
             return record, weight, state
 
         return run(round_info, reference_weights, client_input, node_state)
@@ -192,14 +207,14 @@ def build_decentralized_pdmm_process(
         valid = senders >= 0
         rows = tf.gather(table, tf.maximum(senders, 0))  # [width, Dtot]
         offset, incoming = 0, []
-        for shape, size in zip(shapes, sizes):
+        for size in sizes:
             block = tf.reshape(rows[:, offset:offset + width * size], [width, width, size])
             picked = tf.gather(block, slots, axis=1, batch_dims=1)  # [width, size]
-            picked = tf.where(valid[:, tf.newaxis], picked, tf.zeros_like(picked))
-            incoming.append(tf.reshape(picked, [width, *shape]))
+            incoming.append(tf.where(valid[:, tf.newaxis], picked, tf.zeros_like(picked)))
             offset += width * size
-        duals = pdmm_math.relax(_as_list(node_state["z"]), incoming, theta=theta)
-        return collections.OrderedDict(client_id=node, w=_as_list(node_state["w"]), z=duals,
+        duals = pdmm_math.relax(node_state["wz"][1:], tf.concat(incoming, axis=1), theta=theta)
+        return collections.OrderedDict(client_id=node,
+                                       wz=tf.concat([node_state["wz"][:1], duals], 0),
                                        steps=node_state["steps"])
 
     @tff.tensorflow.computation(record_type)

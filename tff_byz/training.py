@@ -347,9 +347,13 @@ class Experiment:
 
     def _honest_models(self, honest):
         """Stacked honest clients' w (one array per leaf) and their mean."""
-        states = self.client_states.get(honest)
-        leaves = [np.stack([np.asarray(state["w"][k]) for state in states])
-                  for k in range(len(states[0]["w"]))]
+        key = "wz" if self.graph is not None else "wvu"  # row 0 is the client's w_i
+        rows = np.stack([np.asarray(state[key][0]) for state in self.client_states.get(honest)])
+        leaves, offset = [], 0
+        for like in self.initial_weights.trainable:  # the packing of pdmm.process.pack_numpy
+            size = int(np.prod(np.shape(like)))
+            leaves.append(rows[:, offset:offset + size].reshape(len(honest), *np.shape(like)))
+            offset += size
         return leaves, [leaf.mean(axis=0) for leaf in leaves]
 
     def _weights(self, trainable):

@@ -46,7 +46,7 @@ def run(process, graph, rounds, byzantine=()):
         output = process.next(state, data, store.get(ids))
         store.put(ids, output["client_states"])
         state = output["state"]
-    nodes = [np.concatenate([np.ravel(s["w"][0]), s["w"][1]]) for s in store.get(ids)]
+    nodes = [s["wz"][0] for s in store.get(ids)]
     return nodes, output
 
 

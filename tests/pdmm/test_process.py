@@ -14,7 +14,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from attacks import build_attack_plan
-from pdmm.process import PDMMOptions, build_pdmm_process
+from pdmm.process import PDMMOptions, build_pdmm_process, pack_numpy, unpack_numpy
 from tff_byz import client_inputs, client_state
 
 DIM, CLIENTS, STEPS, LR = 3, 4, 5, 0.05
@@ -126,8 +126,7 @@ def test_rounds_match_the_numpy_reference(processes, theta, init):
     reference = numpy_pdmm(3, c=C, theta=theta, init=init)
     np.testing.assert_allclose(server_vector(state), reference[-1][0], rtol=2e-5, atol=1e-6)
     for i, stored in enumerate(store.get(np.arange(CLIENTS))):
-        w = np.concatenate([np.ravel(stored["w"][0]), stored["w"][1]])
-        u = np.concatenate([np.ravel(stored["u"][0]), stored["u"][1]])
+        w, _, u = stored["wvu"]  # packed: W (3 × 1) row-major, then b
         np.testing.assert_allclose(w, reference[-1][1][i], rtol=2e-5, atol=1e-6)
         np.testing.assert_allclose(u, reference[-1][2][i], rtol=2e-5, atol=1e-6)
         assert stored["steps"] == 3 * STEPS and stored["client_id"] == i
@@ -179,8 +178,7 @@ def test_byzantine_clients_corrupt_only_their_message(tff_context):
     np.testing.assert_allclose(server_vector(state), reference[-1][0], rtol=2e-5, atol=1e-6)
     # The Byzantine client's own state is the honest computation (its u mirrors its true y).
     stored = store.get([1])[0]
-    np.testing.assert_allclose(np.concatenate([np.ravel(stored["u"][0]), stored["u"][1]]),
-                               reference[-1][2][1], rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(stored["wvu"][2], reference[-1][2][1], rtol=2e-5, atol=1e-6)
 
 
 def test_colluding_attack_replaces_the_messages(tff_context):
@@ -198,6 +196,14 @@ def test_colluding_attack_replaces_the_messages(tff_context):
 def test_training_attacks_are_rejected(tff_context):
     with pytest.raises(ValueError, match="only their uplink message y"):
         build(PDMMOptions(), attack="random_params")
+
+
+def test_packing_round_trips():
+    leaves = [np.arange(6, dtype=np.float32).reshape(3, 2), np.array([7.0], np.float32)]
+    packed = pack_numpy(leaves)
+    np.testing.assert_array_equal(packed, [0, 1, 2, 3, 4, 5, 7])
+    for got, expected in zip(unpack_numpy(packed, leaves), leaves):
+        np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("options,message", [
