@@ -41,7 +41,8 @@ from aggregators.record_stack import StackedRecordsFactory
 from attacks.local import ScheduledAttack, apply_record_attacks
 from pdmm import math as pdmm_math
 from pdmm.graphs import Graph
-from pdmm.process import PDMMOptions, pack_numpy
+from pdmm.packing import Packing, pack_numpy
+from pdmm.process import PDMMOptions
 from tff_byz import aggregation, client_inputs, fedavg
 from tff_byz import client_work as client_work_lib
 from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
@@ -71,7 +72,7 @@ def build_decentralized_pdmm_process(
     node-id order (the relay table is indexed by node id). Node state:
     `OrderedDict(client_id, wz=float32[1 + max degree, D], steps)`: row 0 is
     w_i, row 1 + k the dual of the k-th neighbour, each packed leaf by leaf
-    (`pdmm.process.pack_numpy`); `initial_client_state(i)` gives node i's
+    (`pdmm.packing`); `initial_client_state(i)` gives node i's
     initial state (its duals depend on its neighbours' signs). Metrics:
     `client_work=OrderedDict(train_loss, num_examples)`,
     `pdmm=OrderedDict(message_norm)` (root mean square of the sent messages).
@@ -93,9 +94,8 @@ def build_decentralized_pdmm_process(
     init_weights = fedavg.initial_weights_fn(initial_weights)
     weights_type = init_weights.type_signature.result
     trainable_type = weights_type.trainable
-    shapes = [tuple(np.shape(t)) for t in initial_weights.trainable]
-    sizes = [int(np.prod(s)) for s in shapes]
-    dimension = int(sum(sizes))
+    packing = Packing(initial_weights.trainable)
+    shapes, sizes, dimension = packing.shapes, packing.sizes, packing.dimension
     dual_type = tff.StructWithPythonType(
         [(None, tff.TensorType(np.float32, [width, *shape])) for shape in shapes], list)
     # w_i and the duals z_{i|j} packed as the rows of one [1 + width, D] matrix: TFF moves
@@ -118,17 +118,10 @@ def build_decentralized_pdmm_process(
                 wz[1 + k] = -c * sign[node, k] * flat_w0
         return collections.OrderedDict(client_id=np.int32(node), wz=wz, steps=np.int64(0))
 
-    def unflatten(vector):
-        parts = tf.split(vector, sizes) if len(sizes) > 1 else [vector]
-        return [tf.reshape(p, s) for p, s in zip(parts, shapes)]
-
-    def flatten(leaves):
-        return tf.concat([tf.reshape(tf.convert_to_tensor(t), [-1]) for t in leaves], axis=0)
+    unflatten, flatten = packing.unpack, packing.pack
 
     def split_duals(z):
-        """[width, D] → one [width, *shape] tensor per leaf."""
-        parts = tf.split(z, sizes, axis=1) if len(sizes) > 1 else [z]
-        return [tf.reshape(p, [width, *s]) for p, s in zip(parts, shapes)]
+        return packing.unpack_rows(z, width)
 
     collector = aggregation.build_update_aggregator(StackedRecordsFactory(), record_type)
     stacked_type = collector.next.type_signature.result.result.member

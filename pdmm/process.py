@@ -48,6 +48,7 @@ import tensorflow_federated as tff
 from aggregators.record_stack import StackedRecordsFactory
 from attacks.local import GROUP_KEY, ScheduledAttack, apply_record_attacks
 from pdmm import math as pdmm_math
+from pdmm.packing import Packing, pack_numpy, unpack_numpy  # noqa: F401  (re-exported)
 from tff_byz import aggregation, client_inputs, fedavg
 from tff_byz import client_work as client_work_lib
 from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
@@ -82,17 +83,6 @@ class PDMMOptions:
         if self.local_steps is not None:
             return int(self.local_steps)
         return int(fallback) if fallback else DEFAULT_LOCAL_STEPS
-
-
-def pack_numpy(leaves) -> np.ndarray:
-    """Model leaves → one float32 vector (the layout of a client state's `wvu` rows)."""
-    return np.concatenate([np.reshape(np.asarray(t, np.float32), [-1]) for t in leaves])
-
-
-def unpack_numpy(vector, like) -> list:
-    """The inverse of `pack_numpy`, shaped like the leaves `like`."""
-    sizes = np.cumsum([0] + [int(np.prod(np.shape(t))) for t in like])
-    return [np.reshape(vector[a:b], np.shape(t)) for a, b, t in zip(sizes[:-1], sizes[1:], like)]
 
 
 def _as_list(structure):
@@ -140,7 +130,7 @@ def build_pdmm_process(
       sqrt(mean_i ‖w_i − w_s‖²) over the round's participants after the step;
     - client state `OrderedDict(client_id=int32, wvu=float32[3, D], steps=int64)`:
       the rows of `wvu` are w_i, v_i, u_i, each the trainable weights packed
-      leaf by leaf (`pack_numpy` / `unpack_numpy`); `initial_client_state` is
+      leaf by leaf (`pdmm.packing`); `initial_client_state` is
       the state of a client that has not taken part yet (pass it to
       `ClientStateStore(initial=...)`).
     """
@@ -166,9 +156,8 @@ def build_pdmm_process(
         record_type = tff.StructWithPythonType(
             list(tff.structure.iter_elements(record_type)) + [(GROUP_KEY, np.int32)],
             collections.OrderedDict)
-    sizes = [int(np.prod(np.shape(t))) for t in initial_weights.trainable]
-    shapes = [tuple(np.shape(t)) for t in initial_weights.trainable]
-    dimension = int(sum(sizes))
+    packing = Packing(initial_weights.trainable)
+    dimension = packing.dimension
     # w, v, u packed as the rows of one [3, D] matrix: TFF moves CLIENTS-placed values
     # tensor by tensor, at a fixed cost per tensor (3 tensors instead of 3 × leaves).
     client_state_type = tff.StructWithPythonType(
@@ -194,12 +183,7 @@ def build_pdmm_process(
         collector = wrap_aggregator(message_aggregator)
     update_aggregator = aggregation.build_update_aggregator(collector, record_type)
 
-    def unflatten(vector):
-        parts = tf.split(vector, sizes) if len(sizes) > 1 else [vector]
-        return [tf.reshape(p, s) for p, s in zip(parts, shapes)]
-
-    def flatten(leaves):
-        return tf.concat([tf.reshape(tf.convert_to_tensor(t), [-1]) for t in leaves], axis=0)
+    unflatten, flatten = packing.unpack, packing.pack
 
     # --- TF computations ---------------------------------------------------
 

@@ -347,13 +347,10 @@ class Experiment:
 
     def _honest_models(self, honest):
         """Stacked honest clients' w (one array per leaf) and their mean."""
+        from pdmm.packing import unpack_numpy  # pylint: disable=import-outside-toplevel
         key = "wz" if self.graph is not None else "wvu"  # row 0 is the client's w_i
         rows = np.stack([np.asarray(state[key][0]) for state in self.client_states.get(honest)])
-        leaves, offset = [], 0
-        for like in self.initial_weights.trainable:  # the packing of pdmm.process.pack_numpy
-            size = int(np.prod(np.shape(like)))
-            leaves.append(rows[:, offset:offset + size].reshape(len(honest), *np.shape(like)))
-            offset += size
+        leaves = unpack_numpy(rows, self.initial_weights.trainable)  # [clients, *shape] each
         return leaves, [leaf.mean(axis=0) for leaf in leaves]
 
     def _weights(self, trainable):

@@ -204,6 +204,10 @@ def test_packing_round_trips():
     np.testing.assert_array_equal(packed, [0, 1, 2, 3, 4, 5, 7])
     for got, expected in zip(unpack_numpy(packed, leaves), leaves):
         np.testing.assert_array_equal(got, expected)
+    rows = np.stack([packed, packed + 1])  # leading axes (one row per client) are kept
+    first, second = unpack_numpy(rows, leaves)
+    assert first.shape == (2, 3, 2) and second.shape == (2, 1)
+    np.testing.assert_array_equal(first[1], leaves[0] + 1)
 
 
 @pytest.mark.parametrize("options,message", [
