@@ -27,8 +27,10 @@ STRUCT = [collections.OrderedDict(w=np.full([2, 3], v, np.float32), b=np.array([
 FACTORY_NAMES = [n for n in AGGREGATORS.names if AGGREGATORS.entry(n).kind != "algorithm"]
 
 
-def test_fedlaw_is_the_only_algorithm():
-    assert [n for n in AGGREGATORS.names if n not in FACTORY_NAMES] == ["fedlaw"]
+def test_fedlaw_and_pdmm_are_the_only_algorithms():
+    assert [n for n in AGGREGATORS.names if n not in FACTORY_NAMES] == ["fedlaw", "pdmm"]
+    for name in ("fedlaw", "pdmm"):
+        assert AGGREGATORS.entry(name).kind == "algorithm"
 
 
 @pytest.mark.parametrize("name", FACTORY_NAMES)
