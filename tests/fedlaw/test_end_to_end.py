@@ -65,3 +65,24 @@ def test_fedlaw_resume_continues_exactly(tmp_path, tff_context):
         pd.testing.assert_frame_equal(a[columns], b[columns])
     summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["rounds_completed"] == 5
+
+
+@pytest.mark.parametrize("attack", ["mimic_misaligned", "lie:loss=mean_minus_rho_std:1"])
+def test_loss_forging_attacks_run_against_fedlaw(tmp_path, tff_context, attack):
+    """Attacks that forge the reported loss act in both FedLAW passes: the run completes, the
+    learned weights stay a valid point of the sparse capped simplex, and weights.csv and the
+    detection metrics are written for every round."""
+    summary = run(tmp_path, "run", 3, num_clients=10, aggregator="fedlaw:beta=0.01",
+                  attack=attack)
+    assert summary["status"] == "complete"
+    weights = pd.read_csv(tmp_path / "run" / "weights.csv").set_index("round")
+    assert weights.index.tolist() == [1, 2, 3]
+    assert (weights.to_numpy() >= 0).all()
+    assert weights.sum(axis=1).to_numpy() == pytest.approx([1.0, 1.0, 1.0], abs=1e-9)
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert metrics["detection/recall"].between(0, 1).all()
+    # Precision is 0/0 (NaN) in a round that flags nobody; otherwise a rate.
+    flagged = (weights.to_numpy() <= 1e-4).sum(axis=1)
+    precision = metrics.set_index("round")["detection/precision"].to_numpy()
+    assert all((p != p) == (k == 0) for p, k in zip(precision, flagged))
+    assert "recall" in summary["final_detection"]
