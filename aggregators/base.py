@@ -136,10 +136,9 @@ class RobustAggregationFactory(DeclaredByzantineCount, ClientRecordAggregationFa
     def create(self, value_type, weight_type=None):
         value_type = tff.to_type(value_type)
         weight_type = None if weight_type is None else tff.to_type(weight_type)
-        flattener, stack = stacking.build_stack_fn(value_type, weight_type)
+        flattener = stacking.value_flattener(value_type)
         result_type = value_type["delta"] if stacking.is_client_record_type(value_type) else value_type
         like = tff.types.type_to_tf_tensor_specs(result_type)
-        stacked_type = stack.type_signature.result.member
 
         @tff.tensorflow.computation
         def init_tf():
@@ -147,18 +146,18 @@ class RobustAggregationFactory(DeclaredByzantineCount, ClientRecordAggregationFa
                                            rule=self.initial_state(flattener.size))
 
         state_type = init_tf.type_signature.result
-
-        @tff.tensorflow.computation(state_type, stacked_type)
-        def server_step(state, stacked):
-            return self._server_step(state, stacked, flattener, like)
+        # The rule runs where the stacked values are (stacking.build_stack_reduce).
+        _, stack_reduce = stacking.build_stack_reduce(
+            value_type, weight_type,
+            lambda stacked, state: self._server_step(state, stacked, flattener, like), state_type)
 
         @tff.federated_computation
         def init_fn():
             return tff.federated_eval(init_tf, tff.SERVER)
 
         def next_impl(state, values, weights):
-            stacked = stack(values) if weights is None else stack(values, weights)
-            out = tff.federated_map(server_step, (state, stacked))
+            out = (stack_reduce(values, state) if weights is None
+                   else stack_reduce(values, weights, state))
             return tff.templates.MeasuredProcessOutput(out.state, out.result, out.measurements)
 
         next_fn = federated_next(init_fn.type_signature.result, value_type, weight_type, next_impl)

@@ -112,5 +112,9 @@ class AttackPlan:
                 except ValueError as error:
                     raise ValueError(f"--attack: {component.name}: {error}") from None
 
-    def poisons(self, group: int) -> bool:
-        return 0 <= group < len(self.components) and self.components[group].poison is not None
+    def poisons(self, group: int, round_index: Optional[int] = None) -> bool:
+        """Whether `group`'s training data are poisoned (in round `round_index`: from the
+        component's `start` on; any round when None)."""
+        if not (0 <= group < len(self.components) and self.components[group].poison is not None):
+            return False
+        return round_index is None or round_index >= self.components[group].start

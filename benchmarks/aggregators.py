@@ -31,7 +31,7 @@ from tff_byz import client_inputs, context, fedavg, models  # noqa: E402
 flags.DEFINE_list("models", ["mlp", "emnist_cnn"], "Models (~1e5 and ~1.2e6 parameters).")
 flags.DEFINE_list("clients", ["10", "50", "200"], "Client counts.")
 flags.DEFINE_list("rules", None, "Aggregator specs (default: every registered rule).")
-flags.DEFINE_integer("rounds", 2, "Timed rounds per measurement (after one warm-up).")
+flags.DEFINE_integer("rounds", 5, "Timed rounds per process (after one warm-up), interleaved.")
 flags.DEFINE_integer("examples_per_client", 32, "Training examples per client.")
 flags.DEFINE_float("byzantine_fraction", 0.1, "Declared fraction given to the rules.")
 flags.DEFINE_string("output", None, "Also write the table as JSON here.")
@@ -69,19 +69,47 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def time_rounds(process, inputs, rounds, worker_pid=None):
-    """(wall seconds, worker CPU seconds or None) per round, after one warm-up round.
+class RoundTimer:
+    """Rounds of one process, timed one at a time (so processes can be interleaved)."""
 
-    The worker's CPU time (all its threads) is much less sensitive than wall time
-    to other load on the machine, so it is reported beside the wall-time ratio."""
-    state = process.initialize()
-    state = process.next(state, inputs).state  # warm-up
-    start, cpu_start = time.perf_counter(), cpu_seconds(worker_pid)
+    def __init__(self, process, inputs, worker_pid=None):
+        self.process, self.inputs, self.worker_pid = process, inputs, worker_pid
+        self.state = process.initialize()
+        self.wall, self.cpu = [], []
+
+    def round(self, record: bool = True):
+        cpu_start, start = cpu_seconds(self.worker_pid), time.perf_counter()
+        self.state = self.process.next(self.state, self.inputs).state
+        wall, cpu_end = time.perf_counter() - start, cpu_seconds(self.worker_pid)
+        if record:
+            self.wall.append(wall)
+            if cpu_start is not None and cpu_end is not None:
+                self.cpu.append(cpu_end - cpu_start)
+
+    def median(self):
+        return (float(np.median(self.wall)),
+                float(np.median(self.cpu)) if self.cpu else None)
+
+
+def time_interleaved(processes, inputs, rounds, worker_pid=None):
+    """{name: (median wall s, median worker CPU s)} per round, after one warm-up round each.
+
+    Rounds are interleaved (mean, rule 1, rule 2, ..., mean, rule 1, ...), so slow drift
+    of the machine (other load, the allocator's state) hits every process alike; the
+    worker's CPU time (all its threads) is much less sensitive than wall time to other
+    load on the machine, so it is reported beside the wall-time ratio."""
+    timers, failed = collections.OrderedDict(), collections.OrderedDict()
+    for name, process in processes.items():
+        try:
+            timer = RoundTimer(process, inputs, worker_pid)
+            timer.round(record=False)  # warm-up
+            timers[name] = timer
+        except Exception as error:  # e.g. a requirement violated at this n
+            failed[name] = str(error).splitlines()[0][:100]
     for _ in range(rounds):
-        state = process.next(state, inputs).state
-    cpu_end = cpu_seconds(worker_pid)
-    cpu = None if cpu_start is None or cpu_end is None else (cpu_end - cpu_start) / rounds
-    return (time.perf_counter() - start) / rounds, cpu
+        for timer in timers.values():
+            timer.round()
+    return collections.OrderedDict((name, t.median()) for name, t in timers.items()), failed
 
 
 def main(argv):
@@ -107,18 +135,18 @@ def main(argv):
                 processes[rule] = build(build_aggregator(rule, agg_context))
             for n in map(int, FLAGS.clients):
                 inputs = client_data(n, FLAGS.examples_per_client)
-                baseline, baseline_cpu = time_rounds(processes["mean"], inputs, FLAGS.rounds,
-                                                     worker_pid)
+                timings, failed = time_interleaved(processes, inputs, FLAGS.rounds, worker_pid)
+                baseline, baseline_cpu = timings["mean"]
                 print(f"\n{model} ({params:,} params), n={n}: mean round {baseline:.3f} s"
-                      + (f" (worker CPU {baseline_cpu:.3f} s)" if baseline_cpu else ""), flush=True)
-                for name, process in processes.items():
+                      + (f" (worker CPU {baseline_cpu:.3f} s)" if baseline_cpu else "")
+                      + f"; median of {FLAGS.rounds} interleaved rounds", flush=True)
+                for name in processes:
                     if name == "mean":
                         continue
-                    try:
-                        seconds, cpu = time_rounds(process, inputs, FLAGS.rounds, worker_pid)
-                    except Exception as error:  # e.g. a requirement violated at this n
-                        print(f"  {name:32s} skipped: {str(error).splitlines()[0][:100]}")
+                    if name in failed:
+                        print(f"  {name:32s} skipped: {failed[name]}")
                         continue
+                    seconds, cpu = timings[name]
                     ratio = seconds / baseline
                     cpu_ratio = cpu / baseline_cpu if cpu and baseline_cpu else None
                     rows.append(dict(model=model, parameters=params, clients=n, rule=name,

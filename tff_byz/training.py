@@ -357,10 +357,17 @@ class Experiment:
         return tff.learning.models.ModelWeights(
             trainable=list(trainable), non_trainable=list(self.initial_weights.non_trainable))
 
-    def client_input(self, index: int):
-        if index not in self._client_inputs:
-            group = int(self.selection.groups[index])
-            if self.attack_plan.poisons(group):
+    def client_input(self, index: int, round_index: Optional[int] = None):
+        """Client `index`'s input in round `round_index` (None: once every attack is active).
+
+        A Byzantine client's data poisoning (label flip, backdoor) acts from its
+        attack's `start` round on; before it the client trains on its clean data.
+        """
+        group = int(self.selection.groups[index])
+        poisoned = self.attack_plan.poisons(group, round_index)
+        key = (index, poisoned)
+        if key not in self._client_inputs:
+            if poisoned:
                 # Data poisoning is fixed when the data are built (seeded per client).
                 x, y = self.dataset.client_arrays(int(index))
                 rng = np.random.default_rng([self.config.seed, 0xDA7A, int(index)])
@@ -370,9 +377,9 @@ class Experiment:
             else:
                 examples = self.dataset.client_data.create_tf_dataset_for_client(
                     self.dataset.client_ids[index])
-            self._client_inputs[index] = client_inputs.make_client_input(
+            self._client_inputs[key] = client_inputs.make_client_input(
                 examples, int(index), group >= 0, group)
-        return self._client_inputs[index]
+        return self._client_inputs[key]
 
     def backdoor_metrics(self, weights, clean_accuracy: float, evaluate: bool):
         """Backdoor metrics on the triggered test set (attacks.md §2)."""
@@ -416,9 +423,9 @@ class Experiment:
             return state.global_model_weights
         return state["global_model_weights"]
 
-    def next(self, state, clients: np.ndarray):
-        """One round on `clients`; returns (state, metrics)."""
-        inputs = [self.client_input(i) for i in clients]
+    def next(self, state, clients: np.ndarray, round_index: Optional[int] = None):
+        """One round (0-based `round_index`) on `clients`; returns (state, metrics)."""
+        inputs = [self.client_input(i, round_index) for i in clients]
         if self.client_states is None:
             output = self.process.next(state, inputs)
             return output.state, output.metrics
@@ -553,7 +560,7 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
             clients = sample_clients(experiment.num_clients, config.clients_per_round, config.seed,
                                      round_index)
             t0 = time.monotonic()
-            new_state, metrics = experiment.next(state, clients)
+            new_state, metrics = experiment.next(state, clients, round_index)
             round_seconds = time.monotonic() - t0
             state, round_num = new_state, round_index + 1
             weights = experiment.model_weights(state)

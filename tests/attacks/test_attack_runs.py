@@ -1,5 +1,6 @@
 """Every attack end to end: a real TFF FedAvg process on the embedded dataset, a few rounds."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -58,3 +59,31 @@ def test_runs_are_deterministic(tmp_path, tff_context, attack):
     _, second = run(tmp_path, attack, name="b")
     columns = [c for c in first.columns if c != "round_seconds"]
     pd.testing.assert_frame_equal(first[columns], second[columns])
+
+
+@pytest.mark.parametrize("attack, start", [("label_flip:start=2", 2), ("backdoor:start=3", 3),
+                                           ("label_flip", 0)])
+def test_data_poisoning_starts_at_its_round(tmp_path, tff_context, attack, start):
+    """A Byzantine client trains on its clean data before its attack's `start` round, on
+    its poisoned data from then on; honest clients' inputs never change."""
+    experiment = training.Experiment(ExperimentConfig(
+        dataset="digits", num_clients=10, byzantine_fraction=0.2, attack=attack, rounds=5,
+        output_dir=str(tmp_path), run_name="poison_start").resolved())
+    byzantine = int(np.flatnonzero(experiment.byzantine)[0])
+    honest = int(np.flatnonzero(~np.asarray(experiment.byzantine))[0])
+
+    def data(index, round_index):
+        examples = experiment.client_input(index, round_index)["examples"]
+        batches = list(examples.as_numpy_iterator())
+        return (np.concatenate([b["x"].reshape(len(b["y"]), -1) for b in batches]),
+                np.concatenate([b["y"] for b in batches]))
+
+    clean_x, clean_y = experiment.dataset.client_arrays(byzantine)
+    clean_x = clean_x.reshape(len(clean_y), -1)
+    for round_index in range(5):
+        x, y = data(byzantine, round_index)
+        poisoned = not (np.array_equal(x, clean_x) and np.array_equal(y, clean_y))
+        assert poisoned == (round_index >= start), round_index
+    x, y = data(honest, 0)
+    for round_index in range(1, 5):
+        np.testing.assert_array_equal(data(honest, round_index)[1], y)
