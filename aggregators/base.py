@@ -27,6 +27,7 @@ order is kept); in this project's processes it receives whole client records.
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 from typing import Optional
 
@@ -38,7 +39,28 @@ from aggregators import stacking
 from tff_byz.aggregation import ClientRecordAggregationFactory
 
 __all__ = ["RobustAggregationFactory", "DeclaredByzantineCount", "declared_f",
-           "federated_next", "probabilities", "RequirementError"]
+           "federated_next", "probabilities", "RequirementError", "traced_max_rows"]
+
+# The most rows a rule can see in the computation being traced (the factory's
+# expected clients per round), or None. Sorting networks are built only up to
+# this size (larger n falls back to tf.sort): a rule's graph runs inside every
+# accumulate call (stacking.build_stack_reduce), whose cost per call grows with
+# the size of its graph.
+_MAX_ROWS: list = [None]
+
+
+def traced_max_rows() -> Optional[int]:
+    """Upper bound on the rows of the stacked values in the rule being traced, or None."""
+    return _MAX_ROWS[0]
+
+
+@contextlib.contextmanager
+def _max_rows(rows: Optional[int]):
+    previous, _MAX_ROWS[0] = _MAX_ROWS[0], rows
+    try:
+        yield
+    finally:
+        _MAX_ROWS[0] = previous
 
 
 class RequirementError(ValueError):
@@ -122,6 +144,7 @@ class RobustAggregationFactory(DeclaredByzantineCount, ClientRecordAggregationFa
         self._set_byzantine_options(byzantine_fraction, f)
         self.weighted = bool(weighted)
         self.seed = int(seed)
+        self.expected_clients = int(expected_clients) if expected_clients else None
         if expected_clients:
             self.check_requirement(int(expected_clients))
 
@@ -147,9 +170,11 @@ class RobustAggregationFactory(DeclaredByzantineCount, ClientRecordAggregationFa
 
         state_type = init_tf.type_signature.result
         # The rule runs where the stacked values are (stacking.build_stack_reduce).
-        _, stack_reduce = stacking.build_stack_reduce(
-            value_type, weight_type,
-            lambda stacked, state: self._server_step(state, stacked, flattener, like), state_type)
+        with _max_rows(self.expected_clients):
+            _, stack_reduce = stacking.build_stack_reduce(
+                value_type, weight_type,
+                lambda stacked, state: self._server_step(state, stacked, flattener, like),
+                state_type)
 
         @tff.federated_computation
         def init_fn():
@@ -166,9 +191,8 @@ class RobustAggregationFactory(DeclaredByzantineCount, ClientRecordAggregationFa
     def _server_step(self, state, stacked, flattener, like):
         @tf.function
         def step(state, stacked):
-            values, weights, ids = (stacked[k] for k in stacking.STACKED_KEYS)
+            values, weights, ids, finite = (stacked[k] for k in stacking.STACKED_KEYS)
             n_total = tf.shape(values)[0]
-            finite = tf.reduce_all(tf.math.is_finite(values), axis=1)
             non_finite = n_total - tf.reduce_sum(tf.cast(finite, tf.int32))
             if not self.drops_non_finite:
                 finite = tf.ones_like(finite)

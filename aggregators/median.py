@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from aggregators.base import RobustAggregationFactory
+from aggregators.base import RobustAggregationFactory, traced_max_rows
 
 __all__ = ["median", "weighted_median", "MedianFactory", "sorting_network_reduce"]
 
@@ -101,8 +101,9 @@ def sorting_network_reduce(stacked: tf.Tensor, finish, *, outputs=None, pad_low=
     default none) first, high ones (+inf) last, so after the network wire
     `pad_low + i` holds the i-th smallest value. `wires` is `[len(outputs), w]`:
     the wires listed by `outputs(m)` (the rest of the network is pruned; None: all
-    m). Uses `fallback(stacked)` when n is 0 or above `NETWORK_SIZES`, when the
-    columns are few or not statically known, and in eager mode.
+    m). Uses `fallback(stacked)` when n is 0 or above the networks built
+    (`network_sizes`: up to the traced factory's expected clients when known), when
+    the columns are few or not statically known, and in eager mode.
     """
     stacked = tf.convert_to_tensor(stacked)
     columns = stacked.shape[1] if stacked.shape.rank == 2 else None
@@ -137,12 +138,21 @@ def sorting_network_reduce(stacked: tf.Tensor, finish, *, outputs=None, pad_low=
                                    parallel_iterations=NETWORK_PARALLEL_CHUNKS)
         return tf.ensure_shape(results.concat(), [columns])
 
-    sizes = list(NETWORK_SIZES)
+    sizes = network_sizes(traced_max_rows())
     index = tf.reduce_sum(tf.cast(tf.constant(sizes) < n, tf.int32))
     index = tf.where(n > 0, index, len(sizes))
     branches = [functools.partial(branch, m) for m in sizes]
     branches.append(lambda: tf.ensure_shape(fallback(stacked), [columns]))
     return tf.switch_case(index, branches)
+
+
+def network_sizes(max_rows: Optional[int] = None) -> list:
+    """The network sizes built: all of `NETWORK_SIZES`, or up to the first ≥ `max_rows`."""
+    if max_rows is None:
+        return list(NETWORK_SIZES)
+    sizes = [m for m in NETWORK_SIZES if m < max_rows]
+    sizes += [m for m in NETWORK_SIZES if m >= max_rows][:1]
+    return sizes
 
 
 def _sorted_median(stacked, even):

@@ -3,36 +3,36 @@
 Order-statistic rules (median, Krum, ...) need all client values at once. Inside
 a federated computation each client turns its value (any structure of float
 tensors) into one row `[1, D]` (the leaves flattened and concatenated) plus its
-weight and client id; `tff.federated_aggregate` concatenates the rows into
-`[n, D]` at the server, where they are **sorted by client id**: TFF treats
-CLIENTS values as a multiset, so nothing may depend on arrival order. Rules then
-are pure TF functions of the stacked tensors.
+weight, client id and whether the row is finite; `tff.federated_aggregate`
+collects the rows, which are then **sorted by client id**: TFF treats CLIENTS
+values as a multiset, so nothing may depend on arrival order. Rules then are
+pure TF functions of the stacked tensors.
 
-Cost: a single growing accumulator would copy O(n²·D) floats (each client's
-concatenation copies every earlier row; measured 12 s at n = 50, D = 1.2e6).
-The accumulator is instead a tuple of `NUM_BLOCKS` blocks: client k is appended
-to block ⌊k / rows⌋ (the last block takes any overflow), and blocks that do not
-change pass through a `tf.cond` without copying, so the total copy is
-O(n·rows·D) plus one final concatenation (`benchmarks/aggregators.py` reports
-this step alone). rows = `block_rows(D)` ≤ `BLOCK_ROWS` keeps a block under
-`MAX_BLOCK_BYTES`: glibc serves allocations of 32 MiB and more with fresh
-`mmap`s, whose first-touch page faults made copying into 8-row blocks of
-D = 1.2e6 (37 MiB) 3× slower per byte than into ≤ 24 MiB blocks, which are
-recycled from the heap. When the rows already arrive in client-id order (the
-usual case) `report` skips the reordering gather.
+The accumulator. `tff.federated_aggregate` calls `accumulate` once per client,
+in sequence; one growing `[k, D]` accumulator would copy O(n²·D) floats (12 s
+at n = 50, D = 1.2e6). It is instead a tuple of `NUM_BLOCKS` blocks filled
+round-robin: the k-th row goes to block k mod NUM_BLOCKS, an empty block takes
+the row itself, and unchanged blocks pass through a `tf.cond` uncopied, so up
+to NUM_BLOCKS clients no row is copied at all (and ⌈n/NUM_BLOCKS⌉/2 rows per
+client on average above). `assemble` stitches the blocks into the sorted
+`[n, D]` matrix in one pass (`tf.dynamic_stitch`).
 
-`build_stack_reduce` is what the robust rules use: the stacked `[n, D]` matrix
-never leaves the aggregation. TFF's C++ runtime hands the final accumulator of a
-`federated_aggregate` to `report` by serialising it to a proto and back (about
-four copies of n·D floats, into freshly mapped pages: 0.9 s of a 3.9 s EMNIST
-CNN round at n = 50, mostly kernel page-fault time). Instead every client row
-carries the round's client count n and the rule's server input (broadcast), and
-the accumulate call that appends the n-th row applies the rule there, leaving
-only its small result in the accumulator. TFF's multi-worker (mergeable)
-context cannot split a computation whose aggregation depends on another one
-(the count), so there, and whenever the accumulator was not finished in place
-(merged partial accumulators, no clients), the rule runs on the server after
-the aggregation instead (`in_accumulate=False`).
+Where the rule runs. TFF's C++ runtime hands the final accumulator of a
+`federated_aggregate` to `report` by serialising it to a proto and back: about
+four copies of the n·D floats into freshly mapped pages, 0.9 s of a 3.9 s EMNIST
+CNN round at n = 50, nearly all of it kernel page-fault time (found with
+`perf`). `build_stack_reduce`, which the robust rules use, therefore never lets
+the `[n, D]` matrix leave the aggregation: every client row carries the round's
+client count n and the rule's server input (broadcast), and the accumulate call
+that appends the n-th row applies the rule there, leaving only its small result
+in the accumulator. TFF's multi-worker (mergeable) context cannot split a
+computation whose aggregation depends on another one (the count), so there,
+and whenever the accumulator was not finished in place (merged partial
+accumulators, no clients), the rule runs on the server after the aggregation
+(`in_accumulate=False`); the result is the same. `build_stack_fn` (for server
+algorithms that keep the stacked matrix, such as FedLAW) returns it as a
+server value; `benchmarks/aggregators.py` reports the cost of the stacking
+step alone.
 """
 
 from __future__ import annotations
@@ -45,17 +45,10 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 __all__ = ["Flattener", "is_client_record_type", "build_stack_fn", "build_stack_reduce",
-           "value_flattener", "block_rows", "STACKED_KEYS", "mergeable_context_active"]
+           "value_flattener", "STACKED_KEYS", "mergeable_context_active"]
 
-STACKED_KEYS = ("values", "weights", "client_ids")
-BLOCK_ROWS = 8  # at most; fewer for large D (block_rows)
-MAX_BLOCK_BYTES = 24 << 20
-NUM_BLOCKS = 64  # 64·block_rows(D) clients before the last block grows row by row
-
-
-def block_rows(dim: int) -> int:
-    """Rows per accumulator block for `[dim]` float32 rows: ≤ BLOCK_ROWS, ≤ MAX_BLOCK_BYTES."""
-    return int(max(1, min(BLOCK_ROWS, MAX_BLOCK_BYTES // (4 * max(dim, 1)))))
+STACKED_KEYS = ("values", "weights", "client_ids", "finite")
+NUM_BLOCKS = 64  # up to 64 clients per round, no row is copied in the accumulator
 
 
 def is_client_record_type(value_type) -> bool:
@@ -117,15 +110,17 @@ class _Blocks:
         self.record = is_client_record_type(value_type)
         self.flattener = value_flattener(value_type)
         self.dim = dim = self.flattener.size
-        self.rows_per_block = block_rows(dim)
         self.stacked_type = tff.to_type(collections.OrderedDict(
             values=tff.TensorType(np.float32, [None, dim]),
             weights=tff.TensorType(np.float32, [None]),
-            client_ids=tff.TensorType(np.int32, [None])))
+            client_ids=tff.TensorType(np.int32, [None]),
+            finite=tff.TensorType(np.bool_, [None])))
         self.blocks_type = collections.OrderedDict(
             blocks=[tff.TensorType(np.float32, [None, dim])] * NUM_BLOCKS,
             weights=tff.TensorType(np.float32, [None]),
-            client_ids=tff.TensorType(np.int32, [None]))
+            client_ids=tff.TensorType(np.int32, [None]),
+            finite=tff.TensorType(np.bool_, [None]),
+            block_of=tff.TensorType(np.int32, [None]))
 
     def row(self, value, weight):
         vector = self.flattener.flatten(value["delta"] if self.record else value)
@@ -134,7 +129,9 @@ class _Blocks:
         return collections.OrderedDict(
             values=_unknown_rows(vector[tf.newaxis], [self.dim]),
             weights=_unknown_rows(tf.reshape(tf.cast(weight, tf.float32), [1]), []),
-            client_ids=_unknown_rows(client_id[tf.newaxis], []))
+            client_ids=_unknown_rows(client_id[tf.newaxis], []),
+            # Checked here, per client, rather than on the stacked [n, D] at the server.
+            finite=_unknown_rows(tf.reduce_all(tf.math.is_finite(vector))[tf.newaxis], []))
 
     def empty_blocks(self):
         return [_unknown_rows(tf.zeros([0, self.dim]), [self.dim]) for _ in range(NUM_BLOCKS)]
@@ -143,45 +140,54 @@ class _Blocks:
         return collections.OrderedDict(
             blocks=self.empty_blocks(),
             weights=_unknown_rows(tf.zeros([0]), []),
-            client_ids=_unknown_rows(tf.zeros([0], tf.int32), []))
+            client_ids=_unknown_rows(tf.zeros([0], tf.int32), []),
+            finite=_unknown_rows(tf.zeros([0], tf.bool), []),
+            block_of=_unknown_rows(tf.zeros([0], tf.int32), []))
 
     def append(self, accumulator, row):
-        block = tf.minimum(tf.shape(accumulator["weights"])[0] // self.rows_per_block,
-                           NUM_BLOCKS - 1)
-        blocks = [tf.cond(tf.equal(block, j),
-                          lambda b=b: tf.concat([b, row["values"]], axis=0),
-                          lambda b=b: b)
+        # Round-robin: the k-th row goes to block k mod NUM_BLOCKS; an empty block
+        # takes the row itself, so up to NUM_BLOCKS rows nothing is copied, and the
+        # blocks that do not change pass through `tf.cond` uncopied.
+        block = tf.shape(accumulator["weights"])[0] % NUM_BLOCKS
+
+        def put(b):
+            return tf.cond(tf.equal(tf.shape(b)[0], 0), lambda: row["values"],
+                           lambda: tf.concat([b, row["values"]], axis=0))
+
+        blocks = [tf.cond(tf.equal(block, j), lambda b=b: put(b), lambda b=b: b)
                   for j, b in enumerate(accumulator["blocks"])]
-        return collections.OrderedDict(
-            blocks=blocks,
-            weights=tf.concat([accumulator["weights"], row["weights"]], axis=0),
-            client_ids=tf.concat([accumulator["client_ids"], row["client_ids"]], axis=0))
+        appended = collections.OrderedDict(blocks=blocks)
+        for key in ("weights", "client_ids", "finite"):
+            appended[key] = tf.concat([accumulator[key], row[key]], axis=0)
+        appended["block_of"] = tf.concat([accumulator["block_of"], block[tf.newaxis]], axis=0)
+        return appended
 
     @staticmethod
     def merge(a, b):
-        # Rows may sit in any block: order is restored by client id in `assemble`.
-        return collections.OrderedDict(
-            blocks=[tf.concat([x, y], axis=0) for x, y in zip(a["blocks"], b["blocks"])],
-            weights=tf.concat([a["weights"], b["weights"]], axis=0),
-            client_ids=tf.concat([a["client_ids"], b["client_ids"]], axis=0))
+        # Blocks are concatenated block by block and `block_of` alike (see `assemble`).
+        merged = collections.OrderedDict(
+            blocks=[tf.concat([x, y], axis=0) for x, y in zip(a["blocks"], b["blocks"])])
+        for key in ("weights", "client_ids", "finite", "block_of"):
+            merged[key] = tf.concat([a[key], b[key]], axis=0)
+        return merged
 
     @staticmethod
     def assemble(accumulator):
         """Blocks → `OrderedDict(values [n, D], weights, client_ids)` sorted by client id."""
-        values = tf.concat(accumulator["blocks"], axis=0)
-        # Stable: plain values (all id −1) keep arrival order. Blocks hold rows in
-        # arrival order, matching `weights` and `client_ids` (merge concatenates
-        # all three alike).
+        # Stable: plain values (all id −1) keep arrival order. `block_of` lists each
+        # row's block in arrival order; within a block rows sit in arrival order
+        # (merge concatenates accumulators block by block and `block_of` alike).
         ids, weights = accumulator["client_ids"], accumulator["weights"]
-
-        def reorder():
-            order = tf.argsort(ids, stable=True)
-            return tf.gather(values, order), tf.gather(weights, order), tf.gather(ids, order)
-
-        # Already in order (a stable sort would not move anything): no [n, D] copy.
-        in_order = tf.reduce_all(ids[1:] >= ids[:-1])
-        values, weights, ids = tf.cond(in_order, lambda: (values, weights, ids), reorder)
-        return collections.OrderedDict(values=values, weights=weights, client_ids=ids)
+        order = tf.argsort(ids, stable=True)  # sorted position -> arrival index
+        position = tf.math.invert_permutation(order)  # arrival index -> sorted position
+        block_of = accumulator["block_of"]
+        indices = [tf.gather(position, tf.where(tf.equal(block_of, j))[:, 0])
+                   for j in range(NUM_BLOCKS)]
+        values = tf.dynamic_stitch(indices, list(accumulator["blocks"]))
+        values = tf.ensure_shape(values, [None, accumulator["blocks"][0].shape[1]])
+        return collections.OrderedDict(values=values, weights=tf.gather(weights, order),
+                                       client_ids=tf.gather(ids, order),
+                                       finite=tf.gather(accumulator["finite"], order))
 
 
 def build_stack_fn(value_type, weight_type=None):

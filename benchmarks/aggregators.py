@@ -128,19 +128,29 @@ def main(argv):
                 return fedavg.build_fedavg_process(model_fn, initial, aggregator=aggregator,
                                                    local_epochs=1, batch_size=32, client_lr=0.05)
 
-            agg_context = AggregatorContext(declared_byzantine_fraction=FLAGS.byzantine_fraction)
-            processes = collections.OrderedDict(mean=build(build_aggregator("mean", agg_context)))
-            processes["stacked_mean (stacking step)"] = build(StackedMeanFactory(weighted=True))
-            for rule in rules:
-                processes[rule] = build(build_aggregator(rule, agg_context))
             for n in map(int, FLAGS.clients):
+                # As the pipeline builds them: told the declared fraction and the clients per
+                # round (which bounds the sorting networks a rule builds).
+                agg_context = AggregatorContext(
+                    declared_byzantine_fraction=FLAGS.byzantine_fraction, clients_per_round=n)
+                processes = collections.OrderedDict(
+                    mean=build(build_aggregator("mean", agg_context)))
+                processes["stacked_mean (stacking step)"] = build(
+                    StackedMeanFactory(weighted=True, expected_clients=n))
+                build_failed = collections.OrderedDict()
+                for rule in rules:
+                    try:
+                        processes[rule] = build(build_aggregator(rule, agg_context))
+                    except ValueError as error:  # e.g. a requirement violated at this n
+                        build_failed[rule] = str(error).splitlines()[0][:100]
                 inputs = client_data(n, FLAGS.examples_per_client)
                 timings, failed = time_interleaved(processes, inputs, FLAGS.rounds, worker_pid)
+                failed.update(build_failed)
                 baseline, baseline_cpu = timings["mean"]
                 print(f"\n{model} ({params:,} params), n={n}: mean round {baseline:.3f} s"
                       + (f" (worker CPU {baseline_cpu:.3f} s)" if baseline_cpu else "")
                       + f"; median of {FLAGS.rounds} interleaved rounds", flush=True)
-                for name in processes:
+                for name in list(processes) + list(build_failed):
                     if name == "mean":
                         continue
                     if name in failed:

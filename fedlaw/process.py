@@ -19,7 +19,10 @@ t scaled, written back with the participants' old mass).
 
 Clients whose pass-A or pass-B delta or loss is non-finite get h = −∞ and their
 rows count as zero: they end with weight 0 whenever enough finite clients
-remain (reported as `non_finite_clients`).
+remain (reported as `non_finite_clients`). With fewer than ⌈1/t⌉ finite clients
+no weight vector on them satisfies the cap; the round then keeps the learned
+weights and does not move the model (`weights_kept` = 1; a project choice, the
+paper does not say).
 
 `FedLAWProcess` is a small Python object (`initialize`, `next(state, inputs)`,
 `get_model_weights`) that dispatches each round to the learning or the frozen
@@ -259,8 +262,17 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
                 h = tf.where(passed, h, tf.fill(tf.shape(h), tf.constant(-np.inf, tf.float64)))
                 metrics["loss_filter_flagged"] = tf.cast(flagged, tf.int32)
                 metrics["loss_filter_skipped"] = tf.cast(skipped, tf.int32)
-            w_new = fedlaw_math.project_sparse_capped_simplex(h, s_p, t_p)
-            step = fedlaw_math.weighted_delta(deltas_a, w_new)
+            # Fewer finite clients than the cap allows to carry all the weight (⌈1/t⌉):
+            # the projection would hand weight to excluded clients. Keep the learned
+            # weights and leave the model where it is this round (`weights_kept`).
+            enough = tf.reduce_sum(tf.cast(keep, tf.int32)) >= tf.cast(
+                tf.math.ceil(1.0 / t_p - 1e-9), tf.int32)
+            w_new = tf.cond(enough,
+                            lambda: fedlaw_math.project_sparse_capped_simplex(h, s_p, t_p),
+                            lambda: w_hat)
+            step = tf.where(enough, fedlaw_math.weighted_delta(deltas_a, w_new),
+                            tf.zeros([tf.shape(deltas_a)[1]], tf.float32))
+            metrics["weights_kept"] = tf.cast(tf.logical_not(enough), tf.int32)
             new_weights = fedlaw_math.write_back(server["weights"], ids, w_new, mass)
             metrics.update(collections.OrderedDict(
                 s=s_p, cap=tf.cast(t_p, tf.float32),

@@ -123,6 +123,9 @@ def main(argv=None) -> int:
                     run, resume=FLAGS.resume, overwrite=FLAGS.overwrite, progress=FLAGS.progress))
     except ConfigError as error:  # includes missing dataset files; nothing was written
         return _error(str(error))
+    except context.WorkerDiedError as error:  # the run's summary says "failed" with this reason
+        print(f"error: {error}; checkpoints are kept: rerun with --resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted: state saved; continue with --resume (run {resolved.run_name})",
               file=sys.stderr)

@@ -31,6 +31,18 @@ def test_context_starts_and_stops_its_worker():
     assert wait_until_gone({pid}), "worker survived close()"
 
 
+def test_a_killed_worker_fails_the_next_computation_instead_of_hanging():
+    """TFF retries an unreachable worker forever; ours raises WorkerDiedError, naming why."""
+    with context.ExecutionContext() as ctx:
+        assert federated_total([1.0, 2.0]) == 3.0
+        os.kill(ctx.worker_pid, signal.SIGKILL)
+        assert wait_until_gone({ctx.worker_pid})
+        started = time.monotonic()
+        with pytest.raises(context.WorkerDiedError, match="killed by SIGKILL"):
+            federated_total([1.0, 2.0])
+        assert time.monotonic() - started < 30
+
+
 def test_close_is_idempotent_and_restores_previous_context(tff_context):
     previous = tff.framework.get_context_stack().current
     ctx = context.ExecutionContext().start()

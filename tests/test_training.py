@@ -143,6 +143,32 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tff_context, h
     assert resumed["final_test_accuracy"] == reference["final_test_accuracy"]
 
 
+def test_cli_exits_when_its_tff_worker_is_killed(tmp_path, tff_context):
+    """The worker killed mid-run (as the out-of-memory killer does): exit 1 with one line,
+    the summary says why, and --resume continues from the last checkpoint."""
+    out = tmp_path / "oom"
+    before = worker_pids()
+    flags = ["--dataset=digits", "--num_clients=10", "--rounds=40", "--checkpoint_every=1",
+             f"--output_dir={out}", "--run_name=run", "--seed=3"]
+    process = cli(*flags)
+    wait_for_round(out / "run" / "metrics.csv", 2, process)
+    (worker,) = worker_pids() - before
+    os.kill(worker, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=90)
+    assert process.returncode == 1, stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("error: the TFF worker") and "SIGKILL" in line and "--resume" in line
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "WorkerDiedError" in summary["reason"]
+    assert wait_until_gone(worker_pids() - before)
+    resumed = cli(*flags, "--resume")
+    stdout, stderr = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, stderr
+    assert stdout.startswith("complete: run: 40/40 rounds")
+    rounds = pd.read_csv(out / "run" / "metrics.csv")["round"]
+    assert list(rounds) == list(range(1, 41))
+
+
 def test_cli_completes_in_a_pipe_and_leaves_no_worker(tmp_path):
     """`python -m pipelines.train ... | cat` terminates, and no worker survives."""
     before = worker_pids()

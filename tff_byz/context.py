@@ -43,6 +43,7 @@ from tensorflow_federated.python.core.environments.tensorflow_frontend import te
 
 __all__ = [
     "ExecutionContext",
+    "WorkerDiedError",
     "parse_worker_addresses",
     "worker_binary_path",
     "managed_execution_context",
@@ -57,6 +58,26 @@ _GRPC_OPTIONS = [
     ("grpc.max_send_message_length", _GRPC_MAX_MESSAGE_BYTES),
 ]
 _PR_SET_PDEATHSIG = 1
+
+
+class WorkerDiedError(RuntimeError):
+    """The local TFF worker exited while the context was open (e.g. killed when memory ran out).
+
+    TFF's execution context retries computations whose worker is unreachable
+    (gRPC UNAVAILABLE) forever, waiting for it to come back; a worker this
+    context started never comes back, so the retry fails with this error instead.
+    """
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (the kernel's out-of-memory killer sends this)" if -code == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {code}"
 
 
 def worker_binary_path() -> str:
@@ -183,6 +204,9 @@ class ExecutionContext:
     def _build_context(self, stubs):
         def executor_factory_for(stub):
             def stack_fn(cardinalities):
+                # Called again on every retry of a failed computation: a dead local
+                # worker ends the retries (otherwise TFF waits for it forever).
+                self.check_worker()
                 if cardinalities.get(tff.CLIENTS) is None:
                     cardinalities[tff.CLIENTS] = self._default_num_clients
                 executor = tff.framework.RemoteExecutor(stub)
@@ -212,6 +236,14 @@ class ExecutionContext:
             transform_args=tensorflow_computation.transform_args,
             transform_result=tensorflow_computation.transform_result,
         )
+
+    def check_worker(self) -> None:
+        """Raises `WorkerDiedError` if the local worker this context started has exited."""
+        process = self._process
+        if process is not None and not self._closed and process.poll() is not None:
+            raise WorkerDiedError(
+                f"the TFF worker (pid {process.pid}) {_describe_exit(process.returncode)}; "
+                f"log: {self._log_path or 'disabled (set TFF_BYZ_WORKER_LOG)'}")
 
     def close(self) -> None:
         """Restores the previous default context and stops the local worker."""

@@ -3,6 +3,7 @@
 import collections
 
 import numpy as np
+import tensorflow as tf
 import pytest
 import tensorflow_federated as tff
 
@@ -11,7 +12,7 @@ from tff_byz.client_work import client_record_type
 from tests.aggregators import helpers
 
 
-@pytest.mark.parametrize("n", [1, stacking.BLOCK_ROWS, 3 * stacking.BLOCK_ROWS + 5])
+@pytest.mark.parametrize("n", [1, stacking.NUM_BLOCKS, 3 * stacking.NUM_BLOCKS + 5])
 @pytest.mark.parametrize("shuffled", [True, False])
 def test_rows_weights_and_ids_arrive_sorted_by_client_id(tff_context, n, shuffled):
     delta_type = tff.to_type(collections.OrderedDict(
@@ -27,18 +28,8 @@ def test_rows_weights_and_ids_arrive_sorted_by_client_id(tff_context, n, shuffle
     np.testing.assert_array_equal(out["values"], np.stack([k, -k, k, 2 * k, 3 * k], axis=1))
 
 
-def test_block_rows_stay_below_the_mmap_threshold():
-    assert stacking.block_rows(5) == stacking.BLOCK_ROWS
-    assert stacking.block_rows(1_199_882) == 5  # EMNIST CNN: 23 MiB blocks, not 37 MiB
-    assert stacking.block_rows(10 ** 8) == 1
-    for dim in (10 ** 5, 1_199_882, 3 * 10 ** 6):
-        assert 4 * dim * stacking.block_rows(dim) <= stacking.MAX_BLOCK_BYTES or \
-            stacking.block_rows(dim) == 1
-
-
 def test_many_rows_with_small_blocks(tff_context, monkeypatch):
-    """Blocks of 2 rows, more clients than blocks (the last block grows), shuffled ids."""
-    monkeypatch.setattr(stacking, "MAX_BLOCK_BYTES", 2 * 4 * 3)
+    """More clients than blocks (each block holds several rows), shuffled ids."""
     monkeypatch.setattr(stacking, "NUM_BLOCKS", 4)
     _, stack = stacking.build_stack_fn(client_record_type(tff.TensorType(np.float32, [3])),
                                        tff.TensorType(np.float32))
@@ -79,3 +70,65 @@ def test_flattener_follows_tf_nest_order_for_unsorted_keys():
     back = flattener.unflatten(vector, value)
     np.testing.assert_array_equal(back["w"], value["w"])
     np.testing.assert_array_equal(back["b"], value["b"])
+
+
+def _stack_reduce_case(in_accumulate, n=11, dim=3):
+    """A stack_reduce whose rule returns the sorted stack itself plus the server input."""
+    record_type = client_record_type(tff.TensorType(np.float32, [dim]))
+
+    def reduce_fn(stacked, aux):
+        return collections.OrderedDict(
+            first_rows=tf.concat([stacked["values"], tf.zeros([n, dim])], axis=0)[:n],
+            ids=tf.concat([stacked["client_ids"], -tf.ones([n], tf.int32)], axis=0)[:n],
+            finite=tf.reduce_sum(tf.cast(stacked["finite"], tf.int32)),
+            aux=aux + 1)
+
+    _, stack_reduce = stacking.build_stack_reduce(
+        record_type, tff.TensorType(np.float32), reduce_fn, tff.TensorType(np.int64),
+        in_accumulate=in_accumulate)
+    return stack_reduce
+
+
+@pytest.mark.parametrize("in_accumulate", [True, False])
+def test_stack_reduce_applies_the_rule_to_the_sorted_stack(tff_context, in_accumulate,
+                                                          monkeypatch):
+    """In the last accumulate call or on the server: the same sorted rows, finite flags
+    computed per client, and the server input reaching the rule."""
+    monkeypatch.setattr(stacking, "NUM_BLOCKS", 4)  # several rows per block
+    stack_reduce = _stack_reduce_case(in_accumulate)
+    ids = np.random.default_rng(3).permutation(11)
+    values = [np.array([i, np.inf if i == 4 else -i, 2 * i], np.float32) for i in ids]
+    out = stack_reduce(helpers.records(values, ids), [np.float32(1)] * 11, np.int64(41))
+    k = np.arange(11, dtype=np.float32)
+    expected = np.stack([k, -k, 2 * k], axis=1)
+    expected[4, 1] = np.inf
+    np.testing.assert_array_equal(out["first_rows"], expected)
+    np.testing.assert_array_equal(out["ids"], np.arange(11))
+    assert out["finite"] == 10 and out["aux"] == 42
+
+
+def test_stack_reduce_without_clients_runs_the_rule_on_the_server(tff_context):
+    """No accumulate call: the rule still runs (on the empty stack)."""
+    stack_reduce = _stack_reduce_case(True, n=2)
+    out = stack_reduce([], [], np.int64(0))
+    np.testing.assert_array_equal(out["ids"], [-1, -1])
+    assert out["finite"] == 0 and out["aux"] == 1
+
+
+def test_merged_accumulators_keep_every_row_in_order(monkeypatch):
+    """`merge` (TFF's multi-worker path) joins two partial accumulators block by block;
+    `assemble` still returns every row once, sorted by id."""
+    monkeypatch.setattr(stacking, "NUM_BLOCKS", 4)
+    blocks = stacking._Blocks(client_record_type(tff.TensorType(np.float32, [2])))
+
+    def fill(ids):
+        accumulator = blocks.empty()
+        for i in ids:
+            value = collections.OrderedDict(delta=tf.fill([2], float(i)), client_id=i)
+            accumulator = blocks.append(accumulator, blocks.row(value, 1.0))
+        return accumulator
+
+    ids = [int(i) for i in np.random.default_rng(5).permutation(23)]
+    out = blocks.assemble(blocks.merge(fill(ids[:13]), fill(ids[13:])))
+    np.testing.assert_array_equal(out["client_ids"], np.arange(23))
+    np.testing.assert_array_equal(out["values"][:, 0], np.arange(23))

@@ -86,3 +86,20 @@ def test_loss_forging_attacks_run_against_fedlaw(tmp_path, tff_context, attack):
     precision = metrics.set_index("round")["detection/precision"].to_numpy()
     assert all((p != p) == (k == 0) for p, k in zip(precision, flagged))
     assert "recall" in summary["final_detection"]
+
+
+def test_too_few_finite_clients_keep_the_weights_and_the_model(tmp_path, tff_context):
+    """5 of 6 clients send NaN from round index 1; with cap t = 1/2 at least 2 finite
+    clients are needed to carry the weight, so those rounds keep the learned weights
+    (no weight for excluded clients) and leave the model unchanged."""
+    summary = run(tmp_path, "nan", 3, num_clients=6, byzantine_fraction=0.8,
+                  aggregator="fedlaw:beta=0.01,f=3,s_start=0,s_end=0", attack="nan:start=1")
+    assert summary["status"] == "complete"
+    metrics = pd.read_csv(tmp_path / "nan" / "metrics.csv").set_index("round")
+    weights = pd.read_csv(tmp_path / "nan" / "weights.csv").set_index("round")
+    assert metrics.loc[1, "fedlaw/weights_kept"] == 0
+    assert list(metrics.loc[[2, 3], "fedlaw/weights_kept"]) == [1, 1]
+    assert list(metrics.loc[[2, 3], "fedlaw/non_finite_clients"]) == [5, 5]
+    pd.testing.assert_series_equal(weights.loc[2], weights.loc[1], check_names=False)
+    pd.testing.assert_series_equal(weights.loc[3], weights.loc[1], check_names=False)
+    assert metrics.loc[3, "test_accuracy"] == metrics.loc[1, "test_accuracy"]
