@@ -169,11 +169,12 @@ class RobustAggregationFactory(DeclaredByzantineCount, ClientRecordAggregationFa
                                            rule=self.initial_state(flattener.size))
 
         state_type = init_tf.type_signature.result
-        # The rule runs where the stacked values are (stacking.build_stack_reduce).
+        # The rule runs where the stacked values are (stacking.build_stack_reduce), which
+        # calls it in up to three graphs: one tf.function, traced once, serves them all.
+        server_step = self._server_step_fn(flattener, like)
         with _max_rows(self.expected_clients):
             _, stack_reduce = stacking.build_stack_reduce(
-                value_type, weight_type,
-                lambda stacked, state: self._server_step(state, stacked, flattener, like),
+                value_type, weight_type, lambda stacked, state: server_step(state, stacked),
                 state_type)
 
         @tff.federated_computation
@@ -188,7 +189,8 @@ class RobustAggregationFactory(DeclaredByzantineCount, ClientRecordAggregationFa
         next_fn = federated_next(init_fn.type_signature.result, value_type, weight_type, next_impl)
         return tff.templates.AggregationProcess(init_fn, next_fn)
 
-    def _server_step(self, state, stacked, flattener, like):
+    def _server_step_fn(self, flattener, like):
+        """The rule's server step `(state, stacked) -> OrderedDict(state, result, measurements)`."""
         @tf.function
         def step(state, stacked):
             values, weights, ids, finite = (stacked[k] for k in stacking.STACKED_KEYS)
@@ -221,4 +223,4 @@ class RobustAggregationFactory(DeclaredByzantineCount, ClientRecordAggregationFa
                 result=flattener.unflatten(vector, like),
                 measurements=all_measurements)
 
-        return step(state, stacked)
+        return step

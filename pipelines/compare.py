@@ -5,7 +5,9 @@
     --dry_run             print the cells and their status; run and write nothing
     --progress / --noprogress
 
-Thin: read the grid (`tff_byz.grid.spec`), expand and validate every cell, then
+Thin: start the worker processes (`tff_byz.grid.pool`, so their TensorFlow
+imports overlap this process's), read the grid (`tff_byz.grid.spec`), expand and
+validate every cell (an invalid grid stops the workers again), then
 `tff_byz.grid.runner.run_grid`. Each cell is a run directory under DIR/runs
 (pipelines.train's layout); DIR/grid.json records the cells and their outcomes.
 Rerunning the same command skips done cells and resumes partial ones. Exit codes:
@@ -62,9 +64,9 @@ def main(argv=None) -> int:
         args = _parser().parse_args(argv[1:])
     except ValueError as error:
         return _error(str(error))
-    from tff_byz.grid import runner, spec  # pylint: disable=import-outside-toplevel
+    from tff_byz.grid import pool  # pylint: disable=import-outside-toplevel  (no TensorFlow)
 
-    cores = runner.available_cores()
+    cores = pool.available_cores()
     parallel = cores if args.parallel is None else args.parallel
     if parallel < 1:
         return _error(f"--parallel must be an integer >= 1; got {parallel}.")
@@ -73,6 +75,29 @@ def main(argv=None) -> int:
         return _error(f"--threads_per_cell must be an integer >= 1; got {threads}.")
     if args.cells_per_worker < 0:
         return _error(f"--cells_per_worker must be an integer >= 0; got {args.cells_per_worker}.")
+    if not os.path.isfile(args.grid):
+        return _error(f"grid file not found: {args.grid}")
+    # The workers import TensorFlow Federated while this process imports it and reads
+    # the grid (seconds each); they are stopped again if the grid turns out invalid.
+    started = [] if args.dry_run else pool.start_workers(parallel, threads)
+    previous = {s: signal.signal(s, _raise_system_exit) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _run(args, parallel, threads, started)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: rerun the same command to resume ({args.output_dir})", file=sys.stderr)
+        return 130
+    except SystemExit as exit_request:
+        print(f"\nterminated: rerun the same command to resume ({args.output_dir})", file=sys.stderr)
+        return exit_request.code if isinstance(exit_request.code, int) else 143
+    finally:
+        pool.stop_workers(started)  # no-op for the workers the grid ran (they have exited)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run(args, parallel: int, threads: int, started) -> int:
+    from tff_byz.grid import runner, spec  # pylint: disable=import-outside-toplevel
+
     try:
         grid = spec.load_grid(args.grid)
         cells = grid.cells(os.path.join(args.output_dir, "runs"))
@@ -92,20 +117,9 @@ def main(argv=None) -> int:
         print(f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
         return 0
 
-    previous = {s: signal.signal(s, _raise_system_exit) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        outcome = runner.run_grid(cells, args.output_dir, parallel=parallel, threads=threads,
-                                  progress=args.progress, grid_name=grid.name,
-                                  cells_per_worker=args.cells_per_worker)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: rerun the same command to resume ({args.output_dir})", file=sys.stderr)
-        return 130
-    except SystemExit as exit_request:
-        print(f"\nterminated: rerun the same command to resume ({args.output_dir})", file=sys.stderr)
-        return exit_request.code if isinstance(exit_request.code, int) else 143
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    outcome = runner.run_grid(cells, args.output_dir, parallel=parallel, threads=threads,
+                              progress=args.progress, grid_name=grid.name,
+                              cells_per_worker=args.cells_per_worker, started=started)
 
     counts = {s: outcome.count(s) for s in ("complete", "failed", "invalid", "error")}
     print(f"{grid.name}: {len(cells)} cells: {counts['complete']} complete, {counts['failed']} failed "

@@ -128,6 +128,40 @@ def test_sorting_network_equals_sort_bitwise(small_network_threshold, kind):
             assert np.array_equal(got, want, equal_nan=True), (n, got, want)
 
 
+@pytest.mark.parametrize("kind", ["plain", "ties", "extreme"])
+def test_exact_size_network_equals_sort_bitwise(small_network_threshold, kind):
+    """With the clients per round known (n₀), the branch for exactly n₀ rows (its pads
+    resolved when the graph is built) gives the same values as sorting; other n still
+    take the padded networks."""
+    from aggregators import base  # pylint: disable=import-outside-toplevel
+    d = 21
+    spec = tf.TensorSpec([None, d], tf.float32)
+    sort = tf.function(lambda x: (median_module._sorted_median(x, "mean"),  # pylint: disable=protected-access
+                                  median_module._sorted_median(x, "lower")),  # pylint: disable=protected-access
+                       input_signature=[spec])
+    rng = np.random.default_rng(7 + len(kind))
+    for exact in (2, 3, 7, 8, 13, 50, 64, 100):
+        with base._max_rows(exact):  # pylint: disable=protected-access
+            network = tf.function(lambda x: (median(x), median(x, even="lower")),
+                                  input_signature=[spec])
+            network.get_concrete_function()
+        for n in sorted({exact, exact - 1, 1, max(1, exact // 2)}):
+            x = network_inputs(kind, n, d, rng)
+            for got, want in zip(network(x), sort(x)):
+                got, want = got.numpy(), want.numpy()
+                assert np.array_equal(got, want, equal_nan=True), (exact, n, got, want)
+
+
+def test_exact_network_programs_count_fewer_comparators():
+    """n = 50 on 64 wires: 403 of Batcher's 543 comparators remain once the 14 pads are
+    resolved statically (330 for the two median wires, against 445 padded)."""
+    compare = lambda program: sum(1 for op in program if op[0] == 1)  # noqa: E731
+    assert len(median_module.batcher_pairs(64)) == 543
+    assert compare(median_module.network_program(64, 50, None)) == 403
+    assert compare(median_module.network_program(64, 50, (24, 25))) == 330
+    assert len(median_module._needed_pairs(64, (31, 32))) == 445  # pylint: disable=protected-access
+
+
 def test_factory_with_sorting_network(tff_context, small_network_threshold):
     rng = np.random.default_rng(3)
     values = [row for row in rng.standard_normal((9, 20)).astype(np.float32)]

@@ -87,6 +87,31 @@ def test_sorting_network_equals_sort_bitwise(small_network_threshold, kind):  # 
             assert np.array_equal(got, want, equal_nan=True), (n, beta, got, want)
 
 
+@pytest.mark.parametrize("kind", ["plain", "extreme"])
+def test_exact_size_network_equals_sort_bitwise(small_network_threshold, kind):  # noqa: F811
+    """The branch for exactly the expected clients per round (pads resolved statically)
+    averages the same sorted values in the same order as tf.sort."""
+    from aggregators import base  # pylint: disable=import-outside-toplevel
+    d = 21
+    spec = [tf.TensorSpec([None, d], tf.float32), tf.TensorSpec([], tf.int32)]
+
+    @tf.function(input_signature=spec)
+    def sort(x, beta):
+        return tf.reduce_mean(tf.sort(x, axis=0)[beta:tf.shape(x)[0] - beta], axis=0)
+
+    rng = np.random.default_rng(20 + len(kind))
+    for exact in (3, 10, 50):
+        with base._max_rows(exact):  # pylint: disable=protected-access
+            network = tf.function(lambda x, beta: trimmed_mean(x, beta=beta),
+                                  input_signature=spec)
+            network.get_concrete_function()
+        for n in sorted({exact, exact - 1, 1}):
+            x = network_inputs(kind, n, d, rng)
+            for beta in sorted({0, (n - 1) // 4, (n - 1) // 2}):
+                got, want = network(x, beta).numpy(), sort(x, beta).numpy()
+                assert np.array_equal(got, want, equal_nan=True), (exact, n, beta, got, want)
+
+
 def test_factory_with_sorting_network(tff_context, small_network_threshold):  # noqa: F811
     rng = np.random.default_rng(4)
     values = [row for row in rng.standard_normal((9, 20)).astype(np.float32)]

@@ -73,10 +73,9 @@ def test_data_poisoning_starts_at_its_round(tmp_path, tff_context, attack, start
     honest = int(np.flatnonzero(~np.asarray(experiment.byzantine))[0])
 
     def data(index, round_index):
-        examples = experiment.client_input(index, round_index)["examples"]
-        batches = list(examples.as_numpy_iterator())
-        return (np.concatenate([b["x"].reshape(len(b["y"]), -1) for b in batches]),
-                np.concatenate([b["y"] for b in batches]))
+        examples = list(experiment.client_input(index, round_index)["examples"].as_numpy_iterator())
+        return (np.stack([e["x"].ravel() for e in examples]),
+                np.array([e["y"] for e in examples]))
 
     clean_x, clean_y = experiment.dataset.client_arrays(byzantine)
     clean_x = clean_x.reshape(len(clean_y), -1)

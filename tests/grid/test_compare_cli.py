@@ -50,3 +50,28 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys):
     assert lines[0].split()[0] == "new" and "aggregator=mean seed=0" in lines[0]
     assert "digits_iid_n5_median_none_f0_s1_" in lines[3]
     assert not out.exists()
+
+
+def _grid_worker_pids() -> set[int]:
+    import subprocess  # pylint: disable=import-outside-toplevel
+    output = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True,
+                            check=True).stdout
+    return {int(line.split()[0]) for line in output.splitlines()[1:]
+            if "-m tff_byz.grid.worker" in line}
+
+
+def test_invalid_grid_stops_the_workers_started_early(tmp_path, capsys):
+    """Workers start importing TFF before the grid is read; an invalid grid stops them and
+    leaves neither a process nor a boot log behind."""
+    import glob  # pylint: disable=import-outside-toplevel
+    import tempfile  # pylint: disable=import-outside-toplevel
+    from tests.workers import wait_until_gone, worker_pids  # pylint: disable=import-outside-toplevel
+    path = tmp_path / "grid.toml"
+    path.write_text('[axes]\naggregator = ["mean", "medain"]\n')
+    before, tff_before = _grid_worker_pids(), worker_pids()
+    boot_logs = set(glob.glob(f"{tempfile.gettempdir()}/tff_byz_grid_worker_*"))
+    code, captured = run(capsys, str(path), f"--output_dir={tmp_path / 'out'}", "--parallel=2")
+    assert code == 2 and "medain" in captured.err
+    assert not _grid_worker_pids() - before
+    assert wait_until_gone(worker_pids() - tff_before)
+    assert set(glob.glob(f"{tempfile.gettempdir()}/tff_byz_grid_worker_*")) <= boot_logs

@@ -2,12 +2,11 @@
 
 `run_grid(cells, output_dir, parallel=N)` skips done cells (`tff_byz.grid.cells`),
 resumes partial ones from their program state and hands the rest, in grid order,
-to N `tff_byz.grid.worker` processes. Each worker is started from the main thread
-in its own session (a terminal's Ctrl-C reaches only this process, which then
-stops the workers in order) with PR_SET_PDEATHSIG=SIGKILL (the kernel kills it if
-this process dies, even by SIGKILL; its TFF worker has the same guard), and with
+to N `tff_byz.grid.worker` processes (`tff_byz.grid.pool`: started from the main
+thread, in their own session, killed by the kernel if this process dies, with
 TensorFlow limited to `threads` intra-/inter-op threads so N workers share the
-cores instead of oversubscribing them. A cell that fails is recorded in
+cores instead of oversubscribing them; some may have been started before the
+grid was read, see `pipelines.compare`). A cell that fails is recorded in
 `grid.json` with its reason and the grid goes on; a worker that dies is replaced.
 On Ctrl-C/SIGTERM the workers get SIGTERM (they save the running cell's state),
 are waited for, and the interrupt propagates.
@@ -16,40 +15,24 @@ are waited for, and the interrupt propagates.
 from __future__ import annotations
 
 import collections
-import ctypes
 import dataclasses
 import json
 import os
 import select
-import signal
-import subprocess
 import sys
-import time
 from typing import Optional, Sequence
 
 import tqdm
 
 from tff_byz.grid import cells as cell_files
 from tff_byz.grid.cells import CellStatus
+from tff_byz.grid.pool import Worker, available_cores, stop_workers, thread_environment
 from tff_byz.grid.spec import Cell
 
 __all__ = ["run_grid", "GridOutcome", "plan", "available_cores", "thread_environment"]
 
-_PR_SET_PDEATHSIG = 1
 # How long stopped workers get to save their cell's state before SIGKILL.
 _STOP_TIMEOUT_SECONDS = 60.0
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0))
-
-
-def thread_environment(threads: int) -> dict[str, str]:
-    """Environment limiting TensorFlow (Python side and the TFF C++ worker, which
-    inherits it) to `threads` intra-op and inter-op threads."""
-    value = str(threads)
-    return {"TF_NUM_INTRAOP_THREADS": value, "TF_NUM_INTEROP_THREADS": value,
-            "OMP_NUM_THREADS": value}
 
 
 @dataclasses.dataclass
@@ -72,43 +55,12 @@ def plan(cells: Sequence[Cell], output_dir: str) -> list[tuple[Cell, str]]:
             for cell in cells]
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-class _Worker:
-    def __init__(self, index: int, output_dir: str, threads: int):
-        log = os.path.join(output_dir, cell_files.LOGS, f"worker-{index}.log")
-        env = dict(os.environ, **thread_environment(threads))
-        with open(log, "ab") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "tff_byz.grid.worker"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=stderr, env=env, close_fds=True,
-                start_new_session=True, preexec_fn=_die_with_parent, text=True, bufsize=1)
-        self.log = log
-        self.cell: Optional[Cell] = None
-        self.ready = False
-        self.retiring = False  # stdin closed: finishes and exits
-        self.cells_run = 0
-
-    def send(self, cell: Cell, resume: bool, log: str) -> None:
-        self.cell = cell
-        self.cells_run += 1
-        request = dict(id=cell.id, config=cell.config.to_dict(), resume=resume, log=log)
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-
 def run_grid(cells: Sequence[Cell], output_dir: str, *, parallel: int, threads: int,
              progress: bool = True, grid_name: str = "grid",
-             cells_per_worker: int = 0) -> GridOutcome:
+             cells_per_worker: int = 0, started: Sequence[Worker] = ()) -> GridOutcome:
     """Runs every cell not done yet; returns each cell's status. Interrupts propagate
-    after the workers have saved and stopped."""
+    after the workers have saved and stopped. `started`: workers already starting
+    (`tff_byz.grid.pool.start_workers`, with `threads`), used before new ones."""
     for sub in (cell_files.RUNS, cell_files.LOGS):
         os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
     planned = plan(cells, output_dir)
@@ -129,8 +81,15 @@ def run_grid(cells: Sequence[Cell], output_dir: str, *, parallel: int, threads: 
     total_rounds = sum(cell.config.rounds for cell in cells)
     bar = tqdm.tqdm(total=total_rounds, desc=grid_name, unit="round", file=sys.stderr,
                     disable=not progress, dynamic_ncols=True, smoothing=0.05)
-    workers: list[_Worker] = []
+    workers: list[Worker] = []
     next_index = 0
+
+    def worker_log() -> str:
+        nonlocal next_index
+        next_index += 1
+        return os.path.join(output_dir, cell_files.LOGS, f"worker-{next_index - 1}.log")
+
+    spare = list(started)
 
     def record(cell: Cell, outcome: str, reason: str, seconds: float = 0.0) -> None:
         by_id[cell.id].update(outcome=outcome, reason=reason, seconds=round(seconds, 2))
@@ -165,10 +124,14 @@ def run_grid(cells: Sequence[Cell], output_dir: str, *, parallel: int, threads: 
             idle = [w for w in workers if w.cell is None and w.ready and not w.retiring]
             starting = [w for w in workers if not w.ready]
             while len(workers) < parallel and len(queue) > len(idle) + len(starting):
-                worker = _Worker(next_index, output_dir, threads)
-                next_index += 1
+                if spare:
+                    worker = spare.pop(0)
+                    worker.adopt(worker_log())
+                else:
+                    worker = Worker(threads, worker_log())
                 workers.append(worker)
                 starting.append(worker)
+
             for worker in idle:
                 if not queue:
                     break
@@ -195,7 +158,7 @@ def run_grid(cells: Sequence[Cell], output_dir: str, *, parallel: int, threads: 
                     elif not worker.ready and not worker.retiring:
                         raise RuntimeError(f"a grid worker exited with code "
                                            f"{worker.process.returncode} before it was ready; "
-                                           f"see {worker.log}")
+                                           f"see {worker.log} ({worker.boot_output()})")
                     continue
                 message = json.loads(line)
                 if "ready" in message:
@@ -215,7 +178,7 @@ def run_grid(cells: Sequence[Cell], output_dir: str, *, parallel: int, threads: 
                     workers.remove(worker)
         refresh()
     except BaseException:
-        _stop(workers)
+        stop_workers(workers + spare, _STOP_TIMEOUT_SECONDS)
         for worker in workers:
             if worker.cell is not None:
                 by_id[worker.cell.id]["outcome"] = CellStatus.PARTIAL
@@ -224,7 +187,9 @@ def run_grid(cells: Sequence[Cell], output_dir: str, *, parallel: int, threads: 
         raise
     finally:
         bar.close()
-        for worker in workers:
+        if spare:  # started but not needed (fewer cells to run than workers)
+            stop_workers(spare, _STOP_TIMEOUT_SECONDS)
+        for worker in workers + spare:
             for stream in (worker.process.stdin, worker.process.stdout):
                 try:
                     stream.close()
@@ -233,16 +198,3 @@ def run_grid(cells: Sequence[Cell], output_dir: str, *, parallel: int, threads: 
     statuses = {entry["id"]: entry["outcome"] for entry in manifest["cells"]}
     reasons = {entry["id"]: entry["reason"] for entry in manifest["cells"]}
     return GridOutcome(statuses, reasons, ran)
-
-
-def _stop(workers: Sequence[_Worker]) -> None:
-    """SIGTERM every worker (each saves its cell's state), wait, then SIGKILL stragglers."""
-    for worker in workers:
-        worker.stop()
-    deadline = time.monotonic() + _STOP_TIMEOUT_SECONDS
-    for worker in workers:
-        try:
-            worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            worker.process.kill()
-            worker.process.wait()

@@ -5,7 +5,9 @@
 Importing TensorFlow Federated and starting its worker takes seconds, often more
 than a small cell's training, so a worker process serves many cells. Protocol:
 one JSON object per line on stdin, `{"id", "config", "resume", "log"}`, answered
-by one line on the original stdout, `{"id", "outcome", "reason", "seconds"}`. While
+by one line on the original stdout, `{"id", "outcome", "reason", "seconds"}`;
+`{"log"}` alone (sent once, see `tff_byz.grid.pool`) moves the worker's own
+output from its temporary boot log to that file. While
 a cell runs, file descriptors 1 and 2 (Python, TensorFlow's C++ logs and the
 progress bar alike) go to the cell's log file, so nothing can write into the
 protocol pipe. Outcomes: `complete`; `failed` (the run's own verdict, e.g. a
@@ -29,6 +31,7 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 
 from tff_byz import context, training  # noqa: E402
+from tff_byz.grid import pool  # noqa: E402
 from tff_byz.config import ConfigError, ExperimentConfig  # noqa: E402
 
 
@@ -50,6 +53,24 @@ def _output_to(path: str):
         os.dup2(saved[1], 2)
         os.close(saved[0])
         os.close(saved[1])
+
+
+def _move_output_to(path: str) -> None:
+    """Appends the boot log (if any) to `path`, then points fds 1 and 2 at `path`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    boot = os.environ.pop(pool.BOOT_LOG_ENV, None)
+    with open(path, "ab", buffering=0) as log:
+        if boot:
+            try:
+                with open(boot, "rb") as early:
+                    log.write(early.read())
+                os.unlink(boot)
+            except OSError:
+                pass
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
 
 
 def run_cell(request: dict) -> dict:
@@ -84,7 +105,11 @@ def main() -> int:
         for line in sys.stdin:
             if not line.strip():
                 continue
-            outcome = run_cell(json.loads(line))
+            request = json.loads(line)
+            if "id" not in request:
+                _move_output_to(request["log"])
+                continue
+            outcome = run_cell(request)
             protocol.write(json.dumps(outcome) + "\n")
             if outcome["outcome"] == "error":
                 return 1

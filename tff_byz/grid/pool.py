@@ -1,0 +1,124 @@
+"""Grid worker processes, started without importing TensorFlow (so they can start first).
+
+Importing TensorFlow Federated takes seconds in every process. `pipelines.compare`
+therefore starts its workers (`start_workers`) before it imports anything heavy
+itself: the workers' imports overlap the parent's import and grid validation.
+Nothing is written while they start: a worker's early output (its imports) goes
+to a temporary boot log, and `Worker.adopt(log)` (sent once the grid is known to
+be valid) makes the worker append that boot log to `log` and write there from
+then on. A worker that dies before adoption leaves its boot log's last lines in
+the error. Each worker runs in its own session (a terminal's Ctrl-C reaches only
+the parent, which stops the workers in order) with PR_SET_PDEATHSIG=SIGKILL (the
+kernel kills it if the parent dies, even by SIGKILL) and TensorFlow limited to
+`threads` intra-/inter-op threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Optional
+
+__all__ = ["Worker", "start_workers", "stop_workers", "available_cores", "thread_environment",
+           "BOOT_LOG_ENV"]
+
+_PR_SET_PDEATHSIG = 1
+BOOT_LOG_ENV = "TFF_BYZ_GRID_BOOT_LOG"
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def thread_environment(threads: int) -> dict[str, str]:
+    """Environment limiting TensorFlow (Python side and the TFF C++ worker, which
+    inherits it) to `threads` intra-op and inter-op threads."""
+    value = str(threads)
+    return {"TF_NUM_INTRAOP_THREADS": value, "TF_NUM_INTEROP_THREADS": value,
+            "OMP_NUM_THREADS": value}
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Worker:
+    """One `tff_byz.grid.worker` process and what the parent knows about it.
+
+    Must be created from the main thread: PR_SET_PDEATHSIG fires when the *thread*
+    that forked the child exits.
+    """
+
+    def __init__(self, threads: int, log: Optional[str] = None):
+        fd, self.boot_log = tempfile.mkstemp(prefix="tff_byz_grid_worker_", suffix=".log")
+        env = dict(os.environ, **thread_environment(threads))
+        env[BOOT_LOG_ENV] = self.boot_log
+        with os.fdopen(fd, "ab") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tff_byz.grid.worker"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=stderr, env=env, close_fds=True,
+                start_new_session=True, preexec_fn=_die_with_parent, text=True, bufsize=1)
+        self.log: Optional[str] = None
+        self.cell = None
+        self.ready = False
+        self.retiring = False  # stdin closed: finishes and exits
+        self.cells_run = 0
+        if log is not None:
+            self.adopt(log)
+
+    def adopt(self, log: str) -> None:
+        """From now on the worker writes to `log` (its boot log appended first)."""
+        self.log = log
+        self._write(dict(log=log))
+
+    def send(self, cell, resume: bool, log: str) -> None:
+        self.cell = cell
+        self.cells_run += 1
+        self._write(dict(id=cell.id, config=cell.config.to_dict(), resume=resume, log=log))
+
+    def _write(self, message: dict) -> None:
+        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.flush()
+
+    def boot_output(self, lines: int = 5) -> str:
+        """The last lines of the boot log (a worker that died before adoption)."""
+        try:
+            with open(self.boot_log, encoding="utf-8", errors="replace") as f:
+                return " | ".join(f.read().strip().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def discard_boot_log(self) -> None:
+        try:
+            os.unlink(self.boot_log)
+        except OSError:
+            pass
+
+
+def start_workers(count: int, threads: int) -> list[Worker]:
+    return [Worker(threads) for _ in range(count)]
+
+
+def stop_workers(workers, timeout: float = 60.0) -> None:
+    """SIGTERM every worker (each saves its cell's state), wait, then SIGKILL stragglers."""
+    for worker in workers:
+        worker.stop()
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        try:
+            worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            worker.process.wait()
+        worker.discard_boot_log()
