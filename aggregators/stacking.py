@@ -26,10 +26,9 @@ the `[n, D]` matrix leave the aggregation: every client row carries the round's
 client count n and the rule's server input (broadcast), and the accumulate call
 that appends the n-th row applies the rule there, leaving only its small result
 in the accumulator. TFF's multi-worker (mergeable) context cannot split a
-computation whose aggregation depends on another one (the count), so there,
-and whenever the accumulator was not finished in place (merged partial
-accumulators, no clients), the rule runs on the server after the aggregation
-(`in_accumulate=False`); the result is the same. `build_stack_fn` (for server
+computation whose aggregation depends on another one (the count), so there the rule runs on the server after the aggregation
+(`in_accumulate=False`); the result is the same. (A round without any client
+is an error in place.) `build_stack_fn` (for server
 algorithms that keep the stacked matrix, such as FedLAW) returns it as a
 server value; `benchmarks/aggregators.py` reports the cost of the stacking
 step alone.
@@ -263,7 +262,8 @@ def build_stack_reduce(value_type, weight_type, reduce_fn, aux_type, *,
     its result must have fully defined shapes. With `in_accumulate` (default: unless
     TFF's multi-worker context is active) the rule runs inside the accumulate call
     that appends the last row, so the `[n, D]` matrix is never serialised (see the
-    module docstring); the result is the same either way.
+    module docstring); the result is the same either way, except that a round
+    without clients is an error in place (the rule has no rows to run on there).
     """
     value_type = tff.to_type(value_type)
     aux_type = tff.to_type(aux_type)
@@ -343,9 +343,16 @@ def build_stack_reduce(value_type, weight_type, reduce_fn, aux_type, *,
 
     @tff.tensorflow.computation(accumulator_type, aux_type)
     def finish_on_server(accumulator, aux):
-        # Not finished in place (merged partial accumulators, or no clients at all).
-        return tf.cond(accumulator["done"], lambda: accumulator["output"],
-                       lambda: reduce_fn(blocks.assemble(accumulator), aux))
+        if in_accumulate:
+            # Done by the last accumulate call. (Not a second copy of the rule for rounds
+            # without clients: TFF compiles every graph with grappler, and the copy cost
+            # ~0.5 s per process.)
+            check = tf.debugging.assert_equal(
+                accumulator["done"], True,
+                message="robust aggregation: no client values this round")
+            with tf.control_dependencies([check]):
+                return tf.nest.map_structure(tf.identity, accumulator["output"])
+        return reduce_fn(blocks.assemble(accumulator), aux)
 
     def body(values, weights, aux):
         arguments = [values] + ([] if weights is None else [weights])

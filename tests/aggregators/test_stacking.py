@@ -107,12 +107,14 @@ def test_stack_reduce_applies_the_rule_to_the_sorted_stack(tff_context, in_accum
     assert out["finite"] == 10 and out["aux"] == 42
 
 
-def test_stack_reduce_without_clients_runs_the_rule_on_the_server(tff_context):
-    """No accumulate call: the rule still runs (on the empty stack)."""
-    stack_reduce = _stack_reduce_case(True, n=2)
-    out = stack_reduce([], [], np.int64(0))
+def test_stack_reduce_without_clients(tff_context):
+    """No accumulate call: on the server the rule runs on the empty stack; in place it
+    cannot, and the round fails with a message saying why."""
+    out = _stack_reduce_case(False, n=2)([], [], np.int64(0))
     np.testing.assert_array_equal(out["ids"], [-1, -1])
     assert out["finite"] == 0 and out["aux"] == 1
+    with pytest.raises(Exception, match="no client values this round"):
+        _stack_reduce_case(True, n=2)([], [], np.int64(0))
 
 
 def test_merged_accumulators_keep_every_row_in_order(monkeypatch):
