@@ -117,9 +117,12 @@ def _run(args, parallel: int, threads: int, started) -> int:
         print(f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
         return 0
 
-    outcome = runner.run_grid(cells, args.output_dir, parallel=parallel, threads=threads,
-                              progress=args.progress, grid_name=grid.name,
-                              cells_per_worker=args.cells_per_worker, started=started)
+    try:
+        outcome = runner.run_grid(cells, args.output_dir, parallel=parallel, threads=threads,
+                                  progress=args.progress, grid_name=grid.name,
+                                  cells_per_worker=args.cells_per_worker, started=started)
+    except runner.GridBusyError as error:
+        return _error(str(error))
 
     counts = {s: outcome.count(s) for s in ("complete", "failed", "invalid", "error")}
     print(f"{grid.name}: {len(cells)} cells: {counts['complete']} complete, {counts['failed']} failed "

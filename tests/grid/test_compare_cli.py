@@ -75,3 +75,23 @@ def test_invalid_grid_stops_the_workers_started_early(tmp_path, capsys):
     assert not _grid_worker_pids() - before
     assert wait_until_gone(worker_pids() - tff_before)
     assert set(glob.glob(f"{tempfile.gettempdir()}/tff_byz_grid_worker_*")) <= boot_logs
+
+
+def test_a_second_run_on_a_busy_directory_exits_2_and_writes_nothing(tmp_path, capsys):
+    """Two runs on one DIR would run the same cells twice into the same run directories."""
+    import os  # pylint: disable=import-outside-toplevel
+    from tff_byz.grid import runner  # pylint: disable=import-outside-toplevel
+    path = tmp_path / "grid.toml"
+    path.write_text(GRID)
+    out = tmp_path / "out"
+    before = _grid_worker_pids()
+    with runner.exclusive(str(out)):
+        code, captured = run(capsys, str(path), f"--output_dir={out}", "--parallel=1")
+    assert code == 2
+    (line,) = captured.err.strip().splitlines()
+    assert line == (f"error: {out} is in use by another grid run (pid {os.getpid()}); "
+                    "wait for it to end or stop it, then rerun")
+    assert sorted(os.listdir(out)) == [runner.LOCK_FILE]
+    assert not _grid_worker_pids() - before
+    with runner.exclusive(str(out)):  # released: the next run takes it
+        assert (out / runner.LOCK_FILE).read_text() == str(os.getpid())

@@ -15,7 +15,9 @@ are waited for, and the interrupt propagates.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import select
@@ -29,7 +31,10 @@ from tff_byz.grid.cells import CellStatus
 from tff_byz.grid.pool import Worker, available_cores, stop_workers, thread_environment
 from tff_byz.grid.spec import Cell
 
-__all__ = ["run_grid", "GridOutcome", "plan", "available_cores", "thread_environment"]
+__all__ = ["run_grid", "GridOutcome", "GridBusyError", "plan", "available_cores",
+           "thread_environment"]
+
+LOCK_FILE = ".grid.lock"
 
 # How long stopped workers get to save their cell's state before SIGKILL.
 _STOP_TIMEOUT_SECONDS = 60.0
@@ -55,12 +60,52 @@ def plan(cells: Sequence[Cell], output_dir: str) -> list[tuple[Cell, str]]:
             for cell in cells]
 
 
+class GridBusyError(RuntimeError):
+    """Another process is running a grid in the same output directory."""
+
+
+@contextlib.contextmanager
+def exclusive(output_dir: str):
+    """Holds `output_dir`'s grid lock (an `flock` the kernel drops when the holder dies).
+
+    Two runs on one directory would run the same cells twice into the same run
+    directories and overwrite each other's `grid.json`.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, LOCK_FILE)
+    with open(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock.read().strip() or "unknown"
+            raise GridBusyError(f"{output_dir} is in use by another grid run (pid {holder}); "
+                                f"wait for it to end or stop it, then rerun") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.seek(0)
+            lock.truncate()
+
+
 def run_grid(cells: Sequence[Cell], output_dir: str, *, parallel: int, threads: int,
              progress: bool = True, grid_name: str = "grid",
              cells_per_worker: int = 0, started: Sequence[Worker] = ()) -> GridOutcome:
     """Runs every cell not done yet; returns each cell's status. Interrupts propagate
     after the workers have saved and stopped. `started`: workers already starting
-    (`tff_byz.grid.pool.start_workers`, with `threads`), used before new ones."""
+    (`tff_byz.grid.pool.start_workers`, with `threads`), used before new ones.
+    Raises `GridBusyError` when another run holds `output_dir` (nothing is written)."""
+    with exclusive(output_dir):
+        return _run_grid(cells, output_dir, parallel=parallel, threads=threads,
+                         progress=progress, grid_name=grid_name,
+                         cells_per_worker=cells_per_worker, started=started)
+
+
+def _run_grid(cells, output_dir, *, parallel, threads, progress, grid_name, cells_per_worker,
+              started) -> GridOutcome:
     for sub in (cell_files.RUNS, cell_files.LOGS):
         os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
     planned = plan(cells, output_dir)
