@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="TensorFlow intra/inter-op threads per worker (default: cores // parallel)")
     parser.add_argument("--cells_per_worker", type=int, default=0,
                         help="restart a worker process after this many cells (0: never)")
+    parser.add_argument("--worker_memory_mb", type=float, default=None,
+                        help="restart a worker process after a cell leaves it (with its TFF "
+                             "worker) above this resident memory (default: half the RAM / "
+                             "parallel; 0: never)")
     parser.add_argument("--dry_run", action="store_true", help="print the cells and exit")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--noprogress", dest="progress", action="store_false")
@@ -75,6 +79,11 @@ def main(argv=None) -> int:
         return _error(f"--threads_per_cell must be an integer >= 1; got {threads}.")
     if args.cells_per_worker < 0:
         return _error(f"--cells_per_worker must be an integer >= 0; got {args.cells_per_worker}.")
+    memory = (pool.default_worker_memory_mb(parallel) if args.worker_memory_mb is None
+              else args.worker_memory_mb)
+    if not memory >= 0:  # also NaN
+        return _error(f"--worker_memory_mb must be a number >= 0; got {args.worker_memory_mb}.")
+    args.worker_memory_mb = memory
     if not os.path.isfile(args.grid):
         return _error(f"grid file not found: {args.grid}")
     # The workers import TensorFlow Federated while this process imports it and reads
@@ -120,7 +129,8 @@ def _run(args, parallel: int, threads: int, started) -> int:
     try:
         outcome = runner.run_grid(cells, args.output_dir, parallel=parallel, threads=threads,
                                   progress=args.progress, grid_name=grid.name,
-                                  cells_per_worker=args.cells_per_worker, started=started)
+                                  cells_per_worker=args.cells_per_worker,
+                                  worker_memory_mb=args.worker_memory_mb, started=started)
     except runner.GridBusyError as error:
         return _error(str(error))
 

@@ -95,3 +95,36 @@ def test_a_second_run_on_a_busy_directory_exits_2_and_writes_nothing(tmp_path, c
     assert not _grid_worker_pids() - before
     with runner.exclusive(str(out)):  # released: the next run takes it
         assert (out / runner.LOCK_FILE).read_text() == str(os.getpid())
+
+
+def test_tree_rss_counts_a_process_and_its_descendants():
+    import os  # pylint: disable=import-outside-toplevel
+    import signal  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    import time  # pylint: disable=import-outside-toplevel
+    from tff_byz.grid import pool  # pylint: disable=import-outside-toplevel
+    grandchild = ("import time; b = b'\\x01' * (300 * 2**20); print(1, flush=True); "
+                  "time.sleep(60)")
+    child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}])"
+    parent = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE,
+                              start_new_session=True)
+    try:
+        assert parent.stdout.readline().strip() == b"1"  # the grandchild holds 300 MB
+        assert 300 < pool.tree_rss_mb(parent.pid) < 400
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
+    time.sleep(0.1)
+    assert pool.tree_rss_mb(parent.pid) == 0
+    assert pool.default_worker_memory_mb(2) == pytest.approx(pool.default_worker_memory_mb(1) / 2)
+
+
+def test_negative_worker_memory_exits_2(tmp_path, capsys):
+    path = tmp_path / "grid.toml"
+    path.write_text(GRID)
+    code, captured = run(capsys, str(path), f"--output_dir={tmp_path / 'out'}",
+                         "--worker_memory_mb=-1")
+    assert code == 2
+    assert captured.err.strip() == "error: --worker_memory_mb must be a number >= 0; got -1.0."
+    assert not (tmp_path / "out").exists()

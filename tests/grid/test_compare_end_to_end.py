@@ -206,3 +206,23 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path):
     assert "krum" in outcomes["krum"]["reason"].lower() and "n=5" in outcomes["krum"]["reason"]
     assert f"invalid: {outcomes['krum']['run_name']}:" in done.stderr
     assert not (out / "runs" / outcomes["krum"]["run_name"]).exists()  # nothing written
+
+
+def test_a_worker_above_its_memory_limit_is_replaced_after_its_cell(tmp_path):
+    """TFF's worker keeps memory from cell to cell: past --worker_memory_mb a fresh process
+    runs the next cell (here after every cell: no worker fits in 1 MB)."""
+    grid = tmp_path / "two.toml"
+    grid.write_text('[settings]\nnum_clients = 5\nrounds = 1\n[axes]\nseed = [0, 1]\n')
+    out = tmp_path / "out"
+    done = run_compare(str(grid), f"--output_dir={out}", "--parallel=1", "--worker_memory_mb=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    pids = set()
+    for name in os.listdir(out / "logs"):
+        if name.startswith("worker-"):
+            continue
+        header = (out / "logs" / name).read_text().splitlines()[0]
+        assert header.startswith("--- cell ")
+        pids.add(int(header.rsplit("pid ", 1)[1]))
+    assert len(pids) == 2
+    assert sorted(n for n in os.listdir(out / "logs") if n.startswith("worker-")) == [
+        "worker-0.log", "worker-1.log"]

@@ -26,7 +26,7 @@ import time
 from typing import Optional
 
 __all__ = ["Worker", "start_workers", "stop_workers", "available_cores", "thread_environment",
-           "BOOT_LOG_ENV"]
+           "BOOT_LOG_ENV", "tree_rss_mb", "default_worker_memory_mb"]
 
 _PR_SET_PDEATHSIG = 1
 BOOT_LOG_ENV = "TFF_BYZ_GRID_BOOT_LOG"
@@ -34,6 +34,37 @@ BOOT_LOG_ENV = "TFF_BYZ_GRID_BOOT_LOG"
 
 def available_cores() -> int:
     return len(os.sched_getaffinity(0))
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
+                children += [int(child) for child in f.read().split()]
+    except OSError:  # gone meanwhile
+        pass
+    return children
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of `pid` and all its descendants (e.g. a grid worker and its TFF
+    `worker_binary`), in MB; 0 for a process that is gone."""
+    total_kb, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            with open(f"/proc/{current}/status", encoding="ascii") as f:
+                total_kb += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+        except OSError:
+            continue
+        todo += _children(current)
+    return total_kb / 1024
+
+
+def default_worker_memory_mb(parallel: int) -> float:
+    """Half of the machine's memory shared among `parallel` workers."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 / (2 * max(1, parallel))
 
 
 def thread_environment(threads: int) -> dict[str, str]:

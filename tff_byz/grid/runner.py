@@ -28,7 +28,7 @@ import tqdm
 
 from tff_byz.grid import cells as cell_files
 from tff_byz.grid.cells import CellStatus
-from tff_byz.grid.pool import Worker, available_cores, stop_workers, thread_environment
+from tff_byz.grid.pool import Worker, available_cores, stop_workers, thread_environment, tree_rss_mb
 from tff_byz.grid.spec import Cell
 
 __all__ = ["run_grid", "GridOutcome", "GridBusyError", "plan", "available_cores",
@@ -93,19 +93,24 @@ def exclusive(output_dir: str):
 
 def run_grid(cells: Sequence[Cell], output_dir: str, *, parallel: int, threads: int,
              progress: bool = True, grid_name: str = "grid",
-             cells_per_worker: int = 0, started: Sequence[Worker] = ()) -> GridOutcome:
+             cells_per_worker: int = 0, worker_memory_mb: float = 0.0,
+             started: Sequence[Worker] = ()) -> GridOutcome:
     """Runs every cell not done yet; returns each cell's status. Interrupts propagate
     after the workers have saved and stopped. `started`: workers already starting
     (`tff_byz.grid.pool.start_workers`, with `threads`), used before new ones.
+    A worker is replaced by a fresh process after `cells_per_worker` cells, or after
+    a cell that leaves it (with its TFF `worker_binary`) above `worker_memory_mb`
+    resident: TFF's worker keeps memory from cell to cell (~1.5 GB per MNIST cell).
     Raises `GridBusyError` when another run holds `output_dir` (nothing is written)."""
     with exclusive(output_dir):
         return _run_grid(cells, output_dir, parallel=parallel, threads=threads,
                          progress=progress, grid_name=grid_name,
-                         cells_per_worker=cells_per_worker, started=started)
+                         cells_per_worker=cells_per_worker, worker_memory_mb=worker_memory_mb,
+                         started=started)
 
 
 def _run_grid(cells, output_dir, *, parallel, threads, progress, grid_name, cells_per_worker,
-              started) -> GridOutcome:
+              worker_memory_mb, started) -> GridOutcome:
     for sub in (cell_files.RUNS, cell_files.LOGS):
         os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
     planned = plan(cells, output_dir)
@@ -213,7 +218,8 @@ def _run_grid(cells, output_dir, *, parallel, threads, progress, grid_name, cell
                 record(cell, message["outcome"], message["reason"], message["seconds"])
                 if message["outcome"] == "error":
                     worker.retiring = True  # the worker exits after an error
-                elif cells_per_worker and worker.cells_run >= cells_per_worker:
+                elif ((cells_per_worker and worker.cells_run >= cells_per_worker) or
+                      (worker_memory_mb and tree_rss_mb(worker.process.pid) > worker_memory_mb)):
                     worker.retiring = True  # a fresh process for the next cells
                     worker.process.stdin.close()
             if not queue:  # idle workers have nothing left to do
