@@ -16,7 +16,7 @@ CONFIG = dict(dataset="digits", data_dir=None, partition="iid", q=0.5, q_mode="s
 
 
 def write_run(root, run_name, accuracies, *, status="complete", reason="", detection=None,
-              asr=None, weights=None, byzantine_ids=(1,), **config):
+              asr=None, weights=None, byzantine_ids=(1,), honest_mean=None, **config):
     """A run directory with config.json, summary.json, metrics.csv (one row per accuracy)."""
     directory = os.path.join(root, "runs", run_name)
     os.makedirs(directory, exist_ok=True)
@@ -38,6 +38,8 @@ def write_run(root, run_name, accuracies, *, status="complete", reason="", detec
                                           f1=0.5, accuracy=0.5)
         metrics["detection/precision"] = [p for p, _ in detection]
         metrics["detection/recall"] = [r for _, r in detection]
+    if honest_mean is not None:  # PDMM: the honest clients' mean model
+        summary["final_test_accuracy_honest_mean"] = honest_mean
     if asr is not None:
         metrics["backdoor/attack_success_rate"] = asr
     if weights is not None:

@@ -29,6 +29,19 @@ def test_results_one_row_per_run_with_config_summary_and_final_values(tmp_path):
     assert set(rounds[rounds["run_name"] == "b"]["heterogeneity"]) == {"q=0.9"}
 
 
+def test_pdmm_honest_mean_is_a_result_column_scored_like_final_accuracy(tmp_path):
+    write_run(tmp_path, "p", [0.2, 0.3], honest_mean=0.85, aggregator="pdmm")
+    write_run(tmp_path, "q", [0.1], status="failed", aggregator="pdmm:theta=0.5",
+              reason="model became non-finite at round 1 (aggregate non-finite: 2)")
+    write_run(tmp_path, "m", [0.6], aggregator="mean")
+    frame, _ = results.load_results(str(tmp_path))
+    frame = frame.set_index("run_name")
+    assert frame.loc["p", "final_accuracy_honest_mean"] == 0.85
+    assert frame.loc["p", "final_accuracy"] == 0.3
+    assert frame.loc["q", "final_accuracy_honest_mean"] == 0.0  # diverged: the diverged score
+    assert math.isnan(frame.loc["m", "final_accuracy_honest_mean"])
+
+
 def test_manifest_selects_runs_and_labels_axes(tmp_path):
     write_run(tmp_path, "a", [0.7], aggregator="median:even=mean", attack="sign_flip")
     write_run(tmp_path, "old", [0.1])  # not in the manifest: a cell of an earlier grid

@@ -11,7 +11,8 @@ returns
   (FedLAW), `final_attack_success_rate` (backdoor: the last evaluated value),
   `diverged` (the run stopped because the model became non-finite) and
   `final_accuracy`: the final test accuracy, with a diverged run scored
-  `diverged_score` (default 0: its model is NaN);
+  `diverged_score` (default 0: its model is NaN); `final_accuracy_honest_mean`
+  likewise for PDMM's honest clients' mean model (NaN for other runs);
 - `rounds`: one row per run and round: `run_name`, the config columns and every
   metrics.csv column.
 
@@ -39,11 +40,15 @@ _SUMMARY_FIELDS = {"status": "status", "reason": "reason", "rounds_completed": "
                    "actual_byzantine_fraction": "actual_byzantine_fraction",
                    "declared_byzantine_fraction": "declared_fraction_used",
                    "byzantine_ids": "byzantine_ids"}
-RESULT_COLUMNS = ("final_accuracy", "final_test_accuracy", "best_test_accuracy", "final_test_loss",
+RESULT_COLUMNS = ("final_accuracy", "final_accuracy_honest_mean", "final_test_accuracy", "best_test_accuracy", "final_test_loss",
                   "detection_precision", "detection_recall", "detection_f1", "detection_accuracy",
                   "final_attack_success_rate", "wall_seconds")
 # A non-finite model is the run's own verdict (tff_byz.training.NonFiniteModelError).
 _DIVERGED_MARK = "non-finite"
+
+
+def _is_pdmm(config) -> bool:
+    return str(config.get("aggregator", "")).split(":", 1)[0] == "pdmm"
 
 
 class NotAGridError(ValueError):
@@ -132,9 +137,13 @@ def load_results(directory: str, *, diverged_score: Optional[float] = 0.0
         row["final_attack_success_rate"] = _last_valid(metrics, "backdoor/attack_success_rate")
         row["diverged"] = (summary.get("status") == "failed"
                            and _DIVERGED_MARK in str(summary.get("reason", "")))
-        accuracy = summary.get("final_test_accuracy")
-        row["final_accuracy"] = (diverged_score if row["diverged"] else
-                                 (math.nan if accuracy is None else float(accuracy)))
+        for column, key in (("final_accuracy", "final_test_accuracy"),
+                            ("final_accuracy_honest_mean", "final_test_accuracy_honest_mean")):
+            accuracy = summary.get(key)
+            if column != "final_accuracy" and not _is_pdmm(config):
+                continue  # NaN
+            row[column] = (diverged_score if row["diverged"] else
+                           (math.nan if accuracy is None else float(accuracy)))
         rows.append(row)
     results = pd.DataFrame(rows)
     for column in RESULT_COLUMNS:
