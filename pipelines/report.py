@@ -20,6 +20,7 @@ written; 2 bad flag or no runs in DIR (one line on stderr).
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
 import tempfile
@@ -165,6 +166,17 @@ def build_tables(results: pd.DataFrame, *, rows, columns, metric, baseline, conf
     return tables, facets
 
 
+def _curve_hue(results, rows, keys, panels):
+    """The curves' line setting: the table's single row setting (e.g. an `algorithm` table
+    axis) when it is neither a panel nor the aggregator, else the aggregator; and the
+    settings it determines (the algorithm's aggregator), which then split no figure."""
+    if len(rows) != 1 or rows[0] not in keys or rows[0] in panels or rows[0] == "aggregator":
+        return "aggregator", set()
+    hue = rows[0]
+    grouped = results.astype({k: str for k in keys}).groupby(hue)
+    return hue, {k for k in keys if k != hue and grouped[k].nunique().max() <= 1}
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
     try:
@@ -232,12 +244,16 @@ def main(argv=None) -> int:
     images = []
     if args.plots and len(table_results):
         plot_dir = os.path.join(out, "plots")
+        for stale in glob.glob(os.path.join(plot_dir, "*.png")) + glob.glob(
+                os.path.join(plot_dir, "*.svg")):  # an earlier report's figures
+            os.unlink(stale)
         finished_rounds = rounds[rounds["run_name"].isin(table_results["run_name"])]
         panel_rows = "byzantine_fraction" if "byzantine_fraction" in keys else ""
         panel_cols = "attack" if "attack" in keys else ""
-        other = [k for k in keys if k not in ("aggregator", panel_rows, panel_cols)]
-        images += plots.accuracy_curves(finished_rounds, plot_dir, cols=panel_cols, rows=panel_rows,
-                                        facets=other, confidence=args.confidence)
+        hue, bound = _curve_hue(table_results, rows, keys, (panel_rows, panel_cols))
+        other = [k for k in keys if k not in (hue, panel_rows, panel_cols) and k not in bound]
+        images += plots.accuracy_curves(finished_rounds, plot_dir, hue=hue, cols=panel_cols,
+                                        rows=panel_rows, facets=other, confidence=args.confidence)
         images += plots.heatmaps(table_results, plot_dir, value=args.metric,
                                  facets=[k for k in keys if k not in (
                                      "aggregator", "byzantine_fraction", "heterogeneity")])
@@ -245,7 +261,7 @@ def main(argv=None) -> int:
                                        facets=[k for k in keys if k != "aggregator"],
                                        confidence=args.confidence)
         backdoor_rows = finished_rounds
-        images += plots.backdoor_curves(backdoor_rows, plot_dir, rows=panel_rows,
+        images += plots.backdoor_curves(backdoor_rows, plot_dir, hue=hue, rows=panel_rows,
                                         facets=[k for k in other if k != "attack"],
                                         confidence=args.confidence)
     relative = [os.path.relpath(f"{image}.png", out) for image in images]

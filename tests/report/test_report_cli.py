@@ -67,6 +67,25 @@ def test_report_writes_results_tables_and_plots(grid, capsys):
     assert "16 runs" in capsys.readouterr().out
 
 
+def test_curves_draw_one_line_per_row_setting(tmp_path):
+    """--rows=algorithm (a table axis binding aggregator and attack_message): one figure per
+    dataset with a line per algorithm, not one figure per algorithm."""
+    cells = []
+    for dataset in ("mnist", "digits"):
+        for algorithm, aggregator, message in (("pdmm", "pdmm", "delta"), ("fedavg", "mean", "model")):
+            for seed in (0, 1):
+                name = f"{dataset}_{algorithm}_{seed}"
+                write_run(tmp_path, name, [0.3, 0.5 + seed / 10], seed=seed, dataset=dataset,
+                          aggregator=aggregator, attack_message=message, attack="sign_flip")
+                cells.append((name, {"dataset": dataset, "algorithm": algorithm, "seed": seed}))
+    write_manifest(tmp_path, cells)
+    assert report.main(["report", str(tmp_path), "--rows=algorithm", "--columns=dataset",
+                        "--baseline=algorithm=fedavg"]) == 0
+    curves = sorted(p for p in os.listdir(tmp_path / "report" / "plots")
+                    if p.startswith("accuracy_vs_round") and p.endswith(".png"))
+    assert curves == ["accuracy_vs_round_dataset=digits.png", "accuracy_vs_round_dataset=mnist.png"]
+
+
 def test_report_rows_columns_and_baseline_choices(grid):
     assert report.main(["report", str(grid), "--rows=attack", "--columns=aggregator",
                         "--baseline=aggregator=fedlaw", "--noplots", "--output", str(grid / "r2")]) == 0
