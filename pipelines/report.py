@@ -140,7 +140,8 @@ def build_tables(results: pd.DataFrame, *, rows, columns, metric, baseline, conf
             tables.append(render.Table(f"{metric}, {what} over seeds{suffix}", text, best, note))
         if baseline is not None and set(baseline) <= set(group.columns):
             differences = stats.paired_differences(
-                group, metric, baseline, keys=rows + columns + ["seed"], confidence=confidence)
+                group, metric, baseline, keys=list(dict.fromkeys(rows + columns + ["seed"])),
+                confidence=confidence, per_pair="seed" in rows + columns)
             if not differences.empty:
                 text, _ = stats.pivot(differences, rows, columns, style="ci", digits=digits)
                 base = ", ".join(f"{k}={v}" for k, v in baseline.items())

@@ -86,6 +86,19 @@ def test_curves_draw_one_line_per_row_setting(tmp_path):
     assert curves == ["accuracy_vs_round_dataset=digits.png", "accuracy_vs_round_dataset=mnist.png"]
 
 
+def test_seeds_as_columns_with_a_baseline(grid):
+    """One difference per seed (it crashed: the paired differences had lost the seed)."""
+    assert report.main(["report", str(grid), "--rows=aggregator,attack,byzantine_fraction",
+                        "--columns=seed", "--noplots", "--output", str(grid / "r3")]) == 0
+    markdown = (grid / "r3" / "report.md").read_text()
+    section = markdown.split("### final_accuracy − aggregator=mean, paired by seed")[1].split("###")[0]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:4]]
+            for line in section.splitlines() if line.startswith("|") and "/" in line}
+    # fedlaw − mean at seed s: (0.88 − f/10 − 0.04 + s/100) − (0.9 − f/10 − 0.04 + s/100).
+    assert rows["fedlaw / none / 0.1"] == ["-0.02", "-0.02"]
+    assert rows["fedlaw / backdoor / 0.3"] == ["0.3", "0.3"]
+
+
 def test_report_rows_columns_and_baseline_choices(grid):
     assert report.main(["report", str(grid), "--rows=attack", "--columns=aggregator",
                         "--baseline=aggregator=fedlaw", "--noplots", "--output", str(grid / "r2")]) == 0

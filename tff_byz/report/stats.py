@@ -134,7 +134,7 @@ def _index(tuples, names):
 
 def paired_differences(frame: pd.DataFrame, value: str, baseline: Mapping[str, object], *,
                        pair_on: str = "seed", keys: Sequence[str],
-                       confidence: float = 0.95) -> pd.DataFrame:
+                       confidence: float = 0.95, per_pair: bool = False) -> pd.DataFrame:
     """value − baseline value, paired on (`keys` without the baseline's columns, `pair_on`).
 
     `baseline` names the reference, e.g. {"aggregator": "mean"}: every other value of
@@ -142,6 +142,7 @@ def paired_differences(frame: pd.DataFrame, value: str, baseline: Mapping[str, o
     and the same seed. Returns `summarize` of the differences (a paired t interval),
     per group of `keys`, plus `p_value` (two-sided one-sample t test of the
     differences; NaN for fewer than two pairs). Pairs missing either side are left out.
+    `per_pair`: one group per `pair_on` value too (a table with seeds as rows or columns).
     """
     baseline_columns = list(baseline)
     others = [k for k in keys if k not in baseline_columns and k != pair_on]
@@ -151,7 +152,7 @@ def paired_differences(frame: pd.DataFrame, value: str, baseline: Mapping[str, o
     candidates = frame[~is_baseline]
     merged = candidates.merge(reference, on=others + [pair_on], how="inner")
     merged["difference"] = merged[value] - merged["_baseline"]
-    group_keys = baseline_columns + others
+    group_keys = baseline_columns + others + ([pair_on] if per_pair else [])
     summary = summarize(merged, group_keys, "difference", confidence=confidence)
     p_values = []
     for record in summary.to_dict("records"):
