@@ -3,6 +3,9 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Every process this session starts (TFF workers included) inherits this marker, so the
+# no-surviving-worker checks (tests/workers.py) ignore other jobs' workers on the machine.
+os.environ.setdefault("TFF_BYZ_TEST_SESSION", f"{os.getpid()}")
 
 import pathlib  # noqa: E402
 

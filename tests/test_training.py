@@ -96,11 +96,17 @@ def test_clients_per_round_samples_deterministically(tmp_path, tff_context):
     np.testing.assert_array_equal(rounds[0], training.sample_clients(10, 4, 3, 0))
 
 
+def _default_sigint():
+    # A shell's background job (`make test &`, nohup) inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: the Ctrl-C test needs the terminal's default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli(*args, **kwargs):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.Popen([sys.executable, "-m", "pipelines.train", "--progress=false", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            **kwargs)
+                            preexec_fn=_default_sigint, **kwargs)
 
 
 def wait_for_round(metrics_path, round_num, process, timeout=120):

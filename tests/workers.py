@@ -1,15 +1,28 @@
 """Helpers for tests that check no TFF `worker_binary` process survives."""
 
+import os
 import subprocess
 import time
 
 
+def in_this_session(pid: int) -> bool:
+    """Started (directly or not) by this test session: carries its marker (tests/conftest.py)."""
+    marker = os.environ.get("TFF_BYZ_TEST_SESSION")
+    if marker is None:
+        return True
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"TFF_BYZ_TEST_SESSION={marker}".encode() in f.read().split(b"\0")
+    except OSError:  # gone, or not ours to read
+        return False
+
+
 def worker_pids() -> set[int]:
-    """Pids of every running TFF worker_binary process."""
+    """Pids of the running TFF worker_binary processes started by this test session."""
     output = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True,
                             check=True).stdout
     return {int(line.split()[0]) for line in output.splitlines()[1:]
-            if "worker_binary --port" in line}
+            if "worker_binary --port" in line and in_this_session(int(line.split()[0]))}
 
 
 def wait_until_gone(pids: set[int], timeout: float = 10.0) -> bool:

@@ -53,11 +53,13 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys):
 
 
 def _grid_worker_pids() -> set[int]:
+    """This test session's grid workers (tests/workers.py: other jobs' are ignored)."""
     import subprocess  # pylint: disable=import-outside-toplevel
+    from tests.workers import in_this_session  # pylint: disable=import-outside-toplevel
     output = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True,
                             check=True).stdout
     return {int(line.split()[0]) for line in output.splitlines()[1:]
-            if "-m tff_byz.grid.worker" in line}
+            if "-m tff_byz.grid.worker" in line and in_this_session(int(line.split()[0]))}
 
 
 def test_invalid_grid_stops_the_workers_started_early(tmp_path, capsys):
