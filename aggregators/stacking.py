@@ -26,9 +26,9 @@ the `[n, D]` matrix leave the aggregation: every client row carries the round's
 client count n and the rule's server input (broadcast), and the accumulate call
 that appends the n-th row applies the rule there, leaving only its small result
 in the accumulator. TFF's multi-worker (mergeable) context cannot split a
-computation whose aggregation depends on another one (the count), so there the rule runs on the server after the aggregation
-(`in_accumulate=False`); the result is the same. (A round without any client
-is an error in place.) `build_stack_fn` (for server
+computation whose aggregation depends on another one (the count), so there the
+rule runs on the server after the aggregation (`in_accumulate=False`); the result
+is the same. (A round without any client is an error in place.) `build_stack_fn` (for server
 algorithms that keep the stacked matrix, such as FedLAW) returns it as a
 server value; `benchmarks/aggregators.py` reports the cost of the stacking
 step alone.

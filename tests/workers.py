@@ -17,12 +17,17 @@ def in_this_session(pid: int) -> bool:
         return False
 
 
-def worker_pids() -> set[int]:
-    """Pids of the running TFF worker_binary processes started by this test session."""
+def session_pids(command_part: str) -> set[int]:
+    """Pids of this test session's running processes whose command line contains `command_part`."""
     output = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True,
                             check=True).stdout
     return {int(line.split()[0]) for line in output.splitlines()[1:]
-            if "worker_binary --port" in line and in_this_session(int(line.split()[0]))}
+            if command_part in line and in_this_session(int(line.split()[0]))}
+
+
+def worker_pids() -> set[int]:
+    """Pids of the running TFF worker_binary processes started by this test session."""
+    return session_pids("worker_binary --port")
 
 
 def wait_until_gone(pids: set[int], timeout: float = 10.0) -> bool:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import gc
 import os
 import signal
@@ -40,6 +39,8 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.core.backends.native import compiler
 from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
 from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
+
+from tff_byz import processes
 
 __all__ = [
     "ExecutionContext",
@@ -57,7 +58,6 @@ _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", _GRPC_MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", _GRPC_MAX_MESSAGE_BYTES),
 ]
-_PR_SET_PDEATHSIG = 1
 
 
 class WorkerDiedError(RuntimeError):
@@ -102,8 +102,7 @@ def parse_worker_addresses(spec: str) -> list[str]:
 
 def _die_with_parent() -> None:
     """Runs in the forked child: ask the kernel to SIGKILL us when the parent dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    processes.die_with_parent()
     # Own process group, so a terminal's Ctrl-C reaches only Python, which then
     # shuts the worker down in order (instead of racing it).
     os.setpgid(0, 0)

@@ -53,13 +53,9 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys):
 
 
 def _grid_worker_pids() -> set[int]:
-    """This test session's grid workers (tests/workers.py: other jobs' are ignored)."""
-    import subprocess  # pylint: disable=import-outside-toplevel
-    from tests.workers import in_this_session  # pylint: disable=import-outside-toplevel
-    output = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True,
-                            check=True).stdout
-    return {int(line.split()[0]) for line in output.splitlines()[1:]
-            if "-m tff_byz.grid.worker" in line and in_this_session(int(line.split()[0]))}
+    """This test session's grid workers (other jobs' are ignored)."""
+    from tests.workers import session_pids  # pylint: disable=import-outside-toplevel
+    return session_pids("-m tff_byz.grid.worker")
 
 
 def test_invalid_grid_stops_the_workers_started_early(tmp_path, capsys):
@@ -119,7 +115,10 @@ def test_tree_rss_counts_a_process_and_its_descendants():
         parent.wait()
     time.sleep(0.1)
     assert pool.tree_rss_mb(parent.pid) == 0
-    assert pool.default_worker_memory_mb(2) == pytest.approx(pool.default_worker_memory_mb(1) / 2)
+    with open("/proc/meminfo", encoding="ascii") as f:  # half the RAM, shared by the workers
+        total_mb = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:")) / 1024
+    assert pool.default_worker_memory_mb(1) == pytest.approx(total_mb / 2, rel=0.01)
+    assert pool.default_worker_memory_mb(2) == pytest.approx(total_mb / 4, rel=0.01)
 
 
 def test_negative_worker_memory_exits_2(tmp_path, capsys):

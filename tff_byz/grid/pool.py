@@ -15,7 +15,6 @@ kernel kills it if the parent dies, even by SIGKILL) and TensorFlow limited to
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -25,10 +24,11 @@ import tempfile
 import time
 from typing import Optional
 
+from tff_byz.processes import die_with_parent
+
 __all__ = ["Worker", "start_workers", "stop_workers", "available_cores", "thread_environment",
            "BOOT_LOG_ENV", "tree_rss_mb", "default_worker_memory_mb"]
 
-_PR_SET_PDEATHSIG = 1
 BOOT_LOG_ENV = "TFF_BYZ_GRID_BOOT_LOG"
 
 
@@ -75,11 +75,6 @@ def thread_environment(threads: int) -> dict[str, str]:
             "OMP_NUM_THREADS": value}
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 class Worker:
     """One `tff_byz.grid.worker` process and what the parent knows about it.
 
@@ -95,7 +90,7 @@ class Worker:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tff_byz.grid.worker"], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=stderr, env=env, close_fds=True,
-                start_new_session=True, preexec_fn=_die_with_parent, text=True, bufsize=1)
+                start_new_session=True, preexec_fn=die_with_parent, text=True, bufsize=1)
         self.log: Optional[str] = None
         self.cell = None
         self.ready = False

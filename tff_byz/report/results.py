@@ -40,8 +40,8 @@ _SUMMARY_FIELDS = {"status": "status", "reason": "reason", "rounds_completed": "
                    "actual_byzantine_fraction": "actual_byzantine_fraction",
                    "declared_byzantine_fraction": "declared_fraction_used",
                    "byzantine_ids": "byzantine_ids"}
-RESULT_COLUMNS = ("final_accuracy", "final_accuracy_honest_mean", "final_test_accuracy", "best_test_accuracy", "final_test_loss",
-                  "detection_precision", "detection_recall", "detection_f1", "detection_accuracy",
+RESULT_COLUMNS = ("final_accuracy", "final_accuracy_honest_mean", "final_test_accuracy",
+                  "best_test_accuracy", "final_test_loss", "detection_precision", "detection_recall", "detection_f1", "detection_accuracy",
                   "final_attack_success_rate", "wall_seconds")
 # A non-finite model is the run's own verdict (tff_byz.training.NonFiniteModelError).
 _DIVERGED_MARK = "non-finite"
@@ -137,13 +137,13 @@ def load_results(directory: str, *, diverged_score: Optional[float] = 0.0
         row["final_attack_success_rate"] = _last_valid(metrics, "backdoor/attack_success_rate")
         row["diverged"] = (summary.get("status") == "failed"
                            and _DIVERGED_MARK in str(summary.get("reason", "")))
-        for column, key in (("final_accuracy", "final_test_accuracy"),
-                            ("final_accuracy_honest_mean", "final_test_accuracy_honest_mean")):
-            accuracy = summary.get(key)
-            if column != "final_accuracy" and not _is_pdmm(config):
-                continue  # NaN
-            row[column] = (diverged_score if row["diverged"] else
-                           (math.nan if accuracy is None else float(accuracy)))
+        def score(accuracy):
+            return diverged_score if row["diverged"] else (
+                math.nan if accuracy is None else float(accuracy))
+
+        row["final_accuracy"] = score(summary.get("final_test_accuracy"))
+        if _is_pdmm(config):  # other runs: NaN
+            row["final_accuracy_honest_mean"] = score(summary.get("final_test_accuracy_honest_mean"))
         rows.append(row)
     results = pd.DataFrame(rows)
     for column in RESULT_COLUMNS:
