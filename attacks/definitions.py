@@ -222,9 +222,24 @@ def _statistics(values, honest, own, stats, ddof):
     return collusion_math.reference_statistics(values, _reference(honest, own, stats), ddof)
 
 
-def lie(name: str, *, z: str, stats: str, ddof: int, start: int, loss):
-    """μ + zσ; with `loss=auto` the reported loss is μ_f + z σ_f of the honest losses."""
+def lie(name: str, *, z: str, stats: str, ddof: int, start: int, loss, preset: Optional[str] = None):
+    """μ + zσ of the reference set; with `loss=auto` the reported loss is μ_f + z σ_f of the
+    same reference set's reported losses (honest by default).
+
+    `preset="fedlaw_repo"`: the LIE of the FedLAW authors' repository
+    (amirhdaghestani/sparse-federated-learning, `attack/attack.py` and the sparse server):
+    Baruch's z, statistics of the Byzantine clients' own updates with the unbiased std, the
+    update μ − zσ and the loss μ_f + z σ_f (population std of their own losses). Their
+    FedLAW server attacks pseudo-gradients g = −Δ/α with +z, which is −z on Δ; their
+    losses get +z, so they over-report.
+    """
     fixed = _parse_z(z)
+    update_sign = 1.0  # the preset flips the update's z, not the loss's
+    if preset == "fedlaw_repo":
+        if (z, stats, ddof) != ("baruch", "honest", 0):
+            raise ValueError("lie:preset=fedlaw_repo sets z, stats and ddof itself; got "
+                             f"z={z}, stats={stats}, ddof={ddof}")
+        stats, ddof, update_sign = "byzantine", 1, -1.0
 
     def vector_fn(values, honest, own, client_ids, seed, memory):
         del client_ids, seed
@@ -232,8 +247,8 @@ def lie(name: str, *, z: str, stats: str, ddof: int, start: int, loss):
         n = tf.shape(values)[0]
         m = tf.reduce_sum(tf.cast(tf.logical_not(honest), tf.int32))
         z_value = tf.cast(collusion_math.lie_z_tensor(n, m, fixed), tf.float32)
-        return collusion_math.lie_vector(mu, sigma, z_value), memory, collections.OrderedDict(
-            z=z_value)
+        return collusion_math.lie_vector(mu, sigma, update_sign * z_value), memory, \
+            collections.OrderedDict(z=z_value)
 
     component = _colluding(name, vector_fn, start=start, loss=loss)
     if isinstance(fixed, str):
@@ -244,8 +259,8 @@ def lie(name: str, *, z: str, stats: str, ddof: int, start: int, loss):
 
     def compute(values, honest, own, client_ids, losses, seed, memory):
         vector, memory, named = vector_fn(values, honest, own, client_ids, seed, memory)
-        honest_losses = tf.boolean_mask(losses, honest)  # μ_f + z σ_f with the round's z
-        forged = tf.reduce_mean(honest_losses) + named["z"] * tf.math.reduce_std(honest_losses)
+        reference = tf.boolean_mask(losses, _reference(honest, own, stats))
+        forged = tf.reduce_mean(reference) + named["z"] * tf.math.reduce_std(reference)
         return vector, tf.cast(forged, tf.float32), memory, named
 
     return dataclasses.replace(

@@ -160,7 +160,10 @@ attack("lie", lambda name, **v: definitions.lie(name, **_loss(v)),
        "a little is enough (Baruch et al. 2019): μ + zσ of the reference set.", "colluding",
        z=Param(str, "baruch", "baruch|blades|fedlaw_code or a number", check=definitions.check_z),
        stats=STATS, ddof=Param(int, 0, "0 (population) or 1", choices=None,
-                                check=lambda v: None if v in (0, 1) else "must be 0 or 1"))
+                                check=lambda v: None if v in (0, 1) else "must be 0 or 1"),
+       preset=Param(str, None, "fedlaw_repo: the FedLAW authors' repository's LIE (Baruch z, "
+                    "the Byzantine clients' own statistics, ddof 1, update mu - z sigma, loss "
+                    "mu_f + z sigma_f of their own losses)", choices=("fedlaw_repo",)))
 attack("ipm", lambda name, **v: definitions.ipm(name, **_loss(v)),
        "inner product manipulation (Xie et al. 2019): −ε μ.", "colluding",
        eps=Param(float, 0.1, "ε", check=_finite), stats=STATS)

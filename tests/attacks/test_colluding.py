@@ -94,9 +94,7 @@ def test_lie_fixed_z(tff_context):
 
 def test_lie_baruch_z_and_its_loss_forgery(tff_context):
     output = run("lie")[0]
-    n, m = 5, 2
-    s = n // 2 + 1 - m
-    z = statistics.NormalDist().inv_cdf((n - s) / n)
+    z = baruch_z()
     assert output.measurements["attack"]["lie"]["z"] == pytest.approx(z, rel=1e-5)
     np.testing.assert_allclose(aggregate(output),
                                expected_mean(HONEST.mean(0) + z * HONEST.std(0)), rtol=1e-5)
@@ -111,6 +109,35 @@ def test_lie_with_byzantine_statistics_and_ddof(tff_context):
     own = DELTAS[GROUPS == 0]
     np.testing.assert_allclose(aggregate(output),
                                expected_mean(own.mean(0) + own.std(0, ddof=1)), rtol=1e-6)
+
+
+def baruch_z(n=5, m=2):
+    return statistics.NormalDist().inv_cdf((n - (n // 2 + 1 - m)) / n)
+
+
+def test_lie_forges_the_loss_from_its_own_reference_set(tff_context):
+    output = run("lie:z=1,stats=byzantine")[0]
+    own_losses = LOSSES[GROUPS == 0]  # 50 and 60: the forged loss is 55 + 1·5
+    assert output.measurements["loss_sum"] == pytest.approx(
+        LOSSES[GROUPS < 0].sum() + 2 * 60.0, rel=1e-6)
+    assert own_losses.mean() + own_losses.std() == pytest.approx(60.0)
+
+
+def test_lie_fedlaw_repo_preset(tff_context):
+    """The FedLAW authors' LIE: their own statistics (unbiased std), μ − zσ on the update,
+    μ_f + zσ_f (population std) on the loss, Baruch's z."""
+    output = run("lie:preset=fedlaw_repo")[0]
+    z = baruch_z()
+    own = DELTAS[GROUPS == 0]
+    np.testing.assert_allclose(aggregate(output),
+                               expected_mean(own.mean(0) - z * own.std(0, ddof=1)), rtol=1e-5)
+    assert output.measurements["loss_sum"] == pytest.approx(
+        LOSSES[GROUPS < 0].sum() + 2 * (55.0 + z * 5.0), rel=1e-5)
+
+
+def test_lie_preset_rejects_its_own_settings():
+    with pytest.raises(ValueError, match="preset=fedlaw_repo sets z, stats and ddof"):
+        build_attack_plan("lie:preset=fedlaw_repo,stats=byzantine", seed=0)
 
 
 def test_ipm(tff_context):
