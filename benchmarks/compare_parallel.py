@@ -1,9 +1,10 @@
 """Grid throughput of `pipelines.compare` with 1 and with 2 worker processes, side by side.
 
     python -m benchmarks.compare_parallel [--cells=8 --rounds=5 --repeats=1 --out=/tmp/...]
+    python -m benchmarks.compare_parallel --grid=examples/quick.toml
 
-Runs the same small grid (digits, 10 clients; mean/median × none/sign_flip × seeds)
-from scratch with --parallel=1 and --parallel=2 (each with the default threads per
+Runs the same grid (by default a small one: digits, 10 clients; mean/median ×
+none/sign_flip × seeds; or the `--grid` file) from scratch with --parallel=1 and --parallel=2 (each with the default threads per
 cell: cores // parallel), alternating the order over repeats, and prints the wall
 time of each, the rate in cells per minute, the ratio rate(2) / rate(1) and the CPU
 seconds used (all processes, TFF workers included) per wall second. Each
@@ -57,16 +58,26 @@ def main() -> int:
     parser.add_argument("--cells", type=int, default=8, help="a multiple of 4 (seeds = cells / 4)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--grid", default=None, help="a grid TOML file instead of the built-in one")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="compare_parallel_")
     os.makedirs(out, exist_ok=True)
-    grid = os.path.join(out, "grid.toml")
-    with open(grid, "w") as f:
-        f.write(GRID.format(rounds=args.rounds, seeds=list(range(max(1, args.cells // 4)))))
-    cells = 4 * max(1, args.cells // 4)
-    print(f"grid: {cells} cells of {args.rounds} rounds (digits, 10 clients); "
-          f"{len(os.sched_getaffinity(0))} cores; load average {os.getloadavg()[0]:.2f}")
+    if args.grid:
+        grid = os.path.abspath(args.grid)
+        listing = subprocess.run([sys.executable, "-m", "pipelines.compare", grid,
+                                  f"--output_dir={os.path.join(out, 'dry')}", "--dry_run"],
+                                 capture_output=True, text=True, check=True).stdout
+        cells = len(listing.strip().splitlines()) - 1  # one line per cell and a summary
+        described = f"{args.grid}: {cells} cells"
+    else:
+        grid = os.path.join(out, "grid.toml")
+        with open(grid, "w") as f:
+            f.write(GRID.format(rounds=args.rounds, seeds=list(range(max(1, args.cells // 4)))))
+        cells = 4 * max(1, args.cells // 4)
+        described = f"{cells} cells of {args.rounds} rounds (digits, 10 clients)"
+    print(f"grid: {described}; {len(os.sched_getaffinity(0))} cores; load average "
+          f"{os.getloadavg()[0]:.2f}")
     for repeat in range(args.repeats):
         order = (1, 2) if repeat % 2 == 0 else (2, 1)
         measured = {p: run(grid, os.path.join(out, f"p{p}"), p) for p in order}

@@ -146,4 +146,6 @@ def _run(args, parallel: int, threads: int, started) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    from tff_byz import processes  # pylint: disable=import-outside-toplevel  (no TensorFlow)
+    processes.exit_now(exit_code)  # workers have stopped; skip TensorFlow's teardown

@@ -222,11 +222,12 @@ def _run_grid(cells, output_dir, *, parallel, threads, progress, grid_name, cell
                       (worker_memory_mb and tree_rss_mb(worker.process.pid) > worker_memory_mb)):
                     worker.retiring = True  # a fresh process for the next cells
                     worker.process.stdin.close()
-            if not queue:  # idle workers have nothing left to do
+            if not queue:  # idle workers have nothing left to do: they exit meanwhile
                 for worker in [w for w in workers if w.cell is None and w.ready and not w.retiring]:
+                    worker.retiring = True
                     worker.process.stdin.close()
-                    worker.process.wait()
-                    workers.remove(worker)
+        for worker in workers:  # retired at the end: they exit side by side
+            worker.process.wait()
         refresh()
     except BaseException:
         stop_workers(workers + spare, _STOP_TIMEOUT_SECONDS)

@@ -30,7 +30,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 
-from tff_byz import context, training  # noqa: E402
+from tff_byz import context, processes, training  # noqa: E402
 from tff_byz.grid import pool  # noqa: E402
 from tff_byz.config import ConfigError, ExperimentConfig  # noqa: E402
 
@@ -118,6 +118,8 @@ def main() -> int:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        exit_code = main()
     except KeyboardInterrupt:
-        sys.exit(130)
+        exit_code = 130
+    # Cells are saved and the TFF worker is stopped (the context has closed).
+    processes.exit_now(exit_code)
