@@ -15,6 +15,7 @@ a user's grid does. Other load on the machine makes single figures noisy: repeat
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -37,10 +38,25 @@ seed = {seeds}
 """
 
 
-def run(grid: str, out: str, parallel: int) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of every process of the grid, TFF workers included)."""
+def phases(out: str, launched: float, ended: float) -> str:
+    """Where the wall time went, from the cells' start and end times in grid.json."""
+    with open(os.path.join(out, "grid.json"), encoding="utf-8") as f:
+        cells = [c for c in json.load(f)["cells"] if "started" in c and "finished" in c]
+    if not cells:
+        return ""
+    first = min(c["started"] for c in cells)
+    last = max(c["finished"] for c in cells)
+    busy = sum(c["finished"] - c["started"] for c in cells)
+    return (f"start-up {first - launched:.1f} s, cells {last - first:.1f} s (cell time "
+            f"{busy:.0f} s), end {ended - last:.1f} s")
+
+
+def run(grid: str, out: str, parallel: int) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds of every process of the grid, TFF workers included,
+    the phases)."""
     shutil.rmtree(out, ignore_errors=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    launched = time.time()
     started = time.monotonic()
     with open(os.devnull, "w") as devnull:
         code = subprocess.run([sys.executable, "-m", "pipelines.compare", grid, f"--output_dir={out}",
@@ -50,7 +66,8 @@ def run(grid: str, out: str, parallel: int) -> tuple[float, float]:
         raise SystemExit(f"pipelines.compare --parallel={parallel} exited with {code}")
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, phases(out, launched, launched + wall)
 
 
 def main() -> int:
@@ -58,6 +75,8 @@ def main() -> int:
     parser.add_argument("--cells", type=int, default=8, help="a multiple of 4 (seeds = cells / 4)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--pause", type=float, default=10.0,
+                        help="seconds of rest before each run")
     parser.add_argument("--grid", default=None, help="a grid TOML file instead of the built-in one")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -80,15 +99,20 @@ def main() -> int:
           f"{os.getloadavg()[0]:.2f}")
     for repeat in range(args.repeats):
         order = (1, 2) if repeat % 2 == 0 else (2, 1)
-        measured = {p: run(grid, os.path.join(out, f"p{p}"), p) for p in order}
-        seconds = {p: wall for p, (wall, _) in measured.items()}
-        cpu = {p: c for p, (_, c) in measured.items()}
+        measured = {}
+        for p in order:
+            time.sleep(args.pause)  # the previous run's memory is freed, caches settle
+            measured[p] = run(grid, os.path.join(out, f"p{p}"), p)
+        seconds = {p: wall for p, (wall, _, _) in measured.items()}
+        cpu = {p: c for p, (_, c, _) in measured.items()}
         rates = {p: 60.0 * cells / s for p, s in seconds.items()}
         print(f"repeat {repeat + 1}: --parallel=1 {seconds[1]:.1f} s ({rates[1]:.2f} cells/min, "
               f"{cpu[1]:.0f} CPU s), --parallel=2 {seconds[2]:.1f} s ({rates[2]:.2f} cells/min, "
               f"{cpu[2]:.0f} CPU s): ratio {rates[2] / rates[1]:.2f}x; CPU used per wall second "
               f"{cpu[1] / seconds[1]:.2f} vs {cpu[2] / seconds[2]:.2f} (load average now "
               f"{os.getloadavg()[0]:.2f})", flush=True)
+        for p in (1, 2):
+            print(f"  --parallel={p}: {measured[p][2]}", flush=True)
     if args.out is None:
         shutil.rmtree(out, ignore_errors=True)
     return 0

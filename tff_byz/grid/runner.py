@@ -22,6 +22,7 @@ import json
 import os
 import select
 import sys
+import time
 from typing import Optional, Sequence
 
 import tqdm
@@ -142,7 +143,8 @@ def _run_grid(cells, output_dir, *, parallel, threads, progress, grid_name, cell
     spare = list(started)
 
     def record(cell: Cell, outcome: str, reason: str, seconds: float = 0.0) -> None:
-        by_id[cell.id].update(outcome=outcome, reason=reason, seconds=round(seconds, 2))
+        by_id[cell.id].update(outcome=outcome, reason=reason, seconds=round(seconds, 2),
+                              finished=round(time.time(), 3))
         cell_files.write_manifest(output_dir, manifest)
         if outcome not in (CellStatus.COMPLETE,):
             bar.write(f"{outcome}: {cell.run_name}: {reason}", file=sys.stderr)
@@ -186,7 +188,7 @@ def _run_grid(cells, output_dir, *, parallel, threads, progress, grid_name, cell
                 if not queue:
                     break
                 cell, resume = queue.popleft()
-                by_id[cell.id]["outcome"] = "running"
+                by_id[cell.id].update(outcome="running", started=round(time.time(), 3))
                 try:
                     worker.send(cell, resume, cell_files.log_path(output_dir, cell.run_name))
                 except BrokenPipeError:  # died meanwhile: its EOF is handled below
