@@ -222,24 +222,32 @@ def _statistics(values, honest, own, stats, ddof):
     return collusion_math.reference_statistics(values, _reference(honest, own, stats), ddof)
 
 
-def lie(name: str, *, z: str, stats: str, ddof: int, start: int, loss, preset: Optional[str] = None):
-    """μ + zσ of the reference set; with `loss=auto` the reported loss is μ_f + z σ_f of the
-    same reference set's reported losses (honest by default).
+LIE_PRESETS = {
+    # The FedLAW authors' code (amirhdaghestani/sparse-federated-learning, attack/attack.py
+    # and server/server_base.py): the attack runs on pseudo-gradients g = −Δ/α with +z, so
+    # on the update Δ it is μ − zσ; σ is torch.std (unbiased); the loss is μ_f + z σ_f
+    # (np.std) of the same reference set. Final release (ae74e1f3): honest statistics and
+    # z = Φ⁻¹((n − s)/n), s = ⌊n/2⌋ + 1 + m (−1.311 at n = 200, m = 80).
+    "fedlaw_code": dict(z="fedlaw_code", stats="honest"),
+    # An earlier version (a24dc218): the Byzantine clients' own statistics, Baruch's z.
+    "fedlaw_code_v1": dict(z="baruch", stats="byzantine"),
+}
 
-    `preset="fedlaw_repo"`: the LIE of the FedLAW authors' repository
-    (amirhdaghestani/sparse-federated-learning, `attack/attack.py` and the sparse server):
-    Baruch's z, statistics of the Byzantine clients' own updates with the unbiased std, the
-    update μ − zσ and the loss μ_f + z σ_f (population std of their own losses). Their
-    FedLAW server attacks pseudo-gradients g = −Δ/α with +z, which is −z on Δ; their
-    losses get +z, so they over-report.
+
+def lie(name: str, *, z: str, stats: str, ddof: int, start: int, loss,
+        preset: Optional[str] = None):
+    """μ + zσ of the reference set; with `loss=auto` the reported loss is μ_f + z σ_f of the
+    same reference set's reported losses (honest by default). `preset` (`LIE_PRESETS`):
+    the FedLAW authors' code, which sets z, stats and ddof = 1 and negates z on the update.
     """
-    fixed = _parse_z(z)
-    update_sign = 1.0  # the preset flips the update's z, not the loss's
-    if preset == "fedlaw_repo":
+    update_sign = 1.0
+    if preset is not None:
         if (z, stats, ddof) != ("baruch", "honest", 0):
-            raise ValueError("lie:preset=fedlaw_repo sets z, stats and ddof itself; got "
+            raise ValueError(f"lie:preset={preset} sets z, stats and ddof itself; got "
                              f"z={z}, stats={stats}, ddof={ddof}")
-        stats, ddof, update_sign = "byzantine", 1, -1.0
+        z, stats = LIE_PRESETS[preset]["z"], LIE_PRESETS[preset]["stats"]
+        ddof, update_sign = 1, -1.0
+    fixed = _parse_z(z)
 
     def vector_fn(values, honest, own, client_ids, seed, memory):
         del client_ids, seed

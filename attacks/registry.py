@@ -161,9 +161,11 @@ attack("lie", lambda name, **v: definitions.lie(name, **_loss(v)),
        z=Param(str, "baruch", "baruch|blades|fedlaw_code or a number", check=definitions.check_z),
        stats=STATS, ddof=Param(int, 0, "0 (population) or 1", choices=None,
                                 check=lambda v: None if v in (0, 1) else "must be 0 or 1"),
-       preset=Param(str, None, "fedlaw_repo: the FedLAW authors' repository's LIE (Baruch z, "
-                    "the Byzantine clients' own statistics, ddof 1, update mu - z sigma, loss "
-                    "mu_f + z sigma_f of their own losses)", choices=("fedlaw_repo",)))
+       preset=Param(str, None, "the FedLAW authors' code: fedlaw_code (final release: honest "
+                    "statistics, z=fedlaw_code) or fedlaw_code_v1 (earlier: their own "
+                    "statistics, z=baruch); ddof 1, the update mu - z sigma (their attack acts "
+                    "on pseudo-gradients), the loss mu_f + z sigma_f",
+                    choices=tuple(definitions.LIE_PRESETS)))
 attack("ipm", lambda name, **v: definitions.ipm(name, **_loss(v)),
        "inner product manipulation (Xie et al. 2019): −ε μ.", "colluding",
        eps=Param(float, 0.1, "ε", check=_finite), stats=STATS)

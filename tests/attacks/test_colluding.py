@@ -48,11 +48,11 @@ class RecordingFactory(ClientRecordAggregationFactory):
         return tff.templates.AggregationProcess(init, next_fn)
 
 
-def records(order=range(5)):
+def records(order=range(5), groups=GROUPS):
     # The delta is a structure of two leaves ([2] and [2]) to exercise flattening.
     return [collections.OrderedDict(
         delta=[DELTAS[i, :2], DELTAS[i, 2:]], client_id=np.int32(i), num_examples=np.float32(10),
-        loss=LOSSES[i], byzantine_group=GROUPS[i]) for i in order]
+        loss=LOSSES[i], byzantine_group=groups[i]) for i in order]
 
 
 def record_type():
@@ -62,7 +62,7 @@ def record_type():
         byzantine_group=np.int32))
 
 
-def run(spec, rounds=1, order=range(5)):
+def run(spec, rounds=1, order=range(5), groups=GROUPS):
     plan = build_attack_plan(spec, seed=0)
     inner = RecordingFactory()
     process = plan.aggregator(inner, seed=0).create(record_type(), tff.TensorType(np.float32))
@@ -70,7 +70,7 @@ def run(spec, rounds=1, order=range(5)):
     state = process.initialize()
     outputs = []
     for _ in range(rounds):
-        output = process.next(state, records(order), [np.float32(10)] * 5)
+        output = process.next(state, records(order, groups), [np.float32(10)] * 5)
         state = output.state
         outputs.append(output)
     return outputs
@@ -123,10 +123,11 @@ def test_lie_forges_the_loss_from_its_own_reference_set(tff_context):
     assert own_losses.mean() + own_losses.std() == pytest.approx(60.0)
 
 
-def test_lie_fedlaw_repo_preset(tff_context):
-    """The FedLAW authors' LIE: their own statistics (unbiased std), μ − zσ on the update,
-    μ_f + zσ_f (population std) on the loss, Baruch's z."""
-    output = run("lie:preset=fedlaw_repo")[0]
+def test_lie_fedlaw_code_v1_preset(tff_context):
+    """The FedLAW authors' earlier LIE: their own statistics (unbiased std), Baruch's z,
+    μ − zσ on the update (+z on their pseudo-gradients), μ_f + zσ_f (population std) on
+    the loss."""
+    output = run("lie:preset=fedlaw_code_v1")[0]
     z = baruch_z()
     own = DELTAS[GROUPS == 0]
     np.testing.assert_allclose(aggregate(output),
@@ -135,9 +136,25 @@ def test_lie_fedlaw_repo_preset(tff_context):
         LOSSES[GROUPS < 0].sum() + 2 * (55.0 + z * 5.0), rel=1e-5)
 
 
+def test_lie_fedlaw_code_preset(tff_context):
+    """Their final LIE: honest statistics, z = Φ⁻¹((n − s)/n) with s = ⌊n/2⌋ + 1 + m, the
+    update μ − zσ (unbiased std), the loss μ_f + zσ_f. One Byzantine client of five:
+    s = 4, z = Φ⁻¹(0.2) = −0.8416."""
+    groups = np.array([-1, 0, -1, -1, -1], np.int32)
+    output = run("lie:preset=fedlaw_code", groups=groups)[0]
+    z = statistics.NormalDist().inv_cdf(0.2)
+    honest, losses = DELTAS[groups < 0], LOSSES[groups < 0]
+    assert output.measurements["attack"]["lie"]["z"] == pytest.approx(z, rel=1e-5)
+    np.testing.assert_allclose(aggregate(output),
+                               (honest.sum(0) + honest.mean(0) - z * honest.std(0, ddof=1)) / 5,
+                               rtol=1e-5)
+    assert output.measurements["loss_sum"] == pytest.approx(
+        losses.sum() + losses.mean() + z * losses.std(), rel=1e-5)
+
+
 def test_lie_preset_rejects_its_own_settings():
-    with pytest.raises(ValueError, match="preset=fedlaw_repo sets z, stats and ddof"):
-        build_attack_plan("lie:preset=fedlaw_repo,stats=byzantine", seed=0)
+    with pytest.raises(ValueError, match="preset=fedlaw_code sets z, stats and ddof"):
+        build_attack_plan("lie:preset=fedlaw_code,stats=byzantine", seed=0)
 
 
 def test_ipm(tff_context):
