@@ -224,9 +224,10 @@ def _statistics(values, honest, own, stats, ddof):
 
 LIE_PRESETS = {
     # The FedLAW authors' code (amirhdaghestani/sparse-federated-learning, attack/attack.py
-    # and server/server_base.py): the attack runs on pseudo-gradients g = −Δ/α with +z, so
-    # on the update Δ it is μ − zσ; σ is torch.std (unbiased); the loss is μ_f + z σ_f
-    # (np.std) of the same reference set. Final release (ae74e1f3): honest statistics and
+    # and server/server_base.py) as it attacks FedLAW: on pseudo-gradients g = −Δ/α with
+    # +z, so on the update Δ it is μ − zσ; σ is torch.std (unbiased); the loss is μ_f + z σ_f
+    # (np.std) of the same reference set. (Their FedAvg server collects deltas, attacked
+    # with +z: that is plain lie:z=...,ddof=1.) Final release (ae74e1f3): honest statistics and
     # z = Φ⁻¹((n − s)/n), s = ⌊n/2⌋ + 1 + m (−1.311 at n = 200, m = 80).
     "fedlaw_code": dict(z="fedlaw_code", stats="honest"),
     # An earlier version (a24dc218): the Byzantine clients' own statistics, Baruch's z.

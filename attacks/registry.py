@@ -163,8 +163,9 @@ attack("lie", lambda name, **v: definitions.lie(name, **_loss(v)),
                                 check=lambda v: None if v in (0, 1) else "must be 0 or 1"),
        preset=Param(str, None, "the FedLAW authors' code: fedlaw_code (final release: honest "
                     "statistics, z=fedlaw_code) or fedlaw_code_v1 (earlier: their own "
-                    "statistics, z=baruch); ddof 1, the update mu - z sigma (their attack acts "
-                    "on pseudo-gradients), the loss mu_f + z sigma_f",
+                    "statistics, z=baruch) as it attacks FedLAW: ddof 1, the update mu - z sigma (it "
+                    "acts on pseudo-gradients), the loss mu_f + z sigma_f; their FedAvg is "
+                    "attacked on deltas: lie:z=fedlaw_code,ddof=1",
                     choices=tuple(definitions.LIE_PRESETS)))
 attack("ipm", lambda name, **v: definitions.ipm(name, **_loss(v)),
        "inner product manipulation (Xie et al. 2019): −ε μ.", "colluding",
