@@ -80,6 +80,8 @@ def test_grid_runs_every_cell_once_with_pipelines_train_layout(finished):
     assert len(runs) == 8
     manifest = json.loads((out / "grid.json").read_text())
     assert {c["outcome"] for c in manifest["cells"]} == {"complete"}
+    for cell in manifest["cells"]:  # wall-clock start and finish, as the benchmark reads them
+        assert cell["finished"] - cell["started"] == pytest.approx(cell["seconds"], abs=1.0)
     for name in runs:
         files = set(os.listdir(out / "runs" / name))
         assert {"config.json", "metrics.csv", "summary.json", "state"} <= files
