@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import select
+import subprocess
 import sys
 import time
 from typing import Optional, Sequence
@@ -229,7 +230,11 @@ def _run_grid(cells, output_dir, *, parallel, threads, progress, grid_name, cell
                     worker.retiring = True
                     worker.process.stdin.close()
         for worker in workers:  # retired at the end: they exit side by side
-            worker.process.wait()
+            try:
+                worker.process.wait(timeout=_STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
         refresh()
     except BaseException:
         stop_workers(workers + spare, _STOP_TIMEOUT_SECONDS)
