@@ -28,9 +28,9 @@ that appends the n-th row applies the rule there, leaving only its small result
 in the accumulator. TFF's multi-worker (mergeable) context cannot split a
 computation whose aggregation depends on another one (the count), so there the
 rule runs on the server after the aggregation (`in_accumulate=False`); the result
-is the same. (A round without any client is an error in place.) `build_stack_fn` (for server
-algorithms that keep the stacked matrix, such as FedLAW) returns it as a
-server value; `benchmarks/aggregators.py` reports the cost of the stacking
+is the same. (A round without any client is an error in place.) `build_stack_fn`
+(for server algorithms that keep the stacked matrix, such as FedLAW) returns it
+as a server value; `benchmarks/aggregators.py` reports the cost of the stacking
 step alone.
 """
 

@@ -26,7 +26,7 @@ from typing import Optional
 
 from tff_byz.processes import die_with_parent
 
-__all__ = ["Worker", "start_workers", "stop_workers", "available_cores", "thread_environment",
+__all__ = ["Worker", "start_workers", "stop_workers", "reap_workers", "available_cores", "thread_environment",
            "BOOT_LOG_ENV", "tree_rss_mb", "default_worker_memory_mb"]
 
 BOOT_LOG_ENV = "TFF_BYZ_GRID_BOOT_LOG"
@@ -140,6 +140,11 @@ def stop_workers(workers, timeout: float = 60.0) -> None:
     """SIGTERM every worker (each saves its cell's state), wait, then SIGKILL stragglers."""
     for worker in workers:
         worker.stop()
+    reap_workers(workers, timeout)
+
+
+def reap_workers(workers, timeout: float = 60.0) -> None:
+    """Waits (`timeout` in all) for workers that were told to end, then SIGKILLs stragglers."""
     deadline = time.monotonic() + timeout
     for worker in workers:
         try:

@@ -21,7 +21,6 @@ import fcntl
 import json
 import os
 import select
-import subprocess
 import sys
 import time
 from typing import Optional, Sequence
@@ -30,7 +29,8 @@ import tqdm
 
 from tff_byz.grid import cells as cell_files
 from tff_byz.grid.cells import CellStatus
-from tff_byz.grid.pool import Worker, available_cores, stop_workers, thread_environment, tree_rss_mb
+from tff_byz.grid.pool import (Worker, available_cores, reap_workers, stop_workers,
+                               thread_environment, tree_rss_mb)
 from tff_byz.grid.spec import Cell
 
 __all__ = ["run_grid", "GridOutcome", "GridBusyError", "plan", "available_cores",
@@ -229,12 +229,7 @@ def _run_grid(cells, output_dir, *, parallel, threads, progress, grid_name, cell
                 for worker in [w for w in workers if w.cell is None and w.ready and not w.retiring]:
                     worker.retiring = True
                     worker.process.stdin.close()
-        for worker in workers:  # retired at the end: they exit side by side
-            try:
-                worker.process.wait(timeout=_STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                worker.process.kill()
-                worker.process.wait()
+        reap_workers(workers, _STOP_TIMEOUT_SECONDS)  # retired at the end: exiting side by side
         refresh()
     except BaseException:
         stop_workers(workers + spare, _STOP_TIMEOUT_SECONDS)

@@ -41,7 +41,8 @@ _SUMMARY_FIELDS = {"status": "status", "reason": "reason", "rounds_completed": "
                    "declared_byzantine_fraction": "declared_fraction_used",
                    "byzantine_ids": "byzantine_ids"}
 RESULT_COLUMNS = ("final_accuracy", "final_accuracy_honest_mean", "final_test_accuracy",
-                  "best_test_accuracy", "final_test_loss", "detection_precision", "detection_recall", "detection_f1", "detection_accuracy",
+                  "best_test_accuracy", "final_test_loss", "detection_precision",
+                  "detection_recall", "detection_f1", "detection_accuracy",
                   "final_attack_success_rate", "wall_seconds")
 # A non-finite model is the run's own verdict (tff_byz.training.NonFiniteModelError).
 _DIVERGED_MARK = "non-finite"
@@ -94,6 +95,13 @@ def _last_valid(frame: pd.DataFrame, column: str) -> float:
     return float(values.iloc[-1]) if len(values) else math.nan
 
 
+def _accuracy(value, diverged: bool, diverged_score):
+    """The scored accuracy: `diverged_score` for a diverged run, else the value (NaN if none)."""
+    if diverged:
+        return diverged_score
+    return math.nan if value is None else float(value)
+
+
 def load_results(directory: str, *, diverged_score: Optional[float] = 0.0
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(results, rounds) DataFrames of every run of `directory` (see the module doc)."""
@@ -137,13 +145,11 @@ def load_results(directory: str, *, diverged_score: Optional[float] = 0.0
         row["final_attack_success_rate"] = _last_valid(metrics, "backdoor/attack_success_rate")
         row["diverged"] = (summary.get("status") == "failed"
                            and _DIVERGED_MARK in str(summary.get("reason", "")))
-        def score(accuracy):
-            return diverged_score if row["diverged"] else (
-                math.nan if accuracy is None else float(accuracy))
-
-        row["final_accuracy"] = score(summary.get("final_test_accuracy"))
+        scoring = (row["diverged"], diverged_score)
+        row["final_accuracy"] = _accuracy(summary.get("final_test_accuracy"), *scoring)
         if _is_pdmm(config):  # other runs: NaN
-            row["final_accuracy_honest_mean"] = score(summary.get("final_test_accuracy_honest_mean"))
+            row["final_accuracy_honest_mean"] = _accuracy(
+                summary.get("final_test_accuracy_honest_mean"), *scoring)
         rows.append(row)
     results = pd.DataFrame(rows)
     for column in RESULT_COLUMNS:
