@@ -5,9 +5,10 @@
     --dry_run             print the cells and their status; run and write nothing
     --progress / --noprogress
 
-Thin: start the worker processes (`tff_byz.grid.pool`, so their TensorFlow
-imports overlap this process's), read the grid (`tff_byz.grid.spec`), expand and
-validate every cell (an invalid grid stops the workers again), then
+Thin: start the worker processes (`tff_byz.grid.pool`); the first one reads the
+grid (`tff_byz.grid.spec`) and expands and validates every cell once its own
+TensorFlow import is done, so this process never imports TensorFlow (an invalid
+grid stops the workers again; `--dry_run` reads the grid here); then
 `tff_byz.grid.runner.run_grid`. Each cell is a run directory under DIR/runs
 (pipelines.train's layout); DIR/grid.json records the cells and their outcomes.
 Rerunning the same command skips done cells and resumes partial ones. Exit codes:
@@ -86,9 +87,12 @@ def main(argv=None) -> int:
     args.worker_memory_mb = memory
     if not os.path.isfile(args.grid):
         return _error(f"grid file not found: {args.grid}")
-    # The workers import TensorFlow Federated while this process imports it and reads
-    # the grid (seconds each); they are stopped again if the grid turns out invalid.
-    started = [] if args.dry_run else pool.start_workers(parallel, threads)
+    # The first worker resolves the grid after importing TensorFlow Federated (seconds),
+    # unless this process has it already (called from Python); the workers are stopped
+    # again if the grid turns out invalid.
+    resolve = (None if "tensorflow_federated" in sys.modules
+               else (args.grid, os.path.join(args.output_dir, "runs")))
+    started = [] if args.dry_run else pool.start_workers(parallel, threads, resolve=resolve)
     previous = {s: signal.signal(s, _raise_system_exit) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return _run(args, parallel, threads, started)
@@ -104,14 +108,29 @@ def main(argv=None) -> int:
             signal.signal(signum, handler)
 
 
-def _run(args, parallel: int, threads: int, started) -> int:
-    from tff_byz.grid import runner, spec  # pylint: disable=import-outside-toplevel
+def _resolve_here(path: str, runs_dir: str) -> dict:
+    """The grid resolved in this process (imports TensorFlow): `--dry_run`, when this
+    process has TensorFlow already, or when the first worker could not answer (it
+    died, or an unexpected exception: raised here)."""
+    from tff_byz.grid import spec  # pylint: disable=import-outside-toplevel
 
     try:
-        grid = spec.load_grid(args.grid)
-        cells = grid.cells(os.path.join(args.output_dir, "runs"))
+        return spec.resolve_grid(path, runs_dir)
     except spec.GridError as error:
-        return _error(str(error))
+        return dict(error=str(error))
+
+
+def _run(args, parallel: int, threads: int, started) -> int:
+    from tff_byz.grid import runner  # pylint: disable=import-outside-toplevel  (no TensorFlow)
+    from tff_byz.grid.cells import CellRecord  # pylint: disable=import-outside-toplevel
+
+    runs_dir = os.path.join(args.output_dir, "runs")
+    resolved = started[0].read_grid() if started and started[0].resolves else None
+    if resolved is None:
+        resolved = _resolve_here(args.grid, runs_dir)
+    if "error" in resolved:
+        return _error(resolved["error"])
+    cells = [CellRecord.from_dict(cell) for cell in resolved["cells"]]
     if not cells:
         return _error(f"{args.grid}: the grid has no cells (every combination is excluded).")
     # Cells are resolved with output_dir = DIR/runs; the runner keeps files relative to DIR.
@@ -128,14 +147,14 @@ def _run(args, parallel: int, threads: int, started) -> int:
 
     try:
         outcome = runner.run_grid(cells, args.output_dir, parallel=parallel, threads=threads,
-                                  progress=args.progress, grid_name=grid.name,
+                                  progress=args.progress, grid_name=resolved["name"],
                                   cells_per_worker=args.cells_per_worker,
                                   worker_memory_mb=args.worker_memory_mb, started=started)
     except runner.GridBusyError as error:
         return _error(str(error))
 
     counts = {s: outcome.count(s) for s in ("complete", "failed", "invalid", "error")}
-    print(f"{grid.name}: {len(cells)} cells: {counts['complete']} complete, {counts['failed']} failed "
+    print(f"{resolved['name']}: {len(cells)} cells: {counts['complete']} complete, {counts['failed']} failed "
           f"(run verdict), {counts['invalid']} invalid, {counts['error']} errors; ran "
           f"{len(outcome.ran)} ({args.output_dir})")
     by_id = {cell.id: cell for cell in cells}

@@ -27,7 +27,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -41,6 +40,7 @@ from aggregators import AggregatorContext, build_aggregator
 from attacks import build_attack_plan, selection
 from tff_byz import client_inputs, client_work, datasets, fedavg, models
 from tff_byz.config import RESUMABLE_CHANGES, ConfigError, ExperimentConfig
+from tff_byz.files import write_json_atomic
 
 __all__ = ["RunPaths", "Experiment", "run_experiment", "write_json_atomic", "NonFiniteModelError",
            "RunDirectoryError", "sample_clients"]
@@ -52,29 +52,6 @@ class NonFiniteModelError(RuntimeError):
 
 class RunDirectoryError(ConfigError):
     """The run directory is in a state the flags do not allow (CLI: exit 2)."""
-
-
-def write_json_atomic(path: str, value: Any) -> None:
-    """Writes JSON via a temporary file and `os.replace`: never a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=2, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 @dataclasses.dataclass(frozen=True)

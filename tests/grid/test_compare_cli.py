@@ -129,3 +129,59 @@ def test_negative_worker_memory_exits_2(tmp_path, capsys):
     assert code == 2
     assert captured.err.strip() == "error: --worker_memory_mb must be a number >= 0; got -1.0."
     assert not (tmp_path / "out").exists()
+
+
+def test_the_grid_parent_process_never_imports_tensorflow():
+    """A third TensorFlow import beside two workers' slows a grid's start on two cores:
+    everything `pipelines.compare` runs outside `--dry_run` is TensorFlow-free."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    code = ("import sys, pipelines.compare, tff_byz.grid.runner, tff_byz.grid.pool, "
+            "tff_byz.grid.cells, tff_byz.files; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0].startswith('tensorflow')))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    assert output.strip() == "[]"
+
+
+def test_the_first_worker_resolves_the_grid_as_this_process_does(tmp_path):
+    """`Worker(resolve=...)` answers with the cells `spec.resolve_grid` gives here (ids,
+    run names, configs), then becomes ready: no message is lost in between."""
+    from tff_byz.grid import pool, spec  # pylint: disable=import-outside-toplevel
+    from tff_byz.grid.cells import CellRecord  # pylint: disable=import-outside-toplevel
+    path = tmp_path / "grid.toml"
+    path.write_text(GRID)
+    runs = str(tmp_path / "out" / "runs")
+    worker = pool.Worker(threads=1, resolve=(str(path), runs))
+    try:
+        answer = worker.read_grid()
+        expected = spec.resolve_grid(str(path), runs)
+        assert answer == expected
+        cells = [CellRecord.from_dict(cell) for cell in answer["cells"]]
+        assert [cell.to_dict() for cell in cells] == expected["cells"]
+        assert [cell.rounds for cell in cells] == [2] * 4
+        assert cells[3].run_name.startswith("digits_iid_n5_median_none_f0_s1_")
+        while not worker.ready:
+            assert worker.read_messages() is not None, worker.boot_output()
+    finally:
+        pool.stop_workers([worker])
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_invalid_grid_found_by_the_first_worker_exits_2_with_one_line(tmp_path):
+    """The command line as users run it (the parent without TensorFlow): the worker's
+    verdict comes back as the same one-line error; nothing written, no process left."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    path = tmp_path / "grid.toml"
+    path.write_text('[axes]\naggregator = ["mean", "medain"]\n')
+    before = _grid_worker_pids()
+    done = subprocess.run([sys.executable, "-m", "pipelines.compare", str(path),
+                           f"--output_dir={tmp_path / 'out'}", "--parallel=2"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: cell {aggregator='medain'}: --aggregator: unknown name "
+                           "'medain'; valid choices: mean")
+    assert not (tmp_path / "out").exists()
+    assert not _grid_worker_pids() - before

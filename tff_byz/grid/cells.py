@@ -14,18 +14,41 @@ its program state when `config.json` exists (resume), else from scratch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Mapping, Optional
 
-from tff_byz.training import write_json_atomic
+from tff_byz.files import write_json_atomic
 
-__all__ = ["CellStatus", "cell_status", "read_manifest", "write_manifest", "run_dir", "log_path",
+__all__ = ["CellRecord", "CellStatus", "cell_status", "read_manifest", "write_manifest", "run_dir", "log_path",
            "MANIFEST", "RUNS", "LOGS"]
 
 MANIFEST = "grid.json"
 RUNS = "runs"
 LOGS = "logs"
+
+
+@dataclasses.dataclass(frozen=True)
+class CellRecord:
+    """A resolved cell as the runner needs it: plain JSON values, no TensorFlow.
+
+    The grid is resolved where TensorFlow is imported anyway (the first worker
+    process, see `tff_byz.grid.pool.Worker`), so the parent process never imports it.
+    """
+    id: str                    # hash of the resolved config (`tff_byz.grid.spec.cell_id`)
+    run_name: str
+    rounds: int
+    axes: Mapping[str, Any]    # the axis values that define the cell
+    config: Mapping[str, Any]  # `ExperimentConfig.to_dict()`, as the worker runs it
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(id=self.id, run_name=self.run_name, rounds=self.rounds, axes=dict(self.axes),
+                    config=dict(self.config))
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any]) -> "CellRecord":
+        return cls(**value)
 
 
 class CellStatus:

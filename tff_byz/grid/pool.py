@@ -1,8 +1,10 @@
-"""Grid worker processes, started without importing TensorFlow (so they can start first).
+"""Grid worker processes, started and driven without importing TensorFlow.
 
-Importing TensorFlow Federated takes seconds in every process. `pipelines.compare`
-therefore starts its workers (`start_workers`) before it imports anything heavy
-itself: the workers' imports overlap the parent's import and grid validation.
+Importing TensorFlow Federated takes seconds in every process, and on a machine
+with as many cores as workers a third import (the parent's) slows the workers'
+start. `pipelines.compare` therefore never imports it: it starts its workers
+(`start_workers`) first and the first one resolves and validates the grid
+(`resolve=`, answered by `Worker.read_grid`) once its own imports are done.
 Nothing is written while they start: a worker's early output (its imports) goes
 to a temporary boot log, and `Worker.adopt(log)` (sent once the grid is known to
 be valid) makes the worker append that boot log to `log` and write there from
@@ -82,15 +84,24 @@ class Worker:
     that forked the child exits.
     """
 
-    def __init__(self, threads: int, log: Optional[str] = None):
+    def __init__(self, threads: int, log: Optional[str] = None,
+                 resolve: Optional[tuple[str, str]] = None):
+        """`resolve=(grid file, runs directory)`: the worker first resolves that grid
+        (read the answer with `read_grid`)."""
         fd, self.boot_log = tempfile.mkstemp(prefix="tff_byz_grid_worker_", suffix=".log")
         env = dict(os.environ, **thread_environment(threads))
         env[BOOT_LOG_ENV] = self.boot_log
+        self.resolves = resolve is not None
+        command = [sys.executable, "-m", "tff_byz.grid.worker"]
+        if resolve is not None:
+            command += ["--resolve", *resolve]
         with os.fdopen(fd, "ab") as stderr:
+            # Unbuffered bytes: `read_messages` reads what select() saw, so no line can
+            # wait unseen in a reader's buffer.
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tff_byz.grid.worker"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=stderr, env=env, close_fds=True,
-                start_new_session=True, preexec_fn=die_with_parent, text=True, bufsize=1)
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env,
+                close_fds=True, start_new_session=True, preexec_fn=die_with_parent, bufsize=0)
+        self._unread = b""
         self.log: Optional[str] = None
         self.cell = None
         self.ready = False
@@ -107,11 +118,36 @@ class Worker:
     def send(self, cell, resume: bool, log: str) -> None:
         self.cell = cell
         self.cells_run += 1
-        self._write(dict(id=cell.id, config=cell.config.to_dict(), resume=resume, log=log))
+        self._write(dict(id=cell.id, config=dict(cell.config), resume=resume, log=log))
 
     def _write(self, message: dict) -> None:
-        self.process.stdin.write(json.dumps(message) + "\n")
-        self.process.stdin.flush()
+        data = memoryview((json.dumps(message) + "\n").encode())
+        while data:  # a raw pipe may take a long line in parts
+            data = data[self.process.stdin.write(data):]
+
+    def read_messages(self) -> Optional[list[dict]]:
+        """Reads once from the worker's protocol pipe (blocks until something comes):
+        the complete messages so far (maybe none), or None when the worker has exited.
+        A `{"ready"}` message sets `ready` (and is returned too)."""
+        chunk = os.read(self.process.stdout.fileno(), 1 << 16)
+        if not chunk:
+            return None
+        *lines, self._unread = (self._unread + chunk).split(b"\n")
+        messages = [json.loads(line) for line in lines if line.strip()]
+        self.ready = self.ready or any("ready" in message for message in messages)
+        return messages
+
+    def read_grid(self) -> Optional[dict]:
+        """The answer of a worker started with `resolve=`: `{"name", "cells"}` (see
+        `tff_byz.grid.spec.resolve_grid`) or `{"error"}` for an invalid grid; None if
+        the worker exited or could not resolve it (its boot log has the traceback)."""
+        while True:
+            messages = self.read_messages()
+            if messages is None:
+                return None
+            for message in messages:
+                if "grid" in message:
+                    return message["grid"]
 
     def boot_output(self, lines: int = 5) -> str:
         """The last lines of the boot log (a worker that died before adoption)."""
@@ -132,8 +168,10 @@ class Worker:
             pass
 
 
-def start_workers(count: int, threads: int) -> list[Worker]:
-    return [Worker(threads) for _ in range(count)]
+def start_workers(count: int, threads: int,
+                  resolve: Optional[tuple[str, str]] = None) -> list[Worker]:
+    """`count` workers; the first also resolves the grid `resolve` (see `Worker`)."""
+    return [Worker(threads, resolve=resolve if index == 0 else None) for index in range(count)]
 
 
 def stop_workers(workers, timeout: float = 60.0) -> None:

@@ -18,7 +18,6 @@ import collections
 import contextlib
 import dataclasses
 import fcntl
-import json
 import os
 import select
 import sys
@@ -28,10 +27,9 @@ from typing import Optional, Sequence
 import tqdm
 
 from tff_byz.grid import cells as cell_files
-from tff_byz.grid.cells import CellStatus
+from tff_byz.grid.cells import CellRecord, CellStatus
 from tff_byz.grid.pool import (Worker, available_cores, reap_workers, stop_workers,
                                thread_environment, tree_rss_mb)
-from tff_byz.grid.spec import Cell
 
 __all__ = ["run_grid", "GridOutcome", "GridBusyError", "plan", "available_cores",
            "thread_environment"]
@@ -53,12 +51,12 @@ class GridOutcome:
         return sum(1 for s in self.statuses.values() if s == status)
 
 
-def plan(cells: Sequence[Cell], output_dir: str) -> list[tuple[Cell, str]]:
+def plan(cells: Sequence[CellRecord], output_dir: str) -> list[tuple[CellRecord, str]]:
     """Each cell with its status on disk (see `tff_byz.grid.cells.cell_status`)."""
     manifest = cell_files.read_manifest(output_dir)
     last = {c["id"]: c.get("outcome") for c in manifest.get("cells", [])}
     return [(cell, cell_files.cell_status(cell_files.run_dir(output_dir, cell.run_name),
-                                          cell.config.rounds, last.get(cell.id)))
+                                          cell.rounds, last.get(cell.id)))
             for cell in cells]
 
 
@@ -93,7 +91,7 @@ def exclusive(output_dir: str):
             lock.truncate()
 
 
-def run_grid(cells: Sequence[Cell], output_dir: str, *, parallel: int, threads: int,
+def run_grid(cells: Sequence[CellRecord], output_dir: str, *, parallel: int, threads: int,
              progress: bool = True, grid_name: str = "grid",
              cells_per_worker: int = 0, worker_memory_mb: float = 0.0,
              started: Sequence[Worker] = ()) -> GridOutcome:
@@ -117,7 +115,7 @@ def _run_grid(cells, output_dir, *, parallel, threads, progress, grid_name, cell
         os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
     planned = plan(cells, output_dir)
     manifest = dict(name=grid_name, cells=[
-        dict(id=cell.id, run_name=cell.run_name, axes=dict(cell.axes), rounds=cell.config.rounds,
+        dict(id=cell.id, run_name=cell.run_name, axes=dict(cell.axes), rounds=cell.rounds,
              outcome=status, reason="") for cell, status in planned])
     previous = {c["id"]: c for c in cell_files.read_manifest(output_dir).get("cells", [])}
     for entry in manifest["cells"]:  # keep the last recorded reason of a failed cell
@@ -130,7 +128,7 @@ def _run_grid(cells, output_dir, *, parallel, threads, progress, grid_name, cell
         (cell, status == CellStatus.PARTIAL) for cell, status in planned
         if status in (CellStatus.NEW, CellStatus.PARTIAL))
     ran = [cell.id for cell, _ in queue]
-    total_rounds = sum(cell.config.rounds for cell in cells)
+    total_rounds = sum(cell.rounds for cell in cells)
     bar = tqdm.tqdm(total=total_rounds, desc=grid_name, unit="round", file=sys.stderr,
                     disable=not progress, dynamic_ncols=True, smoothing=0.05)
     workers: list[Worker] = []
@@ -143,23 +141,23 @@ def _run_grid(cells, output_dir, *, parallel, threads, progress, grid_name, cell
 
     spare = list(started)
 
-    def record(cell: Cell, outcome: str, reason: str, seconds: float = 0.0) -> None:
+    def record(cell: CellRecord, outcome: str, reason: str, seconds: float = 0.0) -> None:
         by_id[cell.id].update(outcome=outcome, reason=reason, seconds=round(seconds, 2),
                               finished=round(time.time(), 3))
         cell_files.write_manifest(output_dir, manifest)
         if outcome not in (CellStatus.COMPLETE,):
             bar.write(f"{outcome}: {cell.run_name}: {reason}", file=sys.stderr)
 
-    on_disk = {cell.id: min(cell.config.rounds, cell_files.rounds_done(
+    on_disk = {cell.id: min(cell.rounds, cell_files.rounds_done(
         cell_files.run_dir(output_dir, cell.run_name))) for cell in cells}
 
     def rounds_done() -> int:
         for worker in workers:  # only running cells change on disk
             if worker.cell is not None:
-                on_disk[worker.cell.id] = min(worker.cell.config.rounds, cell_files.rounds_done(
+                on_disk[worker.cell.id] = min(worker.cell.rounds, cell_files.rounds_done(
                     cell_files.run_dir(output_dir, worker.cell.run_name)))
         finished = (CellStatus.COMPLETE, CellStatus.FAILED, "invalid", "error")
-        return sum(cell.config.rounds if by_id[cell.id]["outcome"] in finished else on_disk[cell.id]
+        return sum(cell.rounds if by_id[cell.id]["outcome"] in finished else on_disk[cell.id]
                    for cell in cells)
 
     def refresh() -> None:
@@ -170,6 +168,16 @@ def _run_grid(cells, output_dir, *, parallel, threads, progress, grid_name, cell
                             f"{counts['invalid'] + counts['error'] + counts[CellStatus.FAILED]} failed",
                             refresh=False)
         bar.refresh()
+
+    def finish(worker: Worker, message: dict) -> None:
+        cell, worker.cell = worker.cell, None
+        record(cell, message["outcome"], message["reason"], message["seconds"])
+        if message["outcome"] == "error":
+            worker.retiring = True  # the worker exits after an error
+        elif ((cells_per_worker and worker.cells_run >= cells_per_worker) or
+              (worker_memory_mb and tree_rss_mb(worker.process.pid) > worker_memory_mb)):
+            worker.retiring = True  # a fresh process for the next cells
+            worker.process.stdin.close()
 
     try:
         while queue or any(w.cell is not None for w in workers):
@@ -200,8 +208,8 @@ def _run_grid(cells, output_dir, *, parallel, threads, progress, grid_name, cell
             readable, _, _ = select.select(list(streams), [], [], 1.0)
             for stream in readable:
                 worker = streams[stream]
-                line = stream.readline()
-                if not line:  # the worker died
+                messages = worker.read_messages()  # sets worker.ready on {"ready"}
+                if messages is None:  # the worker died
                     worker.process.wait()
                     workers.remove(worker)
                     if worker.cell is not None:
@@ -213,18 +221,9 @@ def _run_grid(cells, output_dir, *, parallel, threads, progress, grid_name, cell
                                            f"{worker.process.returncode} before it was ready; "
                                            f"see {worker.log} ({worker.boot_output()})")
                     continue
-                message = json.loads(line)
-                if "ready" in message:
-                    worker.ready = True
-                    continue
-                cell, worker.cell = worker.cell, None
-                record(cell, message["outcome"], message["reason"], message["seconds"])
-                if message["outcome"] == "error":
-                    worker.retiring = True  # the worker exits after an error
-                elif ((cells_per_worker and worker.cells_run >= cells_per_worker) or
-                      (worker_memory_mb and tree_rss_mb(worker.process.pid) > worker_memory_mb)):
-                    worker.retiring = True  # a fresh process for the next cells
-                    worker.process.stdin.close()
+                for message in messages:
+                    if "outcome" in message:
+                        finish(worker, message)
             if not queue:  # idle workers have nothing left to do: they exit meanwhile
                 for worker in [w for w in workers if w.cell is None and w.ready and not w.retiring]:
                     worker.retiring = True

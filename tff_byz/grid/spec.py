@@ -37,8 +37,9 @@ import typing
 from typing import Any, Mapping, Optional
 
 from tff_byz.config import ConfigError, ExperimentConfig
+from tff_byz.grid.cells import CellRecord
 
-__all__ = ["Grid", "Cell", "GridError", "load_grid", "parse_grid", "cell_id", "NON_IDENTITY_FIELDS"]
+__all__ = ["Grid", "Cell", "GridError", "load_grid", "parse_grid", "resolve_grid", "cell_id", "NON_IDENTITY_FIELDS"]
 
 # Settings that say where things are, not what is computed: outside a cell's identity.
 NON_IDENTITY_FIELDS = ("output_dir", "run_name", "tff_workers", "data_dir")
@@ -62,6 +63,10 @@ class Cell:
     @property
     def run_name(self) -> str:
         return self.config.run_name
+
+    def record(self) -> CellRecord:
+        return CellRecord(self.id, self.run_name, self.config.rounds, dict(self.axes),
+                          self.config.to_dict())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,3 +260,11 @@ def load_grid(path: str, name: Optional[str] = None) -> Grid:
     except tomllib.TOMLDecodeError as error:
         raise GridError(f"{path}: invalid TOML: {error}") from None
     return parse_grid(document, source=name or path)
+
+
+def resolve_grid(path: str, runs_dir: str) -> dict[str, Any]:
+    """The grid file resolved for the runner, as JSON values: `{"name", "cells"}` with
+    each cell a `CellRecord.to_dict()` whose run directory is under `runs_dir`.
+    Raises GridError for an invalid grid."""
+    grid = load_grid(path)
+    return dict(name=grid.name, cells=[cell.record().to_dict() for cell in grid.cells(runs_dir)])

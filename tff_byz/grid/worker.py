@@ -1,11 +1,15 @@
 """A grid worker process: runs the cells its parent sends, one at a time, in one TFF context.
 
-    python -m tff_byz.grid.worker      (started by `tff_byz.grid.runner`, not by hand)
+    python -m tff_byz.grid.worker [--resolve GRID RUNS_DIR]   (started by `tff_byz.grid.pool`)
 
 Importing TensorFlow Federated and starting its worker takes seconds, often more
 than a small cell's training, so a worker process serves many cells. Protocol:
 one JSON object per line on stdin, `{"id", "config", "resume", "log"}`, answered
-by one line on the original stdout, `{"id", "outcome", "reason", "seconds"}`;
+by one line on the original stdout, `{"id", "outcome", "reason", "seconds"}`.
+With `--resolve`, the first line the worker writes, before `{"ready"}`, is the
+grid resolved for the runner: `{"grid": {"name", "cells"}}`, `{"grid": {"error"}}`
+for an invalid grid, or `{"grid": null}` after an unexpected exception (printed to
+the boot log; the parent then resolves the grid itself and shows it);
 `{"log"}` alone (sent once, see `tff_byz.grid.pool`) moves the worker's own
 output from its temporary boot log to that file. While
 a cell runs, file descriptors 1 and 2 (Python, TensorFlow's C++ logs and the
@@ -96,10 +100,25 @@ def run_cell(request: dict) -> dict:
     return outcome
 
 
-def main() -> int:
+def resolve_grid(path: str, runs_dir: str) -> dict:
+    """The `{"grid": ...}` message for the parent (see the module docstring)."""
+    from tff_byz.grid import spec  # pylint: disable=import-outside-toplevel
+
+    try:
+        return dict(grid=spec.resolve_grid(path, runs_dir))
+    except spec.GridError as error:
+        return dict(grid=dict(error=str(error)))
+    except Exception:  # pylint: disable=broad-except
+        traceback.print_exc()
+        return dict(grid=None)
+
+
+def main(argv: list[str]) -> int:
     # The protocol keeps the original stdout; fd 1 itself goes to stderr between cells.
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
+    if argv[:1] == ["--resolve"]:
+        protocol.write(json.dumps(resolve_grid(*argv[1:3])) + "\n")
     with context.managed_execution_context(log_path=os.environ.get("TFF_BYZ_WORKER_LOG")):
         protocol.write(json.dumps({"ready": os.getpid()}) + "\n")
         for line in sys.stdin:
@@ -118,7 +137,7 @@ def main() -> int:
 
 if __name__ == "__main__":
     try:
-        exit_code = main()
+        exit_code = main(sys.argv[1:])
     except KeyboardInterrupt:
         exit_code = 130
     # Cells are saved and the TFF worker is stopped (the context has closed).
