@@ -1,5 +1,6 @@
 """The training loop end to end on the embedded dataset: accuracy, files, resume."""
 
+import collections
 import json
 import os
 import signal
@@ -212,3 +213,24 @@ def test_momentum_sgd_learns_and_resumes_with_client_state(tmp_path, tff_context
     a = pd.read_csv(tmp_path / "a" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
     b = pd.read_csv(tmp_path / "b" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_evaluator_equals_numpy_over_uneven_batches():
+    """Test loss (mean cross-entropy) and accuracy over 7 examples in batches of 3 (the last
+    batch short), against numpy on the same linear model."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(7, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 1, 0, 2, 2], dtype=np.int32)
+    kernel = rng.normal(size=(4, 3)).astype(np.float32)
+    bias = np.array([0.1, -0.2, 0.3], dtype=np.float32)
+    evaluator = training._Evaluator(  # pylint: disable=protected-access
+        lambda: tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3)]),
+        x, y, batch_size=3)
+    weights = collections.namedtuple("Weights", "trainable non_trainable")([kernel, bias], [])
+    loss, accuracy = evaluator(weights)
+    logits = x @ kernel + bias
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    assert loss == pytest.approx(-log_softmax[np.arange(7), y].mean(), rel=1e-5)
+    assert accuracy == pytest.approx(np.mean(logits.argmax(axis=1) == y))
+    assert 0 < accuracy < 1  # the case tells right from wrong

@@ -122,17 +122,22 @@ class _Evaluator:
         dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).cache()
         loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
 
-        @tf.function
+        # Graph code without AutoGraph: AutoGraph re-reads this file's source when it first
+        # traces (at the first evaluation, possibly an hour into a run), and an edited file
+        # then yields the wrong function (a Python loop over the dataset unrolled forever).
+        @tf.function(autograph=False)
         def evaluate():
-            loss_sum, correct, count = 0.0, 0, 0
-            for xb, yb in dataset:
+            def add_batch(totals, batch):
+                xb, yb = batch
                 logits = self._model(xb, training=False)
-                loss_sum += loss_fn(yb, logits)
-                correct += tf.reduce_sum(tf.cast(tf.equal(
-                    tf.argmax(logits, axis=-1, output_type=tf.int32), yb), tf.int32))
-                count += tf.shape(yb)[0]
-            count = tf.cast(count, tf.float32)
-            return loss_sum / count, tf.cast(correct, tf.float32) / count
+                correct = tf.reduce_sum(tf.cast(tf.equal(
+                    tf.argmax(logits, axis=-1, output_type=tf.int32), yb), tf.float32))
+                return (totals[0] + loss_fn(yb, logits), totals[1] + correct,
+                        totals[2] + tf.cast(tf.shape(yb)[0], tf.float32))
+
+            loss_sum, correct, count = dataset.reduce(
+                (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)), add_batch)
+            return loss_sum / count, correct / count
 
         self._evaluate = evaluate
 
