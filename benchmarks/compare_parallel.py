@@ -22,6 +22,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -101,6 +102,7 @@ def main() -> int:
         described = f"{cells} cells of {args.rounds} rounds (digits, 10 clients)"
     print(f"grid: {described}; {len(os.sched_getaffinity(0))} cores; load average "
           f"{os.getloadavg()[0]:.2f}")
+    ratios = []
     for repeat in range(args.repeats):
         order = (1, 2) if repeat % 2 == 0 else (2, 1)
         measured = {}
@@ -117,6 +119,10 @@ def main() -> int:
               f"{os.getloadavg()[0]:.2f})", flush=True)
         for p in (1, 2):
             print(f"  --parallel={p}: {measured[p][2]}", flush=True)
+        ratios.append(rates[2] / rates[1])
+    if len(ratios) > 1:
+        print(f"ratio over {len(ratios)} repeats: median {statistics.median(ratios):.2f}x, "
+              f"min {min(ratios):.2f}x, max {max(ratios):.2f}x")
     if args.out is None:
         shutil.rmtree(out, ignore_errors=True)
     return 0
