@@ -90,8 +90,8 @@ def main(argv=None) -> int:
     # The first worker resolves the grid after importing TensorFlow Federated (seconds),
     # unless this process has it already (called from Python); the workers are stopped
     # again if the grid turns out invalid.
-    resolve = (None if "tensorflow_federated" in sys.modules
-               else (args.grid, os.path.join(args.output_dir, "runs")))
+    args.runs_dir = os.path.join(args.output_dir, "runs")
+    resolve = None if "tensorflow_federated" in sys.modules else (args.grid, args.runs_dir)
     started = [] if args.dry_run else pool.start_workers(parallel, threads, resolve=resolve)
     previous = {s: signal.signal(s, _raise_system_exit) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -124,10 +124,9 @@ def _run(args, parallel: int, threads: int, started) -> int:
     from tff_byz.grid import runner  # pylint: disable=import-outside-toplevel  (no TensorFlow)
     from tff_byz.grid.cells import CellRecord  # pylint: disable=import-outside-toplevel
 
-    runs_dir = os.path.join(args.output_dir, "runs")
     resolved = started[0].read_grid() if started and started[0].resolves else None
     if resolved is None:
-        resolved = _resolve_here(args.grid, runs_dir)
+        resolved = _resolve_here(args.grid, args.runs_dir)
     if "error" in resolved:
         return _error(resolved["error"])
     cells = [CellRecord.from_dict(cell) for cell in resolved["cells"]]
