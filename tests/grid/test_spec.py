@@ -1,5 +1,6 @@
 """Grid TOML -> cells: product order, exclusions, table axes, identity hashes, every error."""
 
+import collections
 import dataclasses
 import pathlib
 import tomllib
@@ -163,3 +164,16 @@ def test_pdmm_mnist_example_parses():
     assert {c.config.dataset for c in cells} == {"mnist"}
     assert {c.config.num_clients for c in cells} == {10}
     assert len(cells) == 4 * 3 * 2 * 5
+
+
+def test_fedlaw_mnist_lie_example_is_the_authors_lie_with_its_variants():
+    cells = spec.load_grid(str(EXAMPLES / "fedlaw_mnist_lie.toml")).cells("runs")
+    assert len(cells) == 3 * 5
+    configs = [c.config for c in cells]
+    assert all(c.attack.startswith("lie:") and {"preset=fedlaw_code", "start=2"} <=
+               set(c.attack.split(":")[1].split(",")) for c in configs)
+    assert {(c.dataset, c.num_clients, c.q, c.byzantine_fraction, c.rounds) for c in configs} == {
+        ("mnist", 200, 0.9, 0.4, 200)}
+    variants = collections.Counter((c.aggregator.split(",")[0], c.q_mode) for c in configs)
+    assert variants == {("fedlaw:beta=0.0006", "sample"): 5, ("fedlaw:beta=0.0003", "sample"): 5,
+                        ("fedlaw:beta=0.0006", "exact"): 5}
