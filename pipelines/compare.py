@@ -108,25 +108,16 @@ def main(argv=None) -> int:
             signal.signal(signum, handler)
 
 
-def _resolve_here(path: str, runs_dir: str) -> dict:
-    """The grid resolved in this process (imports TensorFlow): `--dry_run`, when this
-    process has TensorFlow already, or when the first worker could not answer (it
-    died, or an unexpected exception: raised here)."""
-    from tff_byz.grid import spec  # pylint: disable=import-outside-toplevel
-
-    try:
-        return spec.resolve_grid(path, runs_dir)
-    except spec.GridError as error:
-        return dict(error=str(error))
-
-
 def _run(args, parallel: int, threads: int, started) -> int:
     from tff_byz.grid import runner  # pylint: disable=import-outside-toplevel  (no TensorFlow)
     from tff_byz.grid.cells import CellRecord  # pylint: disable=import-outside-toplevel
 
     resolved = started[0].read_grid() if started and started[0].resolves else None
     if resolved is None:
-        resolved = _resolve_here(args.grid, args.runs_dir)
+        # Here (imports TensorFlow): --dry_run, a caller that has it already, or a worker that
+        # could not answer (an unexpected exception is then raised here, with its traceback).
+        from tff_byz.grid import spec  # pylint: disable=import-outside-toplevel
+        resolved = spec.resolve_grid(args.grid, args.runs_dir)
     if "error" in resolved:
         return _error(resolved["error"])
     cells = [CellRecord.from_dict(cell) for cell in resolved["cells"]]

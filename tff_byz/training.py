@@ -42,7 +42,7 @@ from tff_byz import client_inputs, client_work, datasets, fedavg, models
 from tff_byz.config import RESUMABLE_CHANGES, ConfigError, ExperimentConfig
 from tff_byz.files import write_json_atomic
 
-__all__ = ["RunPaths", "Experiment", "run_experiment", "write_json_atomic", "NonFiniteModelError",
+__all__ = ["RunPaths", "Experiment", "run_experiment", "NonFiniteModelError",
            "RunDirectoryError", "sample_clients"]
 
 

@@ -43,8 +43,7 @@ class CellRecord:
     config: Mapping[str, Any]  # `ExperimentConfig.to_dict()`, as the worker runs it
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(id=self.id, run_name=self.run_name, rounds=self.rounds, axes=dict(self.axes),
-                    config=dict(self.config))
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any]) -> "CellRecord":

@@ -264,7 +264,11 @@ def load_grid(path: str, name: Optional[str] = None) -> Grid:
 
 def resolve_grid(path: str, runs_dir: str) -> dict[str, Any]:
     """The grid file resolved for the runner, as JSON values: `{"name", "cells"}` with
-    each cell a `CellRecord.to_dict()` whose run directory is under `runs_dir`.
-    Raises GridError for an invalid grid."""
-    grid = load_grid(path)
-    return dict(name=grid.name, cells=[cell.record().to_dict() for cell in grid.cells(runs_dir)])
+    each cell a `CellRecord.to_dict()` whose run directory is under `runs_dir`, or
+    `{"error"}` with the GridError's one-line message for an invalid grid."""
+    try:
+        grid = load_grid(path)
+        cells = grid.cells(runs_dir)
+    except GridError as error:
+        return dict(error=str(error))
+    return dict(name=grid.name, cells=[cell.record().to_dict() for cell in cells])

@@ -106,8 +106,6 @@ def resolve_grid(path: str, runs_dir: str) -> dict:
 
     try:
         return dict(grid=spec.resolve_grid(path, runs_dir))
-    except spec.GridError as error:
-        return dict(grid=dict(error=str(error)))
     except Exception:  # pylint: disable=broad-except
         traceback.print_exc()
         return dict(grid=None)
