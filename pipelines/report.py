@@ -5,6 +5,9 @@
     --metric=final_accuracy              the value tabulated (see results.csv's columns)
     --baseline=aggregator=mean           reference of the paired differences
     --confidence=0.95  --digits=3  --diverged_score=0  --plots/--noplots  --output=DIR/report
+    --abort_test_loss=9                  score runs as the FedLAW authors' code does: a run
+                                         ends at its first evaluation with test loss > 9 or
+                                         NaN, and scores the accuracy of the one before
 
 Reads only the run files (`tff_byz.report.results`) and writes
 DIR/results.csv + .parquet (one row per run: config columns + final metrics),
@@ -50,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--digits", type=int, default=3)
     parser.add_argument("--diverged_score", type=float, default=0.0,
                         help="final accuracy given to a run whose model became non-finite")
+    parser.add_argument("--abort_test_loss", type=float, default=None,
+                        help="score each run by its last test accuracy before the first "
+                             "evaluation whose test loss exceeds this or is NaN")
     parser.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--noplots", dest="plots", action="store_false")
     return parser
@@ -188,8 +194,12 @@ def main(argv=None) -> int:
         return _error(f"--confidence must be in (0, 1); got {args.confidence}.")
     if args.digits < 0:
         return _error(f"--digits must be >= 0; got {args.digits}.")
+    if args.abort_test_loss is not None and not args.abort_test_loss > 0:
+        return _error(f"--abort_test_loss must be a positive loss; got {args.abort_test_loss}.")
     try:
-        results, rounds = results_lib.load_results(args.directory, diverged_score=args.diverged_score)
+        results, rounds = results_lib.load_results(args.directory,
+                                                   diverged_score=args.diverged_score,
+                                                   abort_test_loss=args.abort_test_loss)
     except results_lib.NotAGridError as error:
         return _error(str(error))
 
@@ -228,7 +238,9 @@ def main(argv=None) -> int:
         _write_atomic(frame, os.path.join(args.directory, f"{name}.csv"))
         _write_atomic(_parquet_safe(frame), os.path.join(args.directory, f"{name}.parquet"))
 
-    finished = results["status"].eq("complete") | results["diverged"]
+    # A run aborted by --abort_test_loss has its score even while it is still running.
+    finished = results["status"].eq("complete") | results["diverged"] | results[
+        "aborted_round"].notna()
     unfinished = results[~finished]
     table_results = results[finished]
     out = args.output or os.path.join(args.directory, "report")
@@ -238,6 +250,10 @@ def main(argv=None) -> int:
     tables, facets = build_tables(table_results, **common)
     header = (f"{len(table_results)} runs in {args.directory}; settings that vary: {valid}; "
               f"{results['seed'].nunique()} seed(s)")
+    if args.abort_test_loss is not None:
+        aborted = int(table_results["aborted_round"].notna().sum())
+        header += (f"; final_accuracy as the last test accuracy before the first evaluation "
+                   f"with test loss > {args.abort_test_loss:g} or NaN ({aborted} run(s) aborted)")
     if len(unfinished):
         header += (f"; {len(unfinished)} unfinished run(s) left out: "
                    + ", ".join(unfinished["run_name"]))

@@ -16,7 +16,8 @@ CONFIG = dict(dataset="digits", data_dir=None, partition="iid", q=0.5, q_mode="s
 
 
 def write_run(root, run_name, accuracies, *, status="complete", reason="", detection=None,
-              asr=None, weights=None, byzantine_ids=(1,), honest_mean=None, **config):
+              asr=None, weights=None, byzantine_ids=(1,), honest_mean=None, losses=None,
+              **config):
     """A run directory with config.json, summary.json, metrics.csv (one row per accuracy)."""
     directory = os.path.join(root, "runs", run_name)
     os.makedirs(directory, exist_ok=True)
@@ -32,7 +33,8 @@ def write_run(root, run_name, accuracies, *, status="complete", reason="", detec
                    byzantine_ids=list(byzantine_ids), actual_byzantine_fraction=0.25,
                    declared_byzantine_fraction=0.25, attack_groups={})
     metrics = pd.DataFrame(dict(round=range(1, len(accuracies) + 1), test_accuracy=accuracies,
-                                test_loss=1.0, round_seconds=0.1))
+                                test_loss=1.0 if losses is None else losses,
+                                round_seconds=0.1))
     if detection is not None:
         summary["final_detection"] = dict(precision=detection[-1][0], recall=detection[-1][1],
                                           f1=0.5, accuracy=0.5)

@@ -108,6 +108,24 @@ def test_report_rows_columns_and_baseline_choices(grid):
     assert not (grid / "r2" / "plots").exists()
 
 
+def test_abort_test_loss_scores_the_last_accuracy_before_the_loss_limit(tmp_path, capsys):
+    write_run(tmp_path, "fedlaw_0", [0.6, 0.75, 0.3], losses=[1.0, 4.0, 12.0], aggregator="fedlaw",
+              seed=0)
+    write_run(tmp_path, "fedlaw_1", [0.7, 0.65, 0.2], losses=[1.0, 9.5, 30.0], aggregator="fedlaw",
+              seed=1, status="running")  # aborted already: counted although still running
+    write_run(tmp_path, "mean_0", [0.8, 0.84, 0.85], aggregator="mean", seed=0)
+    assert report.main(["report", str(tmp_path), "--abort_test_loss=9", "--noplots",
+                        "--columns=seed"]) == 0
+    out = capsys.readouterr().out
+    assert "test loss > 9 or NaN (2 run(s) aborted)" in out
+    results = pd.read_csv(tmp_path / "results.csv").set_index("run_name")
+    assert results["final_accuracy"].to_dict() == {"fedlaw_0": 0.75, "fedlaw_1": 0.7,
+                                                   "mean_0": 0.85}
+    assert results.loc["fedlaw_0", "aborted_round"] == 3
+    assert report.main(["report", str(tmp_path), "--abort_test_loss=0", "--noplots"]) == 2
+    assert "--abort_test_loss must be a positive loss; got 0.0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--rows=bogus"], "--rows: unknown column 'bogus'; settings that vary: aggregator, attack"),
     (["--columns=atack"], "--columns: unknown column 'atack'"),

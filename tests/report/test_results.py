@@ -2,6 +2,7 @@
 
 import math
 
+import pandas as pd
 import pytest
 
 from tests.report.helpers import write_manifest, write_run
@@ -61,6 +62,52 @@ def test_diverged_score_and_unfinished_runs(tmp_path):
     frame = frame.set_index("run_name")
     assert frame.loc["d", "final_accuracy"] is None or math.isnan(frame.loc["d", "final_accuracy"])
     assert not frame.loc["e", "diverged"] and frame.loc["e", "status"] == "failed"
+
+
+def _metrics(rounds, accuracies, losses):
+    return pd.DataFrame(dict(round=rounds, test_accuracy=accuracies, test_loss=losses))
+
+
+@pytest.mark.parametrize("accuracies, losses, diverged, expected", [
+    # never above the limit: not aborted
+    ([0.5, 0.7, 0.8], [2.0, 1.0, 9.0], False, (math.nan, math.nan)),
+    # the first evaluation above 9 ends the run; the one before is what is logged last
+    ([0.5, 0.7, 0.6, 0.1], [2.0, 5.0, 9.5, 30.0], False, (3.0, 0.7)),
+    # a NaN loss aborts like a large one; unevaluated rounds are skipped
+    ([0.5, math.nan, 0.1, 0.6], [2.0, math.nan, math.nan, 1.0], False, (3.0, 0.5)),
+    # aborted at the first evaluation: nothing logged before
+    ([0.1, 0.8], [12.0, 1.0], False, (1.0, math.nan)),
+    # a non-finite model after its last finite evaluation aborts at its last round
+    ([0.5, 0.6, math.nan], [2.0, 3.0, math.nan], True, (3.0, 0.6)),
+])
+def test_accuracy_before_abort_by_hand(accuracies, losses, diverged, expected):
+    got = results.accuracy_before_abort(_metrics(range(1, len(accuracies) + 1), accuracies, losses),
+                                        9.0, diverged=diverged)
+    assert got == pytest.approx(expected, nan_ok=True)
+
+
+def test_accuracy_before_abort_reads_rounds_in_order():
+    shuffled = _metrics([30, 10, 20], [0.2, 0.6, 0.7], [20.0, 1.0, 4.0])
+    assert results.accuracy_before_abort(shuffled, 9.0) == (30.0, 0.7)
+
+
+def test_abort_test_loss_rescores_final_accuracy(tmp_path):
+    write_run(tmp_path, "collapsed", [0.5, 0.8, 0.6, 0.1], losses=[1.5, 0.8, 9.2, 40.0])
+    write_run(tmp_path, "healthy", [0.5, 0.8, 0.9], losses=[1.5, 0.8, 0.5])
+    write_run(tmp_path, "nan", [0.3, 0.4], status="failed", losses=[2.0, 3.0],
+              reason="model became non-finite at round 3 (aggregate non-finite: 1)")
+    write_run(tmp_path, "first", [0.1, 0.2], losses=[11.0, 12.0])
+    raw = results.load_results(str(tmp_path))[0].set_index("run_name")
+    assert raw.loc["collapsed", "final_accuracy"] == 0.1
+    assert raw["aborted_round"].isna().all()
+    frame = results.load_results(str(tmp_path), abort_test_loss=9.0,
+                                 diverged_score=0.0)[0].set_index("run_name")
+    assert frame.loc["collapsed", ["final_accuracy", "aborted_round"]].tolist() == [0.8, 3.0]
+    assert frame.loc["collapsed", "final_test_accuracy"] == 0.1  # the raw value is kept
+    assert frame.loc["healthy", "final_accuracy"] == 0.9
+    assert math.isnan(frame.loc["healthy", "aborted_round"])
+    assert frame.loc["nan", ["final_accuracy", "aborted_round"]].tolist() == [0.4, 2.0]
+    assert frame.loc["first", ["final_accuracy", "aborted_round"]].tolist() == [0.0, 1.0]
 
 
 def test_no_runs_is_an_error(tmp_path):

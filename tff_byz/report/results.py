@@ -12,7 +12,13 @@ returns
   `diverged` (the run stopped because the model became non-finite) and
   `final_accuracy`: the final test accuracy, with a diverged run scored
   `diverged_score` (default 0: its model is NaN); `final_accuracy_honest_mean`
-  likewise for PDMM's honest clients' mean model (NaN for other runs);
+  likewise for PDMM's honest clients' mean model (NaN for other runs). With
+  `abort_test_loss=X` a run is scored as the FedLAW authors' code scores it: their
+  evaluation raises once the test loss exceeds X (9 in their code) or is NaN, so the
+  last accuracy they log is that of the evaluation before. `final_accuracy` is then that
+  accuracy (`diverged_score` if no evaluation came before), and `aborted_round` the
+  round of the first such evaluation (NaN if none; a run that became non-finite aborts
+  at its last round);
 - `rounds`: one row per run and round: `run_name`, the config columns and every
   metrics.csv column.
 
@@ -29,7 +35,8 @@ from typing import Optional
 
 import pandas as pd
 
-__all__ = ["load_results", "find_run_dirs", "heterogeneity_label", "RESULT_COLUMNS", "NotAGridError"]
+__all__ = ["load_results", "accuracy_before_abort", "find_run_dirs", "heterogeneity_label",
+           "RESULT_COLUMNS", "NotAGridError"]
 
 # Summary fields copied as columns (lists are JSON-encoded), renamed where a config
 # field has the same name.
@@ -40,9 +47,9 @@ _SUMMARY_FIELDS = {"status": "status", "reason": "reason", "rounds_completed": "
                    "actual_byzantine_fraction": "actual_byzantine_fraction",
                    "declared_byzantine_fraction": "declared_fraction_used",
                    "byzantine_ids": "byzantine_ids"}
-RESULT_COLUMNS = ("final_accuracy", "final_accuracy_honest_mean", "final_test_accuracy",
-                  "best_test_accuracy", "final_test_loss", "detection_precision",
-                  "detection_recall", "detection_f1", "detection_accuracy",
+RESULT_COLUMNS = ("final_accuracy", "aborted_round", "final_accuracy_honest_mean",
+                  "final_test_accuracy", "best_test_accuracy", "final_test_loss",
+                  "detection_precision", "detection_recall", "detection_f1", "detection_accuracy",
                   "final_attack_success_rate", "wall_seconds")
 # A non-finite model is the run's own verdict (tff_byz.training.NonFiniteModelError).
 _DIVERGED_MARK = "non-finite"
@@ -102,7 +109,28 @@ def _accuracy(value, diverged: bool, diverged_score):
     return math.nan if value is None else float(value)
 
 
-def load_results(directory: str, *, diverged_score: Optional[float] = 0.0
+def accuracy_before_abort(metrics: pd.DataFrame, limit: float, *, diverged: bool = False
+                          ) -> tuple[float, float]:
+    """(aborted round, last test accuracy before it) of one run's metrics under the rule
+    "stop at the first evaluation whose test loss exceeds `limit` or is not finite".
+    (NaN, NaN) when no evaluation breaks the rule and the run did not diverge; the
+    accuracy is NaN when nothing was evaluated before the abort."""
+    if not len(metrics):
+        return math.nan, math.nan
+    evaluated = metrics.dropna(subset=["test_accuracy"]).sort_values("round")
+    broken = evaluated[~(evaluated["test_loss"] <= limit)]  # NaN fails <= as well
+    if len(broken):
+        aborted = float(broken["round"].iloc[0])
+        evaluated = evaluated[evaluated["round"] < aborted]
+    elif diverged:  # the model became non-finite after its last evaluation
+        aborted = float(metrics["round"].max())
+    else:
+        return math.nan, math.nan
+    return aborted, float(evaluated["test_accuracy"].iloc[-1]) if len(evaluated) else math.nan
+
+
+def load_results(directory: str, *, diverged_score: Optional[float] = 0.0,
+                 abort_test_loss: Optional[float] = None
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(results, rounds) DataFrames of every run of `directory` (see the module doc)."""
     run_dirs = find_run_dirs(directory)
@@ -147,6 +175,12 @@ def load_results(directory: str, *, diverged_score: Optional[float] = 0.0
                            and _DIVERGED_MARK in str(summary.get("reason", "")))
         scoring = (row["diverged"], diverged_score)
         row["final_accuracy"] = _accuracy(summary.get("final_test_accuracy"), *scoring)
+        if abort_test_loss is not None:
+            aborted, before = accuracy_before_abort(metrics, abort_test_loss,
+                                                    diverged=row["diverged"])
+            row["aborted_round"] = aborted
+            if not math.isnan(aborted):
+                row["final_accuracy"] = diverged_score if math.isnan(before) else before
         if _is_pdmm(config):  # other runs: NaN
             row["final_accuracy_honest_mean"] = _accuracy(
                 summary.get("final_test_accuracy_honest_mean"), *scoring)
