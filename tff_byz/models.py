@@ -44,6 +44,30 @@ def mlp(input_shape, num_classes, normalization) -> tf.keras.Model:
     ])
 
 
+def _torch_dense(units: int, fan_in: int, activation=None) -> tf.keras.layers.Dense:
+    """A Dense layer initialised as PyTorch's `nn.Linear`: weights and biases both
+    uniform on ±1/√fan_in (kaiming_uniform with a = √5 for the weights)."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return tf.keras.layers.Dense(
+        units, activation=activation,
+        kernel_initializer=tf.keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"),
+        bias_initializer=tf.keras.initializers.RandomUniform(-bound, bound))
+
+
+def mlp_torch(input_shape, num_classes, normalization) -> tf.keras.Model:
+    """`mlp` initialised as the FedLAW authors' PyTorch ThreeLayerFC (PyTorch's default
+    `nn.Linear` init: weights ~2.3× smaller than Keras' Glorot, biases not zero)."""
+    inputs = int(np.prod(input_shape))
+    return tf.keras.Sequential([
+        tf.keras.layers.InputLayer(input_shape=input_shape),
+        _normalize(input_shape, normalization),
+        tf.keras.layers.Flatten(),
+        _torch_dense(128, inputs, "relu"),
+        _torch_dense(64, 128, "relu"),
+        _torch_dense(num_classes, 64),
+    ])
+
+
 def small_mlp(input_shape, num_classes, normalization) -> tf.keras.Model:
     """A small MLP for the embedded 8×8 `digits` data: flatten → 32 ReLU → classes."""
     return tf.keras.Sequential([
@@ -123,7 +147,7 @@ def cifar_cnn(input_shape, num_classes, normalization) -> tf.keras.Model:
 
 
 MODELS: dict[str, Callable[..., tf.keras.Model]] = collections.OrderedDict(
-    mlp=mlp, small_mlp=small_mlp, wide_mlp=wide_mlp, emnist_cnn=emnist_cnn, lenet=lenet,
+    mlp=mlp, mlp_torch=mlp_torch, small_mlp=small_mlp, wide_mlp=wide_mlp, emnist_cnn=emnist_cnn, lenet=lenet,
     cifar_cnn=cifar_cnn)
 
 

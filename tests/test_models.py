@@ -1,0 +1,38 @@
+"""Model builders: parameter counts and the PyTorch-style initialisation of `mlp_torch`."""
+
+import numpy as np
+import pytest
+
+from tff_byz import models
+
+MNIST = ((28, 28, 1), 10, ((0.1307,), (0.3081,)))
+
+
+@pytest.mark.parametrize("name", ["mlp", "mlp_torch"])
+def test_fedlaw_mlps_have_the_papers_parameter_count(name):
+    # 784·128 + 128 + 128·64 + 64 + 64·10 + 10
+    assert models.count_parameters(models.build_keras_model(name, *MNIST, seed=0)) == 109_386
+
+
+def test_mlp_torch_draws_weights_and_biases_like_torch_linear():
+    kernels_and_biases = models.build_keras_model("mlp_torch", *MNIST, seed=0).get_weights()
+    for fan_in, kernel, bias in zip((784, 128, 64), kernels_and_biases[::2],
+                                    kernels_and_biases[1::2]):
+        bound = 1 / np.sqrt(fan_in)  # U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both
+        assert kernel.shape[0] == fan_in
+        assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
+        assert kernel.std() == pytest.approx(bound / np.sqrt(3), rel=0.05)
+        assert bias.std() > bound / 4  # not zero-initialised
+
+
+def test_keras_mlp_is_glorot_with_zero_biases_for_comparison():
+    weights = models.build_keras_model("mlp", *MNIST, seed=0).get_weights()
+    assert np.abs(weights[0]).max() <= np.sqrt(6 / (784 + 128))
+    assert np.abs(weights[0]).max() > 2 / 28  # ~2.3x the torch bound 1/28
+    assert not any(b.any() for b in weights[1::2])
+
+
+def test_same_seed_same_initial_model():
+    first, second = (models.build_keras_model("mlp_torch", *MNIST, seed=4).get_weights()
+                     for _ in range(2))
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
