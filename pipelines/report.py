@@ -8,6 +8,7 @@
     --abort_test_loss=9                  score runs as the FedLAW authors' code does: a run
                                          ends at its first evaluation with test loss > 9 or
                                          NaN, and scores the accuracy of the one before
+                                         (runs trained with --stop_test_loss: by default)
 
 Reads only the run files (`tff_byz.report.results`) and writes
 DIR/results.csv + .parquet (one row per run: config columns + final metrics),
@@ -250,10 +251,12 @@ def main(argv=None) -> int:
     tables, facets = build_tables(table_results, **common)
     header = (f"{len(table_results)} runs in {args.directory}; settings that vary: {valid}; "
               f"{results['seed'].nunique()} seed(s)")
-    if args.abort_test_loss is not None:
-        aborted = int(table_results["aborted_round"].notna().sum())
+    aborted = int(table_results["aborted_round"].notna().sum())
+    if args.abort_test_loss is not None or aborted:
+        limit = (f"{args.abort_test_loss:g}" if args.abort_test_loss is not None
+                 else "the run's stop_test_loss")
         header += (f"; final_accuracy as the last test accuracy before the first evaluation "
-                   f"with test loss > {args.abort_test_loss:g} or NaN ({aborted} run(s) aborted)")
+                   f"with test loss > {limit} or NaN ({aborted} run(s) aborted)")
     if len(unfinished):
         header += (f"; {len(unfinished)} unfinished run(s) left out: "
                    + ", ".join(unfinished["run_name"]))

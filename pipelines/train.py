@@ -48,6 +48,8 @@ flags.DEFINE_float("weight_decay", 0.0, "Weight decay (momentum_sgd).")
 flags.DEFINE_float("server_lr", 1.0, "Server learning rate: θ ← θ + server_lr · Agg(Δ).")
 flags.DEFINE_integer("eval_every", 1, "Evaluate on the test set every k rounds (and at the end).")
 flags.DEFINE_integer("checkpoint_every", 0, "Save program state every k rounds (0 = eval_every).")
+flags.DEFINE_float("stop_test_loss", None, "End the run at the first evaluation whose test loss "
+                   "exceeds this or is NaN (the FedLAW authors' code stops at 9).")
 flags.DEFINE_string("topology", "star", "PDMM: star (centralized, server as a PDMM node), "
                     "ring, complete or rgg (decentralized).")
 flags.DEFINE_string("attack_message", "delta", "FedAvg: local attacks corrupt the delta or the "
@@ -70,8 +72,8 @@ _CONFIG_FLAGS = ("dataset", "data_dir", "partition", "q", "q_mode", "alpha", "nu
                  "clients_per_round", "model", "aggregator", "attack", "byzantine_fraction",
                  "byzantine_selection", "declared_byzantine_fraction",
                  "rounds", "local_epochs", "local_steps", "batch_size", "client_lr", "client_work",
-                 "momentum",
-                 "weight_decay", "server_lr", "eval_every", "checkpoint_every", "seed",
+                 "momentum", "weight_decay", "server_lr", "eval_every", "checkpoint_every",
+                 "stop_test_loss", "seed",
                  "topology", "attack_message", "output_dir", "run_name", "tff_workers")
 
 

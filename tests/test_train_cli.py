@@ -28,6 +28,8 @@ def run_cli(capsys, tmp_path, *args):
     (["--client_lr=-0.1"], "--client_lr must be in (0, inf); got -0.1"),
     (["--server_lr=0"], "--server_lr must be in (0, inf)"),
     (["--momentum=1"], "--momentum must be in [0, 1); got 1.0"),
+    (["--stop_test_loss=0"], "--stop_test_loss must be in (0, inf); got 0.0"),
+    (["--stop_test_loss=nan"], "--stop_test_loss must be a number; got nan"),
     (["--eval_every=0"], "--eval_every must be an integer >= 1"),
     (["--aggregator=bogus"], "--aggregator: unknown name 'bogus'; valid choices: mean"),
     (["--aggregator=mean:foo=1"], "--aggregator: mean has no parameter 'foo'; valid parameters: weighted"),

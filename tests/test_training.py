@@ -85,6 +85,34 @@ def test_runs_are_deterministic_and_resume_extends_exactly(tmp_path, tff_context
     assert resumed["best_test_accuracy"] == whole["best_test_accuracy"]
 
 
+def test_stop_test_loss_ends_the_run_at_the_first_evaluation_above_it(tmp_path, tff_context):
+    """Mean under a scaled sign flip climbs in loss; the limit between rounds 3 and 4 ends
+    the run at 4, exactly as the unlimited run went, and a resume does not continue it."""
+    from tff_byz.report import results  # pylint: disable=import-outside-toplevel
+    attacked = dict(attack="sign_flip:scale=3", byzantine_fraction=0.4)
+    training.run_experiment(small_config(tmp_path / "a", **attacked), progress=False)
+    whole = pd.read_csv(tmp_path / "a" / "run" / "metrics.csv")
+    losses = whole["test_loss"].to_numpy()
+    assert (np.diff(losses[2:]) > 0).all()  # the premise: the loss climbs from round 3
+    limit = float(losses[2] + losses[3]) / 2
+    summary = training.run_experiment(small_config(tmp_path / "b", stop_test_loss=limit,
+                                                   **attacked), progress=False)
+    assert (summary["status"], summary["rounds_completed"], summary["stopped_round"]) == (
+        "complete", 4, 4)
+    assert summary["reason"].startswith("stopped at round 4: test loss ")
+    stopped = pd.read_csv(tmp_path / "b" / "run" / "metrics.csv")
+    pd.testing.assert_frame_equal(stopped[DETERMINISTIC_COLUMNS],
+                                  whole[DETERMINISTIC_COLUMNS].iloc[:4])
+    again = training.run_experiment(small_config(tmp_path / "b", stop_test_loss=limit, rounds=8,
+                                                 **attacked), resume=True, progress=False)
+    assert (again["status"], again["rounds_completed"], again["stopped_round"]) == (
+        "complete", 4, 4)
+    assert len(pd.read_csv(tmp_path / "b" / "run" / "metrics.csv")) == 4
+    frame = results.load_results(str(tmp_path / "b"))[0]  # scored by the run's own limit
+    assert frame.loc[0, "aborted_round"] == 4
+    assert frame.loc[0, "final_accuracy"] == pytest.approx(whole["test_accuracy"].iloc[2])
+
+
 def test_clients_per_round_samples_deterministically(tmp_path, tff_context):
     summary = training.run_experiment(small_config(tmp_path, clients_per_round=4, rounds=2),
                                       progress=False)

@@ -74,6 +74,9 @@ class ExperimentConfig:
     server_lr: float = 1.0
     eval_every: int = 1
     checkpoint_every: int = 0  # 0: same as eval_every
+    # End the run at the first evaluation whose test loss exceeds this or is NaN (the
+    # FedLAW authors' evaluation raises at 9); None: never.
+    stop_test_loss: Optional[float] = None
     seed: int = 0
     topology: str = "star"  # pdmm: star (centralized) or a decentralized graph
     # FedAvg: local attacks corrupt the delta Δ_i or the model θ + Δ_i (PDMM: always its y).
@@ -162,6 +165,9 @@ class ExperimentConfig:
         number("server_lr", self.server_lr, 0.0, math.inf, low_open=True, high_open=True)
         integer("eval_every", self.eval_every, 1)
         integer("checkpoint_every", self.checkpoint_every, 0)
+        if self.stop_test_loss is not None:
+            number("stop_test_loss", self.stop_test_loss, 0.0, math.inf, low_open=True,
+                   high_open=True)
         integer("seed", self.seed, 0)
         if self.run_name is not None and (not self.run_name or "/" in self.run_name
                                           or self.run_name in (".", "..")):

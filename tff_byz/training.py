@@ -537,8 +537,9 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
     started = time.monotonic()
     saved_round = start_round
     round_num = start_round
+    stopped = _stopped_before(paths, summary, config.stop_test_loss) if resume else False
     try:
-        for round_index in range(start_round, config.rounds):
+        for round_index in range(start_round, config.rounds if not stopped else start_round):
             clients = sample_clients(experiment.num_clients, config.clients_per_round, config.seed,
                                      round_index)
             t0 = time.monotonic()
@@ -580,12 +581,17 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
                 summary["final_test_accuracy"], summary["final_test_loss"] = test_accuracy, test_loss
                 best = summary["best_test_accuracy"]
                 summary["best_test_accuracy"] = test_accuracy if best is None else max(best, test_accuracy)
+            if evaluate and breaks_loss_limit(test_loss, config.stop_test_loss):
+                stopped = True
+                summary["stopped_round"] = round_num
+                summary["reason"] = (f"stopped at round {round_num}: test loss {test_loss:.4g} > "
+                                     f"stop_test_loss={config.stop_test_loss:g}")
             if not finite:
                 raise NonFiniteModelError(
                     f"model became non-finite at round {round_num} (aggregate non-finite: "
                     f"{flat.get('finalizer/update_non_finite', '?')}); the aggregator "
                     f"{config.aggregator!r} let a NaN/Inf update through.")
-            if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
+            if round_num % config.checkpoint_every == 0 or round_num == config.rounds or stopped:
                 with _signals_deferred():  # Ctrl-C never half-writes a checkpoint
                     _run_sync(state_manager.save(experiment.program_state(
                         state, round_num, summary["wall_seconds"]), round_num))
@@ -596,6 +602,8 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
                 bar.set_postfix(acc=f"{test_accuracy:.4f}")
             if on_round is not None:
                 on_round(round_num, row)
+            if stopped:
+                break
         summary["status"] = "complete"
     except NonFiniteModelError as error:
         summary["status"], summary["reason"] = "failed", str(error)
@@ -620,15 +628,39 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
     return summary
 
 
-def _merge_previous_summary(paths: RunPaths, summary: dict, resume: bool) -> None:
-    """On resume, recover final/best accuracy from the metrics rows up to the checkpoint."""
-    if not resume or not os.path.exists(paths.metrics) or summary["rounds_completed"] == 0:
-        return
+def breaks_loss_limit(test_loss: float, limit: Optional[float]) -> bool:
+    """True if `limit` is set and the test loss exceeds it or is not finite."""
+    return limit is not None and not test_loss <= limit
+
+
+def _evaluated_rows(paths: RunPaths, rounds_completed: int):
+    """On resume: the evaluated metrics rows up to the checkpoint, by round (None if none)."""
+    if not os.path.exists(paths.metrics) or rounds_completed == 0:
+        return None
     import pandas as pd  # pylint: disable=import-outside-toplevel
     rows = pd.read_csv(paths.metrics)
-    rows = rows[(rows["round"] <= summary["rounds_completed"]) & rows["test_accuracy"].notna()]
-    if len(rows):
-        last = rows.sort_values("round").iloc[-1]
+    rows = rows[(rows["round"] <= rounds_completed) & rows["test_accuracy"].notna()]
+    return rows.sort_values("round") if len(rows) else None
+
+
+def _stopped_before(paths: RunPaths, summary: dict, limit: Optional[float]) -> bool:
+    """On resume: True (and the summary says so) if the run already ended by `limit`,
+    i.e. its last evaluation up to the checkpoint broke it."""
+    rows = None if limit is None else _evaluated_rows(paths, summary["rounds_completed"])
+    if rows is None or not breaks_loss_limit(float(rows["test_loss"].iloc[-1]), limit):
+        return False
+    last_round, last_loss = int(rows["round"].iloc[-1]), float(rows["test_loss"].iloc[-1])
+    summary["stopped_round"] = last_round
+    summary["reason"] = (f"stopped at round {last_round}: test loss {last_loss:.4g} > "
+                         f"stop_test_loss={limit:g}")
+    return True
+
+
+def _merge_previous_summary(paths: RunPaths, summary: dict, resume: bool) -> None:
+    """On resume, recover final/best accuracy from the metrics rows up to the checkpoint."""
+    rows = _evaluated_rows(paths, summary["rounds_completed"]) if resume else None
+    if rows is not None:
+        last = rows.iloc[-1]
         summary["final_test_accuracy"] = float(last["test_accuracy"])
         summary["final_test_loss"] = float(last["test_loss"])
         summary["best_test_accuracy"] = float(rows["test_accuracy"].max())

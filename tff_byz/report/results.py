@@ -18,7 +18,8 @@ returns
   last accuracy they log is that of the evaluation before. `final_accuracy` is then that
   accuracy (`diverged_score` if no evaluation came before), and `aborted_round` the
   round of the first such evaluation (NaN if none; a run that became non-finite aborts
-  at its last round);
+  at its last round). A run trained with `stop_test_loss` is scored by its own limit
+  unless `abort_test_loss` is given;
 - `rounds`: one row per run and round: `run_name`, the config columns and every
   metrics.csv column.
 
@@ -175,9 +176,9 @@ def load_results(directory: str, *, diverged_score: Optional[float] = 0.0,
                            and _DIVERGED_MARK in str(summary.get("reason", "")))
         scoring = (row["diverged"], diverged_score)
         row["final_accuracy"] = _accuracy(summary.get("final_test_accuracy"), *scoring)
-        if abort_test_loss is not None:
-            aborted, before = accuracy_before_abort(metrics, abort_test_loss,
-                                                    diverged=row["diverged"])
+        limit = abort_test_loss if abort_test_loss is not None else config.get("stop_test_loss")
+        if limit is not None:
+            aborted, before = accuracy_before_abort(metrics, limit, diverged=row["diverged"])
             row["aborted_round"] = aborted
             if not math.isnan(aborted):
                 row["final_accuracy"] = diverged_score if math.isnan(before) else before
