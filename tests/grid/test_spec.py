@@ -166,6 +166,16 @@ def test_pdmm_mnist_example_parses():
     assert len(cells) == 4 * 3 * 2 * 5
 
 
+def test_fedlaw_mnist_lie_scored_example_stops_like_the_authors_code():
+    cells = spec.load_grid(str(EXAMPLES / "fedlaw_mnist_lie_scored.toml")).cells("runs")
+    configs = [c.config for c in cells]
+    assert collections.Counter(c.model for c in configs) == {"mlp": 5, "mlp_torch": 5}
+    assert {(c.stop_test_loss, c.eval_every, c.rounds) for c in configs} == {(9.0, 1, 200)}
+    assert all({"preset=fedlaw_code", "start=2"} <= set(c.attack.split(":")[1].split(","))
+               for c in configs)
+    assert sorted(c.seed for c in configs) == sorted(list(range(5)) * 2)
+
+
 def test_fedlaw_mnist_lie_example_is_the_authors_lie_with_its_variants():
     cells = spec.load_grid(str(EXAMPLES / "fedlaw_mnist_lie.toml")).cells("runs")
     assert len(cells) == 3 * 5
