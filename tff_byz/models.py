@@ -147,8 +147,8 @@ def cifar_cnn(input_shape, num_classes, normalization) -> tf.keras.Model:
 
 
 MODELS: dict[str, Callable[..., tf.keras.Model]] = collections.OrderedDict(
-    mlp=mlp, mlp_torch=mlp_torch, small_mlp=small_mlp, wide_mlp=wide_mlp, emnist_cnn=emnist_cnn, lenet=lenet,
-    cifar_cnn=cifar_cnn)
+    mlp=mlp, mlp_torch=mlp_torch, small_mlp=small_mlp, wide_mlp=wide_mlp, emnist_cnn=emnist_cnn,
+    lenet=lenet, cifar_cnn=cifar_cnn)
 
 
 def build_keras_model(name: str, input_shape, num_classes: int, normalization: Normalization,

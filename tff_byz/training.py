@@ -41,6 +41,7 @@ from attacks import build_attack_plan, selection
 from tff_byz import client_inputs, client_work, datasets, fedavg, models
 from tff_byz.config import RESUMABLE_CHANGES, ConfigError, ExperimentConfig
 from tff_byz.files import write_json_atomic
+from tff_byz.report.results import accuracy_before_abort, breaks_loss_limit
 
 __all__ = ["RunPaths", "Experiment", "run_experiment", "NonFiniteModelError",
            "RunDirectoryError", "sample_clients"]
@@ -538,8 +539,9 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
     saved_round = start_round
     round_num = start_round
     stopped = _stopped_before(paths, summary, config.stop_test_loss) if resume else False
+    last_round = start_round if stopped else config.rounds
     try:
-        for round_index in range(start_round, config.rounds if not stopped else start_round):
+        for round_index in range(start_round, last_round):
             clients = sample_clients(experiment.num_clients, config.clients_per_round, config.seed,
                                      round_index)
             t0 = time.monotonic()
@@ -583,9 +585,7 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
                 summary["best_test_accuracy"] = test_accuracy if best is None else max(best, test_accuracy)
             if evaluate and breaks_loss_limit(test_loss, config.stop_test_loss):
                 stopped = True
-                summary["stopped_round"] = round_num
-                summary["reason"] = (f"stopped at round {round_num}: test loss {test_loss:.4g} > "
-                                     f"stop_test_loss={config.stop_test_loss:g}")
+                _mark_stopped(summary, round_num, test_loss, config.stop_test_loss)
             if not finite:
                 raise NonFiniteModelError(
                     f"model became non-finite at round {round_num} (aggregate non-finite: "
@@ -628,11 +628,6 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
     return summary
 
 
-def breaks_loss_limit(test_loss: float, limit: Optional[float]) -> bool:
-    """True if `limit` is set and the test loss exceeds it or is not finite."""
-    return limit is not None and not test_loss <= limit
-
-
 def _evaluated_rows(paths: RunPaths, rounds_completed: int):
     """On resume: the evaluated metrics rows up to the checkpoint, by round (None if none)."""
     if not os.path.exists(paths.metrics) or rounds_completed == 0:
@@ -643,16 +638,23 @@ def _evaluated_rows(paths: RunPaths, rounds_completed: int):
     return rows.sort_values("round") if len(rows) else None
 
 
-def _stopped_before(paths: RunPaths, summary: dict, limit: Optional[float]) -> bool:
-    """On resume: True (and the summary says so) if the run already ended by `limit`,
-    i.e. its last evaluation up to the checkpoint broke it."""
-    rows = None if limit is None else _evaluated_rows(paths, summary["rounds_completed"])
-    if rows is None or not breaks_loss_limit(float(rows["test_loss"].iloc[-1]), limit):
-        return False
-    last_round, last_loss = int(rows["round"].iloc[-1]), float(rows["test_loss"].iloc[-1])
-    summary["stopped_round"] = last_round
-    summary["reason"] = (f"stopped at round {last_round}: test loss {last_loss:.4g} > "
+def _mark_stopped(summary: dict, round_num: int, test_loss: float, limit: float) -> None:
+    summary["stopped_round"] = round_num
+    summary["reason"] = (f"stopped at round {round_num}: test loss {test_loss:.4g} > "
                          f"stop_test_loss={limit:g}")
+
+
+def _stopped_before(paths: RunPaths, summary: dict, limit: Optional[float]) -> bool:
+    """On resume: True (and the summary says so) if the run already ended by `limit`
+    (the report's rule, `accuracy_before_abort`, over the rows up to the checkpoint)."""
+    rows = None if limit is None else _evaluated_rows(paths, summary["rounds_completed"])
+    if rows is None:
+        return False
+    aborted, _ = accuracy_before_abort(rows, limit)
+    if math.isnan(aborted):
+        return False
+    _mark_stopped(summary, int(aborted), float(rows.set_index("round").loc[aborted, "test_loss"]),
+                  limit)
     return True
 
 

@@ -36,8 +36,8 @@ from typing import Optional
 
 import pandas as pd
 
-__all__ = ["load_results", "accuracy_before_abort", "find_run_dirs", "heterogeneity_label",
-           "RESULT_COLUMNS", "NotAGridError"]
+__all__ = ["load_results", "accuracy_before_abort", "breaks_loss_limit", "find_run_dirs",
+           "heterogeneity_label", "RESULT_COLUMNS", "NotAGridError"]
 
 # Summary fields copied as columns (lists are JSON-encoded), renamed where a config
 # field has the same name.
@@ -110,6 +110,11 @@ def _accuracy(value, diverged: bool, diverged_score):
     return math.nan if value is None else float(value)
 
 
+def breaks_loss_limit(test_loss: float, limit: Optional[float]) -> bool:
+    """True if `limit` is set and the test loss exceeds it or is not finite (NaN)."""
+    return limit is not None and not test_loss <= limit
+
+
 def accuracy_before_abort(metrics: pd.DataFrame, limit: float, *, diverged: bool = False
                           ) -> tuple[float, float]:
     """(aborted round, last test accuracy before it) of one run's metrics under the rule
@@ -119,7 +124,7 @@ def accuracy_before_abort(metrics: pd.DataFrame, limit: float, *, diverged: bool
     if not len(metrics):
         return math.nan, math.nan
     evaluated = metrics.dropna(subset=["test_accuracy"]).sort_values("round")
-    broken = evaluated[~(evaluated["test_loss"] <= limit)]  # NaN fails <= as well
+    broken = evaluated[evaluated["test_loss"].map(lambda loss: breaks_loss_limit(loss, limit))]
     if len(broken):
         aborted = float(broken["round"].iloc[0])
         evaluated = evaluated[evaluated["round"] < aborted]
