@@ -26,6 +26,7 @@ from absl import flags  # noqa: E402
 
 from aggregators import AGGREGATORS, AggregatorContext, build_aggregator  # noqa: E402
 from aggregators.mean import StackedMeanFactory  # noqa: E402
+from benchmarks.procstat import cpu_seconds  # noqa: E402
 from tff_byz import client_inputs, context, fedavg, models  # noqa: E402
 
 flags.DEFINE_list("models", ["mlp", "emnist_cnn"], "Models (~1e5 and ~1.2e6 parameters).")
@@ -57,16 +58,6 @@ def client_data(n, per_client, seed=0):
         datasets.append(client_inputs.make_client_input(
             tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)), i))
     return datasets
-
-
-def cpu_seconds(pid):
-    """User + system CPU time of process `pid` so far (Linux /proc; None elsewhere)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, TypeError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class RoundTimer:

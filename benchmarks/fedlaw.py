@@ -6,8 +6,10 @@
    first). Each is built as `tff_byz.training.Experiment` builds it (full
    participation, no attack). Rounds are interleaved (one of each per
    repetition, so load from other processes hits all three alike); medians over
-   `--rounds` timed rounds after `--warmup` rounds (tracing excluded). Goals:
-   learning ≈ 2× FedAvg, frozen ≤ 1.1× FedAvg.
+   `--rounds` timed rounds after `--warmup` rounds (tracing excluded), with the
+   TFF worker's CPU time per round (less sensitive to other load than wall time)
+   and its peak RSS during the round (sampled every 20 ms). Goals: learning ≈ 2×
+   FedAvg, frozen ≤ 1.1× FedAvg.
 2. The server step alone (`weight_step` + `project_sparse_capped_simplex` +
    `weighted_delta` in one `tf.function`) on random float32 [n, D] pass-A/pass-B
    deltas, each D in a fresh subprocess: median time and peak RSS above the RSS
@@ -15,7 +17,9 @@
 
     python -m benchmarks.fedlaw                              # digits, 20 clients
     python -m benchmarks.fedlaw --dataset=mnist --data_dir=../shared/data --num_clients=200 \
-        --model=mlp --rounds=3 --parts=rounds
+        --model=mlp --local_epochs=3 --batch_size=64 --rounds=5 --parts=rounds
+    python -m benchmarks.fedlaw --dataset=cifar10 --data_dir=../shared/data --num_clients=200 \
+        --local_steps=1 --batch_size=16 --rounds=3 --parts=rounds   # 2.5e6 parameters
 """
 
 from __future__ import annotations
@@ -33,12 +37,15 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
+from benchmarks import procstat  # noqa: E402
+
 flags.DEFINE_list("parts", ["rounds", "server"], "What to measure: rounds, server.")
 flags.DEFINE_string("dataset", "digits", "Dataset (see pipelines.train).")
 flags.DEFINE_string("data_dir", None, "Directory of real datasets.")
 flags.DEFINE_string("model", None, "Model (default: the dataset's).")
 flags.DEFINE_integer("num_clients", 20, "Clients (all participate every round).")
 flags.DEFINE_integer("local_epochs", 1, "Local epochs per client pass.")
+flags.DEFINE_integer("local_steps", 0, "Local mini-batch steps per pass instead of epochs (0: epochs).")
 flags.DEFINE_integer("batch_size", 32, "Client batch size.")
 flags.DEFINE_integer("rounds", 5, "Timed rounds per algorithm.")
 flags.DEFINE_integer("warmup", 1, "Untimed rounds first (tracing, worker start-up).")
@@ -58,44 +65,70 @@ def round_times():
     from tff_byz.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
     from tff_byz.training import Experiment  # pylint: disable=import-outside-toplevel
     total = 1 + FLAGS.warmup + FLAGS.rounds  # the schedule's T (frozen: one learning round first)
-    with context.ExecutionContext():
+    with context.ExecutionContext() as tff_context:
+        pid = tff_context.worker_pid
         runs = {}
         for name, spec in ALGORITHMS:
             experiment = Experiment(ExperimentConfig(
                 dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, model=FLAGS.model,
                 num_clients=FLAGS.num_clients, aggregator=spec, rounds=total,
-                local_epochs=FLAGS.local_epochs, batch_size=FLAGS.batch_size).resolved())
+                local_epochs=FLAGS.local_epochs, local_steps=FLAGS.local_steps,
+                batch_size=FLAGS.batch_size).resolved())
             clients = np.arange(experiment.num_clients)
             state = experiment.process.initialize()
             if spec.endswith("freeze=1"):  # round 0 learns; the timed rounds are frozen ones
                 state, _ = experiment.next(state, clients)
             for _ in range(FLAGS.warmup):
                 state, _ = experiment.next(state, clients)
-            runs[name] = [experiment, clients, state, []]
+            runs[name] = dict(experiment=experiment, clients=clients, state=state, seconds=[],
+                              worker_cpu=[], worker_peak_mb=[], worker_start_mb=[])
         for _ in range(FLAGS.rounds):
-            for name, run in runs.items():
-                experiment, clients, state, times = run
-                start = time.perf_counter()
-                run[2], _ = experiment.next(state, clients)
-                times.append(time.perf_counter() - start)
-        experiment = runs[ALGORITHMS[0][0]][0]
+            for run in runs.values():
+                cpu_start, start = procstat.cpu_seconds(pid), time.perf_counter()
+                with procstat.PeakRss(pid) as rss:
+                    run["state"], _ = run["experiment"].next(run["state"], run["clients"])
+                run["seconds"].append(time.perf_counter() - start)
+                cpu_end = procstat.cpu_seconds(pid)
+                if cpu_start is not None and cpu_end is not None:
+                    run["worker_cpu"].append(cpu_end - cpu_start)
+                if rss.peak_mb is not None:
+                    run["worker_peak_mb"].append(rss.peak_mb)
+                    run["worker_start_mb"].append(rss.start_mb)
+        experiment = runs[ALGORITHMS[0][0]]["experiment"]
         figures = dict(dataset=FLAGS.dataset, model=experiment.config.model,
                        parameters=experiment.num_parameters, clients=experiment.num_clients,
                        timed_rounds=FLAGS.rounds,
-                       round_seconds={name: run[3] for name, run in runs.items()})
+                       round_seconds={name: run["seconds"] for name, run in runs.items()},
+                       worker_cpu_seconds={name: run["worker_cpu"] for name, run in runs.items()},
+                       worker_peak_mb={name: run["worker_peak_mb"] for name, run in runs.items()},
+                       worker_start_mb={name: run["worker_start_mb"]
+                                        for name, run in runs.items()})
     medians = {name: float(np.median(t)) for name, t in figures["round_seconds"].items()}
-    base = medians[ALGORITHMS[0][0]]
+    cpu = {name: float(np.median(t)) if t else None
+           for name, t in figures["worker_cpu_seconds"].items()}
+    base, base_cpu = medians[ALGORITHMS[0][0]], cpu[ALGORITHMS[0][0]]
     figures["median_round_seconds"] = medians
+    figures["median_worker_cpu_seconds"] = cpu
     figures["ratio_learning_over_fedavg"] = medians["fedlaw learning"] / base
     figures["ratio_frozen_over_fedavg"] = medians["fedlaw frozen"] / base
+    if base_cpu:
+        figures["cpu_ratio_learning_over_fedavg"] = cpu["fedlaw learning"] / base_cpu
+        figures["cpu_ratio_frozen_over_fedavg"] = cpu["fedlaw frozen"] / base_cpu
+    steps = (f"{FLAGS.local_steps} local step(s)" if FLAGS.local_steps
+             else f"{FLAGS.local_epochs} local epoch(s)")
     print(f"fedlaw round time: {FLAGS.dataset}, {figures['model']} ({figures['parameters']:,} "
-          f"params), {figures['clients']} clients, {FLAGS.local_epochs} local epoch(s), "
-          f"median of {FLAGS.rounds} timed rounds (min-max)")
+          f"params), {figures['clients']} clients, {steps}, batch {FLAGS.batch_size}, "
+          f"median of {FLAGS.rounds} timed rounds (min-max); TFF worker CPU and peak RSS")
     for name, t in figures["round_seconds"].items():
-        print(f"  {name:18s} {medians[name]:8.3f} s  ({min(t):.3f}-{max(t):.3f})")
-    print(f"  learning / FedAvg {figures['ratio_learning_over_fedavg']:8.2f}x   (spec: ~2x)")
-    print(f"  frozen / FedAvg   {figures['ratio_frozen_over_fedavg']:8.2f}x   (goal <= 1.1x)",
-          flush=True)
+        peak = figures["worker_peak_mb"][name]
+        print(f"  {name:18s} {medians[name]:8.3f} s  ({min(t):.3f}-{max(t):.3f})"
+              + (f"   worker CPU {cpu[name]:8.3f} s" if cpu[name] is not None else "")
+              + (f"   worker peak {max(peak):7.0f} MB" if peak else ""))
+    cpu_note = (lambda key: f"   (worker CPU {figures[key]:.2f}x)" if key in figures else "")
+    print(f"  learning / FedAvg {figures['ratio_learning_over_fedavg']:8.2f}x"
+          f"{cpu_note('cpu_ratio_learning_over_fedavg')}   (spec: ~2x)")
+    print(f"  frozen / FedAvg   {figures['ratio_frozen_over_fedavg']:8.2f}x"
+          f"{cpu_note('cpu_ratio_frozen_over_fedavg')}   (goal <= 1.1x)", flush=True)
     return figures
 
 
