@@ -327,11 +327,16 @@ def participant_sparsity(s_k, t, m, num_clients):
 # --- Ablations (§6) -------------------------------------------------------------------
 
 
-def _median(values) -> tf.Tensor:
-    """Median of a `[n]` vector (mean of the two middle values for even n)."""
-    ordered = tf.sort(values)
+def _median(values, valid=None) -> tf.Tensor:
+    """Median of a `[n]` vector (mean of the two middle values for even n), over the
+    entries where the bool mask `valid` holds if given; 0 when no entry is valid."""
+    if valid is not None:
+        values = tf.boolean_mask(values, valid)
     n = tf.size(values)
-    return (ordered[(n - 1) // 2] + ordered[n // 2]) / 2.0
+    # One zero appended so the indices stay in range when n = 0 (no tf.cond: an untaken
+    # branch may still run in graph mode).
+    ordered = tf.concat([tf.sort(values), tf.zeros([1], values.dtype)], axis=0)
+    return (ordered[tf.maximum((n - 1) // 2, 0)] + ordered[n // 2]) / 2.0
 
 
 def _row_norms64(rows) -> tf.Tensor:
@@ -348,16 +353,18 @@ def _row_norms64(rows) -> tf.Tensor:
     return tf.sqrt(squares)
 
 
-def clip_by_median_norm(delta, kappa=1.0):
+def clip_by_median_norm(delta, kappa=1.0, valid=None):
     """§6 `clip` ablation: rows scaled to norm ≤ C = κ·median_i ||Δ_i||.
 
     The spec clips g_i = −Δ_i/α; the common factor 1/α scales every norm and the
     median alike, so clipping the deltas is the same rule. Rows must be finite.
+    `valid` (bool `[n]`): the median runs over these rows only (the process passes
+    the finite clients, whose excluded rows it has zeroed).
     Returns (clipped `[n, ...]` in delta's dtype, radius C float64, clipped count int32).
     """
     delta = tf.convert_to_tensor(delta)
     norms = _row_norms64(_as_rows(delta))
-    radius = _f64(kappa) * _median(norms)
+    radius = _f64(kappa) * _median(norms, valid)
     over = norms > radius
     scale = tf.where(over, radius / tf.where(over, norms, 1.0), 1.0)
     shape = tf.concat([tf.shape(scale), tf.ones([tf.rank(delta) - 1], tf.int32)], axis=0)
@@ -365,19 +372,25 @@ def clip_by_median_norm(delta, kappa=1.0):
     return clipped, radius, tf.reduce_sum(tf.cast(over, tf.int32))
 
 
-def mad_loss_filter(losses, min_keep):
+def mad_loss_filter(losses, min_keep, valid=None):
     """§6 `loss_filter` ablation: flag f̃_i < med − 3·1.4826·MAD (only if MAD > 0).
 
-    Returns (keep_mask `[n]` bool, flagged int32 = number of clients the test flags,
-    skipped bool). If fewer than `min_keep` (⌈1/t⌉) clients would remain, the filter
-    is skipped (skipped = True) and every client is kept.
+    `valid` (bool `[n]`, default all): the clients still in the round (the process
+    passes the finite ones); med and MAD are taken over them, only they can be
+    flagged, and only they count as remaining. Returns (keep_mask `[n]` bool,
+    flagged int32 = number of clients the test flags, skipped bool). If fewer than
+    `min_keep` (⌈1/t⌉) valid clients would remain, the filter is skipped
+    (skipped = True) and every client is kept.
     """
     losses = _f64(losses)
-    med = _median(losses)
-    mad = _median(tf.abs(losses - med))
-    flagged_mask = (mad > 0.0) & (losses < med - _MAD_CUTOFF * _MAD_NORMAL_CONSISTENCY * mad)
+    if valid is None:
+        valid = tf.ones(tf.shape(losses), tf.bool)
+    med = _median(losses, valid)
+    mad = _median(tf.abs(losses - med), valid)
+    flagged_mask = valid & (mad > 0.0) & (
+        losses < med - _MAD_CUTOFF * _MAD_NORMAL_CONSISTENCY * mad)
     flagged = tf.reduce_sum(tf.cast(flagged_mask, tf.int32))
-    remaining = tf.size(losses) - flagged
+    remaining = tf.reduce_sum(tf.cast(valid, tf.int32)) - flagged
     skipped = (flagged > 0) & (remaining < tf.cast(min_keep, tf.int32))
     keep = tf.logical_not(flagged_mask) | skipped
     return keep, flagged, skipped

@@ -19,7 +19,11 @@ t scaled, written back with the participants' old mass).
 
 Clients whose pass-A or pass-B delta or loss is non-finite get h = −∞ and their
 rows count as zero: they end with weight 0 whenever enough finite clients
-remain (reported as `non_finite_clients`). With fewer than ⌈1/t⌉ finite clients
+remain (reported as `non_finite_clients`). The look-ahead θ̃ renormalises ŵ over
+the clients finite in pass A (the model the round makes puts all its weight on
+finite clients); the weight step's z = Σ ŵ_j Δ̃_j keeps ŵ as it is (the paper
+does not define a round with non-finite clients). The `clip` median and the
+`loss_filter` statistics run over the finite clients only. With fewer than ⌈1/t⌉ finite clients
 no weight vector on them satisfies the cap; the round then keeps the learned
 weights and does not move the model (`weights_kept` = 1; a project choice, the
 paper does not say).
@@ -215,13 +219,19 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
         def run(server, stacked_a):
             keep = finite_rows(stacked_a["deltas"], stacked_a["losses"])
             w_hat, _ = fedlaw_math.participant_weights(server["weights"], stacked_a["client_ids"])
+            # θ̃ looks ahead to the model the round will make, whose weights sum to 1 over
+            # the finite clients: renormalise over them (uniform if they hold no weight).
             w_hat = tf.where(keep, w_hat, tf.zeros_like(w_hat))
+            finite_mass = tf.reduce_sum(w_hat)
+            uniform = tf.cast(keep, tf.float64) / tf.maximum(
+                tf.reduce_sum(tf.cast(keep, tf.float64)), 1.0)
+            w_hat = tf.where(finite_mass > 0.0, w_hat / tf.maximum(finite_mass, 1e-300), uniform)
             deltas = zero_rows(stacked_a["deltas"], keep)
             if options.clip:
                 # θ̃ = θ_k − α G_k w_k with the clipped G_k, as the weight and θ steps use it:
                 # an unclipped huge update with weight 1/n would wreck θ̃ (every pass-B
                 # update non-finite) before the weight step could exclude it.
-                deltas, _, _ = fedlaw_math.clip_by_median_norm(deltas)
+                deltas, _, _ = fedlaw_math.clip_by_median_norm(deltas, valid=keep)
             step = fedlaw_math.weighted_delta(deltas, w_hat)
             return add_to_model(server["model"], step)
         return run(server, stacked_a)
@@ -241,10 +251,12 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
             deltas_a = zero_rows(stacked_a["deltas"], keep)
             deltas_b = zero_rows(stacked_b["deltas"], keep)
             losses_b = tf.where(keep, stacked_b["losses"], tf.zeros_like(stacked_b["losses"]))
+            finite = keep
             metrics = collections.OrderedDict()
             if options.clip:
-                deltas_a, radius_a, clipped_a = fedlaw_math.clip_by_median_norm(deltas_a)
-                deltas_b, _, clipped_b = fedlaw_math.clip_by_median_norm(deltas_b)
+                deltas_a, radius_a, clipped_a = fedlaw_math.clip_by_median_norm(deltas_a,
+                                                                                valid=keep)
+                deltas_b, _, clipped_b = fedlaw_math.clip_by_median_norm(deltas_b, valid=keep)
                 metrics["clip_radius"] = tf.cast(radius_a, tf.float32)
                 metrics["clipped_clients"] = tf.cast(clipped_a, tf.int32) + tf.cast(
                     clipped_b, tf.int32)
@@ -258,8 +270,10 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
             t_p = tf.cast(t_p, tf.float64)
             if options.loss_filter:
                 min_keep = tf.cast(tf.math.ceil(1.0 / t_p - 1e-9), tf.int32)
-                passed, flagged, skipped = fedlaw_math.mad_loss_filter(losses_b, min_keep)
-                h = tf.where(passed, h, tf.fill(tf.shape(h), tf.constant(-np.inf, tf.float64)))
+                passed, flagged, skipped = fedlaw_math.mad_loss_filter(losses_b, min_keep,
+                                                                       valid=keep)
+                keep = tf.logical_and(keep, passed)
+                h = tf.where(keep, h, tf.fill(tf.shape(h), tf.constant(-np.inf, tf.float64)))
                 metrics["loss_filter_flagged"] = tf.cast(flagged, tf.int32)
                 metrics["loss_filter_skipped"] = tf.cast(skipped, tf.int32)
             # Fewer finite clients than the cap allows to carry all the weight (⌈1/t⌉):
@@ -278,7 +292,7 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
                 s=s_p, cap=tf.cast(t_p, tf.float32),
                 flagged_clients=tf.reduce_sum(tf.cast(w_new <= FLAG_THRESHOLD, tf.int32)),
                 weight_max=tf.cast(tf.reduce_max(w_new), tf.float32),
-                non_finite_clients=m - tf.reduce_sum(tf.cast(keep, tf.int32)),
+                non_finite_clients=m - tf.reduce_sum(tf.cast(finite, tf.int32)),
                 learning=tf.constant(1, tf.int32)))
             return collections.OrderedDict(
                 model=add_to_model(server["model"], step), weights=new_weights,

@@ -478,6 +478,35 @@ def test_mad_loss_filter_flags_only_low_losses():
     assert int(flagged) == 0 and not bool(skipped)
 
 
+def test_mad_loss_filter_over_valid_clients_only():
+    """Excluded (non-finite, zeroed) clients neither shift med/MAD nor count as remaining."""
+    losses = [1.0, 1.1, 0.9, 1.0, 0.0, 5.0, 0.0, 0.0, 0.0]
+    valid = [True] * 6 + [False] * 3
+    keep, flagged, skipped = fm.mad_loss_filter(losses, 2, valid=valid)
+    # Same statistics as the six valid clients alone (med 1.0, MAD 0.1): only client 4.
+    np.testing.assert_array_equal(keep, [True] * 4 + [False] + [True] * 4)
+    assert int(flagged) == 1 and not bool(skipped)
+    # Over all nine, the three zeros would drag med to 0.9 and MAD to 0.9: nobody flagged.
+    _, flagged_all, _ = fm.mad_loss_filter(losses, 2)
+    assert int(flagged_all) == 0
+    # 6 valid, 1 flagged: 5 remain, fewer than 6 → skipped, although 8 entries would remain.
+    keep, flagged, skipped = fm.mad_loss_filter(losses, 6, valid=valid)
+    np.testing.assert_array_equal(keep, [True] * 9)
+    assert int(flagged) == 1 and bool(skipped)
+    keep, flagged, skipped = fm.mad_loss_filter([0.0, 0.0], 1, valid=[False, False])
+    np.testing.assert_array_equal(keep, [True, True])
+    assert int(flagged) == 0 and not bool(skipped)
+
+
+def test_clip_median_over_valid_rows_only():
+    delta = np.array([[3.0, 4.0], [0.0, 1.0], [0.0, 2.0], [0.0, 0.0], [0.0, 0.0]])
+    clipped, radius, count = fm.clip_by_median_norm(delta, valid=[True, True, True, False, False])
+    assert float(radius) == 2.0  # median of the norms 5, 1, 2 (not of 5, 1, 2, 0, 0)
+    np.testing.assert_allclose(clipped[0], [1.2, 1.6])
+    np.testing.assert_array_equal(clipped[1:], delta[1:])
+    assert int(count) == 1
+
+
 def test_ablations_in_graph_mode_with_unknown_shapes(tff_like_graph_mode):
     clip = tf.function(fm.clip_by_median_norm,
                        input_signature=[tf.TensorSpec([None, None], tf.float32)])
