@@ -67,25 +67,59 @@ def test_fedlaw_resume_continues_exactly(tmp_path, tff_context):
     assert summary["status"] == "complete" and summary["rounds_completed"] == 5
 
 
-@pytest.mark.parametrize("attack", ["mimic_misaligned", "lie:loss=mean_minus_rho_std:1"])
-def test_loss_forging_attacks_run_against_fedlaw(tmp_path, tff_context, attack):
-    """Attacks that forge the reported loss act in both FedLAW passes: the run completes, the
-    learned weights stay a valid point of the sparse capped simplex, and weights.csv and the
-    detection metrics are written for every round."""
-    summary = run(tmp_path, "run", 3, num_clients=10, aggregator="fedlaw:beta=0.01",
-                  attack=attack)
-    assert summary["status"] == "complete"
-    weights = pd.read_csv(tmp_path / "run" / "weights.csv").set_index("round")
-    assert weights.index.tolist() == [1, 2, 3]
-    assert (weights.to_numpy() >= 0).all()
-    assert weights.sum(axis=1).to_numpy() == pytest.approx([1.0, 1.0, 1.0], abs=1e-9)
-    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
-    assert metrics["detection/recall"].between(0, 1).all()
+def weights_of(directory):
+    return pd.read_csv(directory / "weights.csv").set_index("round")
+
+
+def test_forged_loss_reaches_the_weight_step(tmp_path, tff_context):
+    """`loss=value:-100` (attacks.md loss forgery) on sign-flipping clients, against the
+    loss-only ablation h = w − β f̃: in the first round the three Byzantine clients report
+    the lowest losses by far and take the cap t = 1/(7 − 1) each; the two honest clients
+    with the highest losses fall outside the top s = 7."""
+    summary = run(tmp_path, "run", 1, num_clients=10,
+                  aggregator="fedlaw:beta=0.01,weight_step=bsum", attack="sign_flip:loss=value:-100")
+    weights = weights_of(tmp_path / "run").loc[1]
+    byzantine = [f"{i:04d}" for i in summary["byzantine_ids"]]
+    assert weights[byzantine].to_numpy() == pytest.approx([1 / 6] * 3, abs=1e-12)
+    honest = weights.drop(byzantine)
+    assert (honest < 1 / 6).all() and (honest == 0).sum() == 3
+    assert weights.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_mimic_misaligned_is_excluded_by_alignment_and_fools_the_loss_only_ablation(
+        tmp_path, tff_context):
+    """mimic_misaligned (−g_j + 0.1·e_j, loss forged to μ_f − 0.3σ_f, in both passes): FedLAW
+    excludes all three from the first round on, with no honest client cut, and keeps the
+    honest run's accuracy; with `weight_step=bsum` (no alignment term) the forged loss makes
+    them look better than honest clients, and honest clients are cut instead."""
+    honest = run(tmp_path, "honest", 5, num_clients=10, byzantine_fraction=0.0,
+                 aggregator="mean", attack="none")
+    full = run(tmp_path, "full", 5, num_clients=10, aggregator="fedlaw:beta=0.01",
+               attack="mimic_misaligned")
+    byzantine = [f"{i:04d}" for i in full["byzantine_ids"]]
+    weights = weights_of(tmp_path / "full")
+    assert weights.index.tolist() == [1, 2, 3, 4, 5]
+    assert (weights[byzantine] == 0).all().all()
+    assert (weights.drop(columns=byzantine) > 1e-4).all().all()
+    assert weights.sum(axis=1).to_numpy() == pytest.approx([1.0] * 5, abs=1e-9)
+    metrics = pd.read_csv(tmp_path / "full" / "metrics.csv").set_index("round")
+    assert (metrics["detection/precision"] == 1).all() and (metrics["detection/recall"] == 1).all()
+    assert full["final_test_accuracy"] >= honest["final_test_accuracy"] - 0.03
+
+    bsum = run(tmp_path, "bsum", 3, num_clients=10, aggregator="fedlaw:beta=0.01,weight_step=bsum",
+               attack="mimic_misaligned")
+    weights = weights_of(tmp_path / "bsum")
+    last = weights.loc[3]
+    assert (last[byzantine] > 1e-4).all()
+    assert last[byzantine].min() >= last.drop(byzantine).max() - 1e-3
+    assert (last.drop(byzantine) <= 1e-4).any()
     # Precision is 0/0 (NaN) in a round that flags nobody; otherwise a rate.
+    metrics = pd.read_csv(tmp_path / "bsum" / "metrics.csv").set_index("round")
     flagged = (weights.to_numpy() <= 1e-4).sum(axis=1)
-    precision = metrics.set_index("round")["detection/precision"].to_numpy()
+    precision = metrics["detection/precision"].to_numpy()
     assert all((p != p) == (k == 0) for p, k in zip(precision, flagged))
-    assert "recall" in summary["final_detection"]
+    assert flagged[0] == 0 and flagged[-1] > 0
+    assert metrics.loc[3, "detection/recall"] == 0.0
 
 
 def test_too_few_finite_clients_keep_the_weights_and_the_model(tmp_path, tff_context):
