@@ -38,6 +38,11 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 from benchmarks import procstat  # noqa: E402
+# Imported before flags are parsed (BUILD_NOTES: imported inside `main`, Keras fails to build
+# a Sequential model whose Normalization layer has per-channel statistics, e.g. cifar_cnn).
+from tff_byz import context  # noqa: E402
+from tff_byz.config import ExperimentConfig  # noqa: E402
+from tff_byz.training import Experiment  # noqa: E402
 
 flags.DEFINE_list("parts", ["rounds", "server"], "What to measure: rounds, server.")
 flags.DEFINE_string("dataset", "digits", "Dataset (see pipelines.train).")
@@ -61,9 +66,6 @@ ALGORITHMS = (("fedavg (mean)", "mean"), ("fedlaw learning", "fedlaw"),
 
 
 def round_times():
-    from tff_byz import context  # pylint: disable=import-outside-toplevel
-    from tff_byz.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
-    from tff_byz.training import Experiment  # pylint: disable=import-outside-toplevel
     total = 1 + FLAGS.warmup + FLAGS.rounds  # the schedule's T (frozen: one learning round first)
     with context.ExecutionContext() as tff_context:
         pid = tff_context.worker_pid

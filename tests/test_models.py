@@ -36,3 +36,21 @@ def test_same_seed_same_initial_model():
     first, second = (models.build_keras_model("mlp_torch", *MNIST, seed=4).get_weights()
                      for _ in range(2))
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+CIFAR = ((32, 32, 3), 10, ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)))
+
+
+def test_cifar_cnn_has_the_papers_parameter_count_and_normalises_per_channel():
+    model = models.build_keras_model("cifar_cnn", *CIFAR, seed=0)
+    assert models.count_parameters(model) == 2_492_170
+    normalize = model.layers[0]
+    pixel = np.array([[[[0.4914, 0.4822 + 0.2435, 0.4465 - 2 * 0.2616]]]], np.float32)
+    np.testing.assert_allclose(normalize(pixel).numpy().ravel(), [0.0, 1.0, -2.0], atol=1e-5)
+
+
+def test_one_value_normalisation_broadcasts_over_channels():
+    model = models.build_keras_model("lenet", (32, 32, 3), 10, ((0.5,), (0.25,)), seed=0)
+    pixel = np.array([[[[0.5, 0.75, 0.0]]]], np.float32)
+    np.testing.assert_allclose(model.layers[0](pixel).numpy().ravel(), [0.0, 1.0, -2.0],
+                               atol=1e-6)

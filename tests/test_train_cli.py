@@ -54,6 +54,8 @@ def run_cli(capsys, tmp_path, *args):
     (["--attack=backdoor:size=9", "--byzantine_fraction=0.2"], "backdoor"),
     (["--aggregator=fedlaw:cap=0.05", "--byzantine_fraction=0.2", "--attack=zero"],
      "FedLAW: empty weight set: s*t = 0.8 < 1 (s=16, t=0.05); raise cap or s"),
+    (["--aggregator=fedlaw:cap=1.5"], "fedlaw:cap=1.5 is invalid: must be in (0, 1]"),
+    (["--aggregator=fedlaw:cap=0"], "fedlaw:cap=0.0 is invalid: must be in (0, 1]"),
     (["--aggregator=fedlaw:s_start=5,s_end=3"], "fedlaw: s_end=3 must be >= s_start=5"),
     (["--aggregator=fedlaw:s_end=12,freeze=10"], "must end by the freeze round: s_end=12 > freeze=10"),
     (["--aggregator=bucketing+fedlaw"], "fedlaw is a training algorithm and cannot be composed"),

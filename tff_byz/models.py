@@ -26,10 +26,14 @@ def _normalize(input_shape, normalization: Normalization) -> tf.keras.layers.Lay
     if mean.size not in (1, channels) or std.size not in (1, channels):
         raise ValueError(
             f"normalization must have 1 or {channels} values per statistic; got mean={mean}, std={std}")
-    # A fixed (non-trainable) layer: (x - mean) / std, broadcast over channels.
+    # A fixed (non-trainable) layer: (x - mean) / std, broadcast over channels (one value,
+    # or one per channel on the last axis; `axis=None` accepts only scalars).
+    if mean.size == 1 and std.size == 1:
+        return tf.keras.layers.Normalization(axis=None, mean=float(mean.ravel()[0]),
+                                             variance=float(std.ravel()[0] ** 2))
     return tf.keras.layers.Normalization(
-        axis=None, mean=float(mean.ravel()[0]) if mean.size == 1 else mean,
-        variance=float(std.ravel()[0] ** 2) if std.size == 1 else std**2)
+        axis=-1, mean=np.broadcast_to(mean.ravel(), [channels]),
+        variance=np.broadcast_to(std.ravel() ** 2, [channels]))
 
 
 def mlp(input_shape, num_classes, normalization) -> tf.keras.Model:
