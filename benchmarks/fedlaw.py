@@ -10,10 +10,11 @@
    TFF worker's CPU time per round (less sensitive to other load than wall time)
    and its peak RSS during the round (sampled every 20 ms). Goals: learning ≈ 2×
    FedAvg, frozen ≤ 1.1× FedAvg.
-2. The server step alone (`weight_step` + `project_sparse_capped_simplex` +
-   `weighted_delta` in one `tf.function`) on random float32 [n, D] pass-A/pass-B
-   deltas, each D in a fresh subprocess: median time and peak RSS above the RSS
-   holding the inputs, beside the size of one [n, D] float32 matrix.
+2. The server step alone (`alignment_step` + `project_sparse_capped_simplex` +
+   `weighted_delta` in one `tf.function`) on a random float32 [n, D] pass-A matrix
+   and a float64 [D] Z (pass B arrives summed), each D in a fresh subprocess:
+   median time and peak RSS above the RSS holding the inputs, beside the size of
+   one [n, D] float32 matrix.
 
     python -m benchmarks.fedlaw                              # digits, 20 clients
     python -m benchmarks.fedlaw --dataset=mnist --data_dir=../shared/data --num_clients=200 \
@@ -44,7 +45,13 @@ from tff_byz import context  # noqa: E402
 from tff_byz.config import ExperimentConfig  # noqa: E402
 from tff_byz.training import Experiment  # noqa: E402
 
+ALGORITHMS = (("fedavg (mean)", "mean"), ("fedlaw learning", "fedlaw"),
+              ("fedlaw frozen", "fedlaw:freeze=1"))
+CHOICES = {"fedavg": "fedavg (mean)", "learning": "fedlaw learning", "frozen": "fedlaw frozen"}
+
 flags.DEFINE_list("parts", ["rounds", "server"], "What to measure: rounds, server.")
+flags.DEFINE_list("algorithms", list(CHOICES), "Round-time algorithms: fedavg, learning, frozen "
+                  "(one alone gives its own worker peak RSS; ratios need fedavg).")
 flags.DEFINE_string("dataset", "digits", "Dataset (see pipelines.train).")
 flags.DEFINE_string("data_dir", None, "Directory of real datasets.")
 flags.DEFINE_string("model", None, "Model (default: the dataset's).")
@@ -61,16 +68,20 @@ flags.DEFINE_integer("server_child", 0, "Internal: measure the server step for t
 flags.DEFINE_string("output", None, "Also write the figures as JSON here.")
 FLAGS = flags.FLAGS
 
-ALGORITHMS = (("fedavg (mean)", "mean"), ("fedlaw learning", "fedlaw"),
-              ("fedlaw frozen", "fedlaw:freeze=1"))
-
 
 def round_times():
     total = 1 + FLAGS.warmup + FLAGS.rounds  # the schedule's T (frozen: one learning round first)
     with context.ExecutionContext() as tff_context:
         pid = tff_context.worker_pid
         runs = {}
+        unknown = sorted(set(FLAGS.algorithms) - set(CHOICES))
+        if unknown:
+            raise SystemExit(f"--algorithms: unknown {', '.join(unknown)}; valid choices: "
+                             f"{', '.join(CHOICES)}")
+        chosen = [CHOICES[a] for a in FLAGS.algorithms]
         for name, spec in ALGORITHMS:
+            if name not in chosen:
+                continue
             experiment = Experiment(ExperimentConfig(
                 dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, model=FLAGS.model,
                 num_clients=FLAGS.num_clients, aggregator=spec, rounds=total,
@@ -96,7 +107,7 @@ def round_times():
                 if rss.peak_mb is not None:
                     run["worker_peak_mb"].append(rss.peak_mb)
                     run["worker_start_mb"].append(rss.start_mb)
-        experiment = runs[ALGORITHMS[0][0]]["experiment"]
+        experiment = next(iter(runs.values()))["experiment"]
         figures = dict(dataset=FLAGS.dataset, model=experiment.config.model,
                        parameters=experiment.num_parameters, clients=experiment.num_clients,
                        timed_rounds=FLAGS.rounds,
@@ -108,14 +119,14 @@ def round_times():
     medians = {name: float(np.median(t)) for name, t in figures["round_seconds"].items()}
     cpu = {name: float(np.median(t)) if t else None
            for name, t in figures["worker_cpu_seconds"].items()}
-    base, base_cpu = medians[ALGORITHMS[0][0]], cpu[ALGORITHMS[0][0]]
     figures["median_round_seconds"] = medians
     figures["median_worker_cpu_seconds"] = cpu
-    figures["ratio_learning_over_fedavg"] = medians["fedlaw learning"] / base
-    figures["ratio_frozen_over_fedavg"] = medians["fedlaw frozen"] / base
-    if base_cpu:
-        figures["cpu_ratio_learning_over_fedavg"] = cpu["fedlaw learning"] / base_cpu
-        figures["cpu_ratio_frozen_over_fedavg"] = cpu["fedlaw frozen"] / base_cpu
+    base = ALGORITHMS[0][0]
+    for name, key in (("fedlaw learning", "learning"), ("fedlaw frozen", "frozen")):
+        if base in medians and name in medians:
+            figures[f"ratio_{key}_over_fedavg"] = medians[name] / medians[base]
+            if cpu[base] and cpu[name]:
+                figures[f"cpu_ratio_{key}_over_fedavg"] = cpu[name] / cpu[base]
     steps = (f"{FLAGS.local_steps} local step(s)" if FLAGS.local_steps
              else f"{FLAGS.local_epochs} local epoch(s)")
     print(f"fedlaw round time: {FLAGS.dataset}, {figures['model']} ({figures['parameters']:,} "
@@ -126,11 +137,13 @@ def round_times():
         print(f"  {name:18s} {medians[name]:8.3f} s  ({min(t):.3f}-{max(t):.3f})"
               + (f"   worker CPU {cpu[name]:8.3f} s" if cpu[name] is not None else "")
               + (f"   worker peak {max(peak):7.0f} MB" if peak else ""))
-    cpu_note = (lambda key: f"   (worker CPU {figures[key]:.2f}x)" if key in figures else "")
-    print(f"  learning / FedAvg {figures['ratio_learning_over_fedavg']:8.2f}x"
-          f"{cpu_note('cpu_ratio_learning_over_fedavg')}   (spec: ~2x)")
-    print(f"  frozen / FedAvg   {figures['ratio_frozen_over_fedavg']:8.2f}x"
-          f"{cpu_note('cpu_ratio_frozen_over_fedavg')}   (goal <= 1.1x)", flush=True)
+    for key, label, goal in (("learning", "learning / FedAvg", "spec: ~2x"),
+                             ("frozen", "frozen / FedAvg  ", "goal <= 1.1x")):
+        if f"ratio_{key}_over_fedavg" in figures:
+            cpu_ratio = figures.get(f"cpu_ratio_{key}_over_fedavg")
+            print(f"  {label} {figures[f'ratio_{key}_over_fedavg']:8.2f}x"
+                  + (f"   (worker CPU {cpu_ratio:.2f}x)" if cpu_ratio else "") + f"   ({goal})")
+    print(end="", flush=True)
     return figures
 
 
@@ -147,13 +160,17 @@ def server_child(dim, n, repeats):
     s, cap = n - f, fedlaw_math.default_cap(n, n - f)
 
     @tf.function
-    def step(delta_a, delta_b, weights, losses):
-        h = fedlaw_math.weight_step(delta_a, delta_b, weights, losses, alpha=0.01, beta=1e-3)
+    def step(delta_a, consensus, weights, losses):
+        h = fedlaw_math.alignment_step(delta_a, consensus, weights, losses, alpha=0.01,
+                                       beta=1e-3)
         w_new = fedlaw_math.project_sparse_capped_simplex(h, s, cap)
         return w_new, fedlaw_math.weighted_delta(delta_a, w_new)
 
-    # Default-range uniform: one op each, so no [n, D] temporaries inflate the peak.
-    inputs = (tf.random.uniform([n, dim], seed=1), tf.random.uniform([n, dim], seed=2),
+    # What the process's server step gets: the stacked pass A (G, [n, D] float32) and the
+    # streamed pass B's Z (float64 [D]). Default-range uniform: one op each, so no [n, D]
+    # temporaries inflate the peak.
+    inputs = (tf.random.uniform([n, dim], seed=1),
+              tf.random.uniform([dim], dtype=tf.float64, seed=2),
               tf.fill([n], tf.constant(1.0 / n, tf.float64)), tf.random.uniform([n], 0.0, 2.0))
     rss_inputs = _rss_kb()
     times = []
@@ -171,7 +188,7 @@ def server_child(dim, n, repeats):
 
 def server_step():
     n, repo = FLAGS.server_clients, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    print(f"fedlaw server step (weight_step + projection + weighted_delta), n={n}, "
+    print(f"fedlaw server step (alignment_step + projection + weighted_delta), n={n}, "
           f"median of {FLAGS.server_repeats}, each D in a fresh process", flush=True)
     rows = []
     for dim in map(int, FLAGS.server_dims):

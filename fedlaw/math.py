@@ -22,6 +22,7 @@ __all__ = [
     "project_sparse_capped_simplex",
     "check_feasible",
     "weight_step",
+    "alignment_step",
     "weighted_delta",
     "s_final",
     "sparsity",
@@ -167,29 +168,38 @@ def weight_step(delta_a, delta_b, weights, losses_b, *, alpha, beta, mode="full"
     With deltas (g = −Δ/α): h_i = w_i + (β/α)⟨Δ_i, Z⟩ − β f̃_i, Z = Σ_j w_j Δ̃_j.
 
     delta_a, delta_b: `[n, ...]` float32 (or float64) deltas of pass A (at θ_k) and
-    pass B (at θ̃); weights: `[n]` ŵ (sum 1); losses_b: `[n]` f̃. Z and the n dot
-    products are accumulated in float64 one block of columns at a time: neither an
-    `[n, D]` float64 copy nor an n×n matrix is formed.
+    pass B (at θ̃); weights: `[n]` ŵ (sum 1); losses_b: `[n]` f̃. Z (`weighted_delta`
+    in float64) and the n dot products (`alignment_step`) go one block of columns at a
+    time: neither an `[n, D]` float64 copy nor an n×n matrix is formed.
     mode="bsum": loss-only ablation h = w − β f̃ (§6); the deltas are ignored (may be None).
     """
     if mode not in ("full", "bsum"):
         raise ValueError(f"`mode` must be 'full' or 'bsum'; got mode={mode!r}.")
+    if mode == "bsum":
+        return _f64(weights) - _f64(beta) * _f64(losses_b)
+    consensus = weighted_delta(_as_rows(delta_b), weights, dtype=tf.float64)
+    return alignment_step(delta_a, consensus, weights, losses_b, alpha=alpha, beta=beta)
+
+
+def alignment_step(delta_a, consensus, weights, losses_b, *, alpha, beta) -> tf.Tensor:
+    """`[n]` float64: h_i = w_i + (β/α)⟨Δ_i, Z⟩ − β f̃_i for a given Z = Σ_j w_j Δ̃_j.
+
+    The weight step (`weight_step`) when Z arrives already summed, e.g. streamed from
+    the clients of pass B (`fedlaw.look_ahead_pass`), so pass B is never stacked.
+    delta_a: `[n, ...]` pass-A deltas; consensus: Z, `[D]` (any float dtype, D the
+    size of one flattened delta). The n dot products run in float64 by column blocks.
+    """
     weights = _f64(weights)
     beta64 = _f64(beta)
     h = weights - beta64 * _f64(losses_b)
-    if mode == "bsum":
-        return h
-
     delta_a = _as_rows(delta_a)
-    delta_b = _as_rows(delta_b)
+    consensus = tf.reshape(_f64(consensus), [-1])
     block = _BLOCK_COLUMNS
 
     def body(index, dots):
         start = index * block
-        pass_b = tf.cast(delta_b[:, start:start + block], tf.float64)
-        z_block = tf.linalg.matvec(pass_b, weights, transpose_a=True)  # Σ_j w_j Δ̃_j
         pass_a = tf.cast(delta_a[:, start:start + block], tf.float64)
-        return index + 1, dots + tf.linalg.matvec(pass_a, z_block)
+        return index + 1, dots + tf.linalg.matvec(pass_a, consensus[start:start + block])
 
     num_blocks = _num_blocks(tf.shape(delta_a)[1])
     _, dots = tf.while_loop(lambda index, _: index < num_blocks, body,
@@ -197,13 +207,14 @@ def weight_step(delta_a, delta_b, weights, losses_b, *, alpha, beta, mode="full"
     return h + beta64 / _f64(alpha) * dots
 
 
-def weighted_delta(delta, weights) -> tf.Tensor:
+def weighted_delta(delta, weights, dtype=None) -> tf.Tensor:
     """`[n, ...] -> [...]`: Σ_i w_i Δ_i (the θ step θ + Σ w_i Δ_i and the look-ahead θ̃, §4).
 
-    Accumulated in float64 one block of columns at a time, returned in the dtype of
-    `delta` (float32 for the project's deltas).
+    Accumulated in float64 one block of columns at a time, returned in `dtype`
+    (default: the dtype of `delta`, float32 for the project's deltas).
     """
     delta = tf.convert_to_tensor(delta)
+    dtype = delta.dtype if dtype is None else tf.as_dtype(dtype)
     rows = _as_rows(delta)
     weights = _f64(weights)
     block = _BLOCK_COLUMNS
@@ -213,9 +224,9 @@ def weighted_delta(delta, weights) -> tf.Tensor:
         start = index * block
         columns = tf.cast(rows[:, start:start + block], tf.float64)
         part = tf.linalg.matvec(columns, weights, transpose_a=True)
-        return index + 1, parts.write(index, tf.cast(part, delta.dtype))
+        return index + 1, parts.write(index, tf.cast(part, dtype))
 
-    parts = tf.TensorArray(delta.dtype, size=num_blocks, infer_shape=False,
+    parts = tf.TensorArray(dtype, size=num_blocks, infer_shape=False,
                            element_shape=tf.TensorShape([None]))
     _, parts = tf.while_loop(lambda index, _: index < num_blocks, body,
                              (tf.constant(0), parts), parallel_iterations=1)

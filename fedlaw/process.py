@@ -3,14 +3,18 @@
 A learning round (fedlaw.md §4) is one federated computation:
 
     broadcast θ_k → client work (pass A) → stacked (Δ_i, f_i, id) at the server
-    θ̃ = θ_k + Σ ŵ_i Δ_i → broadcast θ̃ → client work (pass B) → stacked (Δ̃_i, f̃_i, id)
-    h_i = ŵ_i + (β/α)⟨Δ_i, Σ_j ŵ_j Δ̃_j⟩ − β f̃_i   (= w + αβ Gᵀz − β f̃ with g = −Δ/α)
+    θ̃ = θ_k + Σ ŵ_i Δ_i → broadcast θ̃ and ŵ → client work (pass B) →
+        Z = Σ_j ŵ_j Δ̃_j and f̃ by id, summed (streamed: pass B is never stacked)
+    h_i = ŵ_i + (β/α)⟨Δ_i, Z⟩ − β f̃_i   (= w + αβ Gᵀz − β f̃ with g = −Δ/α)
     w ← Proj_Δ(h; s_k, t);  θ_{k+1} = θ_k + Σ w_i Δ_i  (new weights, pass-A deltas)
 
 Both passes run the same (possibly attacked) client work from the same client
-work state, so Byzantine clients act in both with the same round index; each
-pass is collected by its own `StackedRecordsFactory` wrapped by the attack
-plan, so colluding attacks use the statistics of the pass they attack. After
+work state, so Byzantine clients act in both with the same round index. Pass A
+is collected by a `StackedRecordsFactory` (G must be kept: ⟨Δ_i, Z⟩ and the θ
+step), pass B by a `LookAheadPassFactory` (only Z and the losses); each is
+wrapped by the attack plan, so colluding attacks use the statistics of the pass
+they attack. The `clip` ablation needs every pass-B norm before Z, so with it
+pass B is stacked too (a second transient `[n, D]` matrix). After
 `freeze` rounds (if set), rounds are single-pass and aggregate with
 `LearnedWeightsFactory` (no stacking). The weights w are a float64 vector over
 all N client ids in the server state: they survive checkpoints, and partial
@@ -47,6 +51,7 @@ import tensorflow_federated as tff
 from aggregators.record_stack import StackedRecordsFactory
 from fedlaw import math as fedlaw_math
 from fedlaw.learned_weights import LearnedWeightsFactory
+from fedlaw.look_ahead_pass import LookAheadPassFactory
 from tff_byz import fedavg
 from tff_byz.aggregation import build_update_aggregator
 
@@ -181,13 +186,21 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
     data_type = client_work.next.type_signature.parameter[2].member
     collect_a = build_update_aggregator(wrap_collector(StackedRecordsFactory()), record_type,
                                         weight_type)
-    collect_b = build_update_aggregator(wrap_collector(StackedRecordsFactory()), record_type,
-                                        weight_type)
+    # Pass B is streamed (z and the losses summed, never stacked) unless the `clip` ablation
+    # needs every pass-B norm first.
+    stack_b = options.clip
+    if stack_b:
+        collect_b = build_update_aggregator(wrap_collector(StackedRecordsFactory()), record_type,
+                                            weight_type)
+    else:
+        collect_b = build_update_aggregator(wrap_collector(LookAheadPassFactory(n_all)),
+                                            record_type, np.float64)
     uniform = np.full(n_all, 1.0 / n_all)
     frozen_factory = wrap_collector(LearnedWeightsFactory(uniform))
     frozen = build_update_aggregator(frozen_factory, record_type, weight_type)
     wrapped = not isinstance(frozen_factory, LearnedWeightsFactory)
     stacked_type = collect_a.next.type_signature.result.result.member
+    pass_b_type = collect_b.next.type_signature.result.result.member
     trainable_like = tff.types.type_to_tf_tensor_specs(model_type.trainable)
 
     @tff.tensorflow.computation
@@ -218,7 +231,11 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
         @tf.function
         def run(server, stacked_a):
             keep = finite_rows(stacked_a["deltas"], stacked_a["losses"])
-            w_hat, _ = fedlaw_math.participant_weights(server["weights"], stacked_a["client_ids"])
+            ids = stacked_a["client_ids"]
+            w_hat, _ = fedlaw_math.participant_weights(server["weights"], ids)
+            # Pass B's weights v_j, by client id: ŵ_j, 0 for clients non-finite in pass A.
+            pass_b_weights = tf.scatter_nd(tf.cast(ids, tf.int32)[:, tf.newaxis],
+                                           tf.where(keep, w_hat, tf.zeros_like(w_hat)), [n_all])
             # θ̃ looks ahead to the model the round will make, whose weights sum to 1 over
             # the finite clients: renormalise over them (uniform if they hold no weight).
             w_hat = tf.where(keep, w_hat, tf.zeros_like(w_hat))
@@ -233,36 +250,63 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
                 # update non-finite) before the weight step could exclude it.
                 deltas, _, _ = fedlaw_math.clip_by_median_norm(deltas, valid=keep)
             step = fedlaw_math.weighted_delta(deltas, w_hat)
-            return add_to_model(server["model"], step)
+            return add_to_model(server["model"], step), pass_b_weights
         return run(server, stacked_a)
 
     s_final, s_start, s_end, cap = schedule.s_final, schedule.s_start, schedule.s_end, schedule.cap
 
-    @tff.tensorflow.computation(server_type, stacked_type, stacked_type)
-    def server_step(server, stacked_a, stacked_b):
+    def streamed_pass_b(ids, pass_b):
+        """(finite [m], losses [m], z) of a streamed pass B, in pass A's row order."""
+        present = tf.gather(pass_b["present"], ids)
+        checks = [tf.debugging.assert_equal(
+            present, tf.ones_like(present),
+            message="FedLAW: passes A and B saw different clients"),
+            tf.debugging.assert_equal(tf.reduce_sum(pass_b["present"]),
+                                      tf.cast(tf.size(ids), tf.float64),
+                                      message="FedLAW: passes A and B saw different clients")]
+        with tf.control_dependencies(checks):
+            finite = tf.gather(pass_b["finite"], ids) > 0.5
+        return finite, tf.gather(pass_b["losses"], ids), pass_b["z"]
+
+    @tff.tensorflow.computation(server_type, stacked_type, pass_b_type)
+    def server_step(server, stacked_a, pass_b):
         @tf.function
-        def run(server, stacked_a, stacked_b):
+        def run(server, stacked_a, pass_b):
             ids = stacked_a["client_ids"]
-            tf.debugging.assert_equal(ids, stacked_b["client_ids"],
-                                      message="FedLAW: passes A and B saw different clients")
             m = tf.shape(ids)[0]
-            keep = tf.logical_and(finite_rows(stacked_a["deltas"], stacked_a["losses"]),
-                                  finite_rows(stacked_b["deltas"], stacked_b["losses"]))
-            deltas_a = zero_rows(stacked_a["deltas"], keep)
-            deltas_b = zero_rows(stacked_b["deltas"], keep)
-            losses_b = tf.where(keep, stacked_b["losses"], tf.zeros_like(stacked_b["losses"]))
-            finite = keep
+            w_hat, mass = fedlaw_math.participant_weights(server["weights"], ids)
             metrics = collections.OrderedDict()
-            if options.clip:
+            if stack_b:
+                tf.debugging.assert_equal(ids, pass_b["client_ids"],
+                                          message="FedLAW: passes A and B saw different clients")
+                keep = tf.logical_and(finite_rows(stacked_a["deltas"], stacked_a["losses"]),
+                                      finite_rows(pass_b["deltas"], pass_b["losses"]))
+                losses_b = pass_b["losses"]
+            else:
+                finite_b, losses_b, consensus = streamed_pass_b(ids, pass_b)
+                keep = tf.logical_and(finite_rows(stacked_a["deltas"], stacked_a["losses"]),
+                                      finite_b)
+            deltas_a = zero_rows(stacked_a["deltas"], keep)
+            losses_b = tf.where(keep, losses_b, tf.zeros_like(losses_b))
+            finite = keep
+            if stack_b:  # the clip ablation (§6) clips pass A and pass B by their median norms
+                deltas_b = zero_rows(pass_b["deltas"], keep)
                 deltas_a, radius_a, clipped_a = fedlaw_math.clip_by_median_norm(deltas_a,
                                                                                 valid=keep)
                 deltas_b, _, clipped_b = fedlaw_math.clip_by_median_norm(deltas_b, valid=keep)
                 metrics["clip_radius"] = tf.cast(radius_a, tf.float32)
                 metrics["clipped_clients"] = tf.cast(clipped_a, tf.int32) + tf.cast(
                     clipped_b, tf.int32)
-            w_hat, mass = fedlaw_math.participant_weights(server["weights"], ids)
-            h = fedlaw_math.weight_step(deltas_a, deltas_b, w_hat, losses_b, alpha=alpha,
-                                        beta=options.beta, mode=options.weight_step)
+                consensus = fedlaw_math.weighted_delta(
+                    deltas_b, tf.where(keep, w_hat, tf.zeros_like(w_hat)), dtype=tf.float64)
+            # z sums ŵ_j Δ̃_j over the clients finite in both passes (streamed: v_j = 0 for
+            # pass-A non-finite clients, and pass-B non-finite ones add nothing).
+            if options.weight_step == "bsum":
+                h = fedlaw_math.weight_step(None, None, w_hat, losses_b, alpha=alpha,
+                                            beta=options.beta, mode="bsum")
+            else:
+                h = fedlaw_math.alignment_step(deltas_a, consensus, w_hat, losses_b, alpha=alpha,
+                                               beta=options.beta)
             h = tf.where(keep, h, tf.fill(tf.shape(h), tf.constant(-np.inf, tf.float64)))
             s_k = fedlaw_math.sparsity_tensor(server["round"], n_all, s_final, s_start, s_end)
             s_p, t_p = fedlaw_math.participant_sparsity(s_k, cap, m, n_all)
@@ -297,7 +341,7 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
             return collections.OrderedDict(
                 model=add_to_model(server["model"], step), weights=new_weights,
                 round=server["round"] + 1), metrics
-        return run(server, stacked_a, stacked_b)
+        return run(server, stacked_a, pass_b)
 
     frozen_result_type = frozen.next.type_signature.result.result.member
 
@@ -323,9 +367,18 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
 
     state_type = init_fn.type_signature.result
 
-    def run_pass(state, model, client_data, collector, collector_state):
+    @tff.tensorflow.computation(record_type, tff.TensorType(np.float64, [n_all]))
+    def weight_of_client(record, weights):
+        return tf.gather(weights, record["client_id"])
+
+    def run_pass(state, model, client_data, collector, collector_state, weights_by_id=None):
         out = client_work.next(state.client_work, tff.federated_broadcast(model), client_data)
-        collected = collector.next(collector_state, out.result.update, out.result.update_weight)
+        if weights_by_id is None:
+            weights = out.result.update_weight
+        else:
+            weights = tff.federated_map(weight_of_client, (
+                out.result.update, tff.federated_broadcast(weights_by_id)))
+        collected = collector.next(collector_state, out.result.update, weights)
         return out, collected
 
     @tff.federated_computation(state_type, tff.FederatedType(data_type, tff.CLIENTS))
@@ -333,7 +386,8 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
         model = tff.federated_map(model_of, state.server)
         out_a, collected_a = run_pass(state, model, client_data, collect_a, state.collect_a)
         look = tff.federated_map(look_ahead, (state.server, collected_a.result))
-        out_b, collected_b = run_pass(state, look, client_data, collect_b, state.collect_b)
+        out_b, collected_b = run_pass(state, look[0], client_data, collect_b, state.collect_b,
+                                      None if stack_b else look[1])
         stepped = tff.federated_map(server_step, (state.server, collected_a.result,
                                                   collected_b.result))
         new_state = tff.federated_zip(collections.OrderedDict(

@@ -292,6 +292,25 @@ def test_weight_step_over_several_column_blocks(monkeypatch):
     np.testing.assert_allclose(h, expected, rtol=1e-12)
 
 
+def test_alignment_step_from_a_summed_consensus(monkeypatch):
+    """h from Z = Σ_j w_j Δ̃_j summed elsewhere (pass B streamed) equals the weight step
+    from the stacked pass-B deltas, over several column blocks."""
+    monkeypatch.setattr(fm, "_BLOCK_COLUMNS", 4)
+    rng = np.random.default_rng(18)
+    delta_a = rng.normal(size=(6, 11)).astype(np.float32)
+    delta_b = rng.normal(size=(6, 11)).astype(np.float32)
+    w, losses = rng.dirichlet(np.ones(6)), rng.normal(size=6)
+    z = w @ delta_b.astype(np.float64)
+    h = fm.alignment_step(delta_a, z, w, losses, alpha=0.05, beta=0.2)
+    np.testing.assert_allclose(h, w + 0.2 / 0.05 * delta_a.astype(np.float64) @ z - 0.2 * losses,
+                               rtol=1e-12)
+    np.testing.assert_allclose(
+        h, fm.weight_step(delta_a, delta_b, w, losses, alpha=0.05, beta=0.2), rtol=1e-12)
+    z64 = fm.weighted_delta(delta_b, w, dtype=tf.float64)
+    assert z64.dtype == tf.float64
+    np.testing.assert_allclose(z64, z, rtol=1e-12)
+
+
 def test_weight_step_loss_only_ablation():
     w, losses = np.array([0.5, 0.25, 0.25]), np.array([2.0, 1.0, 4.0], np.float32)
     h = fm.weight_step(None, None, w, losses, alpha=0.01, beta=0.1, mode="bsum")
