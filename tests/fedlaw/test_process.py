@@ -30,11 +30,18 @@ def setup(tff_context):
                                                    learning_rate=ALPHA, seed=4)
     inputs = [client_inputs.make_client_input(data.client_data.create_tf_dataset_for_client(c), i)
               for i, c in enumerate(data.client_ids)]
-    process = build_fedlaw_process(
-        model_fn, initial, work, options=FedLAWOptions(beta=BETA, s_start=0, s_end=0, f=2,
-                                                       freeze=1),
+    return initial, work, inputs, build_process(initial, work, freeze=1)
+
+
+def build_process(initial, work, **options):
+    """A FedLAW process on the fixture's model with s fixed at N − 2 and `options`."""
+    data = datasets.load_federated_dataset("digits", num_clients=N, seed=3)
+    model_fn = models.make_model_fn("small_mlp", data.input_shape, data.num_classes,
+                                    data.normalization)
+    return build_fedlaw_process(
+        model_fn, initial, work,
+        options=FedLAWOptions(beta=BETA, s_start=0, s_end=0, f=2, **options),
         num_clients=N, rounds=3, declared_fraction=0.0, alpha=ALPHA)
-    return initial, work, inputs, process
 
 
 def client_pass(work, work_state, trainable, initial, inputs):
@@ -101,13 +108,7 @@ def clip_rows(deltas):
 def test_clip_learning_round_clips_the_look_ahead_too(setup):
     """clip=true: θ̃, h and the θ step all use the median-norm-clipped deltas (§6)."""
     initial, work, inputs, _ = setup
-    data = datasets.load_federated_dataset("digits", num_clients=N, seed=3)
-    model_fn = models.make_model_fn("small_mlp", data.input_shape, data.num_classes,
-                                    data.normalization)
-    process = build_fedlaw_process(
-        model_fn, initial, work,
-        options=FedLAWOptions(beta=BETA, s_start=0, s_end=0, f=2, clip=True),
-        num_clients=N, rounds=3, declared_fraction=0.0, alpha=ALPHA)
+    process = build_process(initial, work, clip=True)
     theta = list(initial.trainable)
     w = np.full(N, 1 / N)
     deltas, _, _ = client_pass(work, work.initialize(), theta, initial, inputs)
@@ -167,13 +168,8 @@ def assert_round(process, output, expected_w, expected_theta):
 
 @pytest.fixture(scope="module")
 def learning_process(setup):
-    initial, work, inputs, _ = setup
-    data = datasets.load_federated_dataset("digits", num_clients=N, seed=3)
-    model_fn = models.make_model_fn("small_mlp", data.input_shape, data.num_classes,
-                                    data.normalization)
-    return build_fedlaw_process(
-        model_fn, initial, work, options=FedLAWOptions(beta=BETA, s_start=0, s_end=0, f=2),
-        num_clients=N, rounds=3, declared_fraction=0.0, alpha=ALPHA)
+    initial, work, _, _ = setup
+    return build_process(initial, work)
 
 
 def test_partial_participation_round(setup, learning_process):
@@ -244,14 +240,7 @@ def test_ablation_rounds(setup, weight_step, loss_filter):
     """`weight_step=bsum` (h = w − β f̃) and `loss_filter` (the low-loss outlier, client 2,
     leaves the candidate set) through the process, against the NumPy round."""
     initial, work, inputs, _ = setup
-    data = datasets.load_federated_dataset("digits", num_clients=N, seed=3)
-    model_fn = models.make_model_fn("small_mlp", data.input_shape, data.num_classes,
-                                    data.normalization)
-    process = build_fedlaw_process(
-        model_fn, initial, work,
-        options=FedLAWOptions(beta=BETA, s_start=0, s_end=0, f=2, weight_step=weight_step,
-                              loss_filter=loss_filter),
-        num_clients=N, rounds=3, declared_fraction=0.0, alpha=ALPHA)
+    process = build_process(initial, work, weight_step=weight_step, loss_filter=loss_filter)
     inputs = low_loss_inputs(inputs, initial)
     s, t = N - 2, fedlaw_math.default_cap(N, N - 2)
     w, theta, details = reference_learning_round(
