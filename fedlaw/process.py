@@ -27,10 +27,10 @@ remain (reported as `non_finite_clients`). The look-ahead θ̃ renormalises ŵ o
 the clients finite in pass A (the model the round makes puts all its weight on
 finite clients); the weight step's z = Σ ŵ_j Δ̃_j keeps ŵ as it is (the paper
 does not define a round with non-finite clients). The `clip` median and the
-`loss_filter` statistics run over the finite clients only. With fewer than ⌈1/t⌉ finite clients
-no weight vector on them satisfies the cap; the round then keeps the learned
-weights and does not move the model (`weights_kept` = 1; a project choice, the
-paper does not say).
+`loss_filter` statistics run over the finite clients only. With fewer than
+⌈1/t⌉ finite clients no weight vector on them satisfies the cap; the round then
+keeps the learned weights and does not move the model (`weights_kept` = 1; a
+project choice, the paper does not say).
 
 `FedLAWProcess` is a small Python object (`initialize`, `next(state, inputs)`,
 `get_model_weights`) that dispatches each round to the learning or the frozen
