@@ -19,7 +19,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from aggregators import stacking
-from tff_byz.aggregation import ClientRecordAggregationFactory
+from tff_byz.aggregation import ClientRecordAggregationFactory, build_stateless_process
 
 __all__ = ["RecordStack", "build_record_stack", "StackedRecordsFactory"]
 
@@ -101,16 +101,6 @@ class StackedRecordsFactory(ClientRecordAggregationFactory):
                                            client_ids=stacked["client_ids"],
                                            weights=stacked["weights"])
 
-        @tff.federated_computation
-        def init_fn():
-            return tff.federated_value((), tff.SERVER)
-
-        @tff.federated_computation(init_fn.type_signature.result,
-                                   tff.FederatedType(record_type, tff.CLIENTS),
-                                   tff.FederatedType(weight_type, tff.CLIENTS))
-        def next_fn(state, values, weights):
-            stacked = tff.federated_map(unpack, records.stack(values, weights))
-            return tff.templates.MeasuredProcessOutput(
-                state, stacked, tff.federated_value((), tff.SERVER))
-
-        return tff.templates.AggregationProcess(init_fn, next_fn)
+        return build_stateless_process(
+            record_type, weight_type,
+            lambda values, weights: tff.federated_map(unpack, records.stack(values, weights)))

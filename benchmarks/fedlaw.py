@@ -39,11 +39,6 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 from benchmarks import procstat  # noqa: E402
-# Imported before flags are parsed (BUILD_NOTES: imported inside `main`, Keras fails to build
-# a Sequential model whose Normalization layer has per-channel statistics, e.g. cifar_cnn).
-from tff_byz import context  # noqa: E402
-from tff_byz.config import ExperimentConfig  # noqa: E402
-from tff_byz.training import Experiment  # noqa: E402
 
 ALGORITHMS = (("fedavg (mean)", "mean"), ("fedlaw learning", "fedlaw"),
               ("fedlaw frozen", "fedlaw:freeze=1"))
@@ -70,6 +65,9 @@ FLAGS = flags.FLAGS
 
 
 def round_times():
+    from tff_byz import context  # pylint: disable=import-outside-toplevel
+    from tff_byz.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
+    from tff_byz.training import Experiment  # pylint: disable=import-outside-toplevel
     total = 1 + FLAGS.warmup + FLAGS.rounds  # the schedule's T (frozen: one learning round first)
     with context.ExecutionContext() as tff_context:
         pid = tff_context.worker_pid
@@ -94,7 +92,7 @@ def round_times():
             for _ in range(FLAGS.warmup):
                 state, _ = experiment.next(state, clients)
             runs[name] = dict(experiment=experiment, clients=clients, state=state, seconds=[],
-                              worker_cpu=[], worker_peak_mb=[], worker_start_mb=[])
+                              worker_cpu=[], worker_peak_mb=[])
         for _ in range(FLAGS.rounds):
             for run in runs.values():
                 cpu_start, start = procstat.cpu_seconds(pid), time.perf_counter()
@@ -106,16 +104,13 @@ def round_times():
                     run["worker_cpu"].append(cpu_end - cpu_start)
                 if rss.peak_mb is not None:
                     run["worker_peak_mb"].append(rss.peak_mb)
-                    run["worker_start_mb"].append(rss.start_mb)
         experiment = next(iter(runs.values()))["experiment"]
         figures = dict(dataset=FLAGS.dataset, model=experiment.config.model,
                        parameters=experiment.num_parameters, clients=experiment.num_clients,
                        timed_rounds=FLAGS.rounds,
                        round_seconds={name: run["seconds"] for name, run in runs.items()},
                        worker_cpu_seconds={name: run["worker_cpu"] for name, run in runs.items()},
-                       worker_peak_mb={name: run["worker_peak_mb"] for name, run in runs.items()},
-                       worker_start_mb={name: run["worker_start_mb"]
-                                        for name, run in runs.items()})
+                       worker_peak_mb={name: run["worker_peak_mb"] for name, run in runs.items()})
     medians = {name: float(np.median(t)) for name, t in figures["round_seconds"].items()}
     cpu = {name: float(np.median(t)) if t else None
            for name, t in figures["worker_cpu_seconds"].items()}
@@ -143,13 +138,8 @@ def round_times():
             cpu_ratio = figures.get(f"cpu_ratio_{key}_over_fedavg")
             print(f"  {label} {figures[f'ratio_{key}_over_fedavg']:8.2f}x"
                   + (f"   (worker CPU {cpu_ratio:.2f}x)" if cpu_ratio else "") + f"   ({goal})")
-    print(end="", flush=True)
+    sys.stdout.flush()
     return figures
-
-
-def _rss_kb():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
 def server_child(dim, n, repeats):
@@ -172,7 +162,7 @@ def server_child(dim, n, repeats):
     inputs = (tf.random.uniform([n, dim], seed=1),
               tf.random.uniform([dim], dtype=tf.float64, seed=2),
               tf.fill([n], tf.constant(1.0 / n, tf.float64)), tf.random.uniform([n], 0.0, 2.0))
-    rss_inputs = _rss_kb()
+    rss_inputs = procstat.rss_mb(os.getpid())
     times = []
     for i in range(repeats + 1):  # the first call traces
         start = time.perf_counter()
@@ -180,10 +170,10 @@ def server_child(dim, n, repeats):
         w_new.numpy(), delta.numpy()  # results materialised
         if i:
             times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB on Linux
     print(json.dumps(dict(dim=dim, clients=n, seconds=float(np.median(times)),
-                          matrix_mb=n * dim * 4 / 1e6, rss_inputs_mb=rss_inputs / 1e3,
-                          peak_above_inputs_mb=(peak - rss_inputs) / 1e3)))
+                          matrix_mb=n * dim * 4 / 1e6, rss_inputs_mb=rss_inputs,
+                          peak_above_inputs_mb=peak - rss_inputs)))
 
 
 def server_step():

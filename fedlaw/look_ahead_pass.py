@@ -29,7 +29,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from aggregators.stacking import Flattener
-from tff_byz.aggregation import ClientRecordAggregationFactory
+from tff_byz.aggregation import ClientRecordAggregationFactory, build_stateless_process
 
 __all__ = ["LookAheadPassFactory"]
 
@@ -98,17 +98,8 @@ class LookAheadPassFactory(ClientRecordAggregationFactory):
         def report(total):
             return total
 
-        @tff.federated_computation
-        def init_fn():
-            return tff.federated_value((), tff.SERVER)
-
-        @tff.federated_computation(init_fn.type_signature.result,
-                                   tff.FederatedType(record_type, tff.CLIENTS),
-                                   tff.FederatedType(weight_type, tff.CLIENTS))
-        def next_fn(state, records, weights):
+        def aggregate(records, weights):
             items = tff.federated_zip(collections.OrderedDict(record=records, weight=weights))
-            summed = tff.federated_aggregate(items, zero(), accumulate, merge, report)
-            return tff.templates.MeasuredProcessOutput(
-                state, summed, tff.federated_value((), tff.SERVER))
+            return tff.federated_aggregate(items, zero(), accumulate, merge, report)
 
-        return tff.templates.AggregationProcess(init_fn, next_fn)
+        return build_stateless_process(record_type, weight_type, aggregate)

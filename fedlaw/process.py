@@ -233,16 +233,17 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
             keep = finite_rows(stacked_a["deltas"], stacked_a["losses"])
             ids = stacked_a["client_ids"]
             w_hat, _ = fedlaw_math.participant_weights(server["weights"], ids)
+            w_finite = tf.where(keep, w_hat, tf.zeros_like(w_hat))
             # Pass B's weights v_j, by client id: ŵ_j, 0 for clients non-finite in pass A.
-            pass_b_weights = tf.scatter_nd(tf.cast(ids, tf.int32)[:, tf.newaxis],
-                                           tf.where(keep, w_hat, tf.zeros_like(w_hat)), [n_all])
+            pass_b_weights = tf.scatter_nd(tf.cast(ids, tf.int32)[:, tf.newaxis], w_finite,
+                                           [n_all])
             # θ̃ looks ahead to the model the round will make, whose weights sum to 1 over
             # the finite clients: renormalise over them (uniform if they hold no weight).
-            w_hat = tf.where(keep, w_hat, tf.zeros_like(w_hat))
-            finite_mass = tf.reduce_sum(w_hat)
+            finite_mass = tf.reduce_sum(w_finite)
             uniform = tf.cast(keep, tf.float64) / tf.maximum(
                 tf.reduce_sum(tf.cast(keep, tf.float64)), 1.0)
-            w_hat = tf.where(finite_mass > 0.0, w_hat / tf.maximum(finite_mass, 1e-300), uniform)
+            w_hat = tf.where(finite_mass > 0.0, w_finite / tf.maximum(finite_mass, 1e-300),
+                             uniform)
             deltas = zero_rows(stacked_a["deltas"], keep)
             if options.clip:
                 # θ̃ = θ_k − α G_k w_k with the clipped G_k, as the weight and θ steps use it:
@@ -297,10 +298,10 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
                 metrics["clip_radius"] = tf.cast(radius_a, tf.float32)
                 metrics["clipped_clients"] = tf.cast(clipped_a, tf.int32) + tf.cast(
                     clipped_b, tf.int32)
-                consensus = fedlaw_math.weighted_delta(
-                    deltas_b, tf.where(keep, w_hat, tf.zeros_like(w_hat)), dtype=tf.float64)
-            # z sums ŵ_j Δ̃_j over the clients finite in both passes (streamed: v_j = 0 for
-            # pass-A non-finite clients, and pass-B non-finite ones add nothing).
+                consensus = fedlaw_math.weighted_delta(deltas_b, w_hat, dtype=tf.float64)
+            # Z sums ŵ_j Δ̃_j over the clients finite in both passes (stacked: their rows are
+            # zeroed; streamed: v_j = 0 for pass-A non-finite clients, and pass-B non-finite
+            # ones add nothing).
             if options.weight_step == "bsum":
                 h = fedlaw_math.weight_step(None, None, w_hat, losses_b, alpha=alpha,
                                             beta=options.beta, mode="bsum")

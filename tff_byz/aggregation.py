@@ -24,7 +24,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 __all__ = ["ClientRecordAggregationFactory", "NonFiniteCountingFactory", "build_update_aggregator",
-           "is_weighted", "build_measurement_merger"]
+           "is_weighted", "build_measurement_merger", "build_stateless_process"]
 
 
 def build_measurement_merger(measurements_type, name: str, extra_type, *, first: bool = False):
@@ -50,6 +50,26 @@ class ClientRecordAggregationFactory(tff.aggregators.WeightedAggregationFactory)
     takes `(state, records@CLIENTS, weights@CLIENTS)` and returns the aggregate
     of the records' `delta` at SERVER.
     """
+
+
+def build_stateless_process(record_type, weight_type, aggregate
+                            ) -> tff.templates.AggregationProcess:
+    """An aggregation process with no state and no measurements whose result is
+    `aggregate(records@CLIENTS, weights@CLIENTS)` (a federated function returning a
+    SERVER value): the shape of a `ClientRecordAggregationFactory` that only collects."""
+
+    @tff.federated_computation
+    def init_fn():
+        return tff.federated_value((), tff.SERVER)
+
+    @tff.federated_computation(init_fn.type_signature.result,
+                               tff.FederatedType(record_type, tff.CLIENTS),
+                               tff.FederatedType(weight_type, tff.CLIENTS))
+    def next_fn(state, records, weights):
+        return tff.templates.MeasuredProcessOutput(
+            state, aggregate(records, weights), tff.federated_value((), tff.SERVER))
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
 
 
 def is_weighted(factory) -> bool:
