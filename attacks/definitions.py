@@ -151,10 +151,10 @@ def weight_lying(name: str, *, count: float, start: int, loss):
 # --- data poisoning (attacks.md §2) -------------------------------------------
 
 def label_flip(name: str, *, label_map: str, start: int, loss):
-    def poison(x, y, rng, dataset):
-        del rng
-        mapping = poisoning.parse_label_map(label_map, dataset.num_classes) if label_map else None
-        return x, poisoning.flip_labels(y, dataset.num_classes, mapping)
+    def poison(x, y, positions, num_examples, seed, num_classes):
+        del positions, num_examples, seed
+        mapping = poisoning.parse_label_map(label_map, num_classes) if label_map else None
+        return x, poisoning.flip_labels_tf(y, num_classes, mapping)
 
     component = local_update_attack(name, None, start=start, loss=loss)
     return dataclasses.replace(component, poison=poison)
@@ -177,11 +177,9 @@ def backdoor(name: str, *, size: Optional[int], row: Optional[int], col: Optiona
         raise ValueError(f"backdoor: target={poison_options['target']} is not a label in "
                          f"[0, {num_classes}).")
 
-    def poison(x, y, rng, dataset):
-        x_new, y_new, _ = poisoning.backdoor_poison(
-            x, y, rng, num_classes=dataset.num_classes, fraction=fraction, **stamp_options,
-            **poison_options)
-        return x_new, y_new
+    def poison(x, y, positions, num_examples, seed, num_classes):
+        return poisoning.backdoor_tf(x, y, positions, num_examples, seed, num_classes=num_classes,
+                                     fraction=fraction, **stamp_options, **poison_options)
 
     target_label = poison_options.get("target")
     door = Backdoor(stamp=lambda x: poisoning.triggered_test_set(x, **stamp_options),

@@ -5,8 +5,8 @@ work: every client runs it unchanged, then each Byzantine client of attack group
 g transforms its own result with the g-th attack once the round index reaches
 the attack's `start`. Honest clients' results pass through a `tf.cond` branch
 that returns them untouched, so they are bit-identical to the unattacked
-process. Which clients are Byzantine travels in the client input's `info`
-(`tff_byz.client_inputs`); the aggregator only ever sees the records.
+process. Which clients are Byzantine is the client's `info`, read through the
+process's `tff_byz.client_inputs`; the aggregator only ever sees the records.
 
 A `LocalAttack` may
 - `transform(record, weight, ctx) -> (record, weight)` the client record
@@ -131,6 +131,7 @@ def build_attacked_client_work(
     seed: int,
     mark_groups: bool = False,
     message: str = "delta",
+    inputs: client_inputs.ClientInputs | None = None,
 ) -> tff.learning.templates.ClientWorkProcess:
     """`honest` with the Byzantine clients' local attacks applied (module doc).
 
@@ -142,10 +143,14 @@ def build_attacked_client_work(
     instead of the delta Δ_i (the record still carries a delta: θ is added
     before and subtracted after the transforms), as when FedAvg is compared
     with PDMM, whose message is model-sized (pdmm.md §4).
+
+    `inputs` must be how `honest` receives its clients (default `ByValue()`):
+    the wrapper reads each client's `info` through it.
     """
     if message not in ("delta", "model"):
         raise ValueError(f"message must be delta or model; got {message!r}.")
     attacks = list(attacks)
+    inputs = client_inputs.ByValue() if inputs is None else inputs
     inner_state_type = honest.initialize.type_signature.result.member
     weights_type = honest.next.type_signature.parameter[1].member
     data_type = honest.next.type_signature.parameter[2].member
@@ -162,7 +167,7 @@ def build_attacked_client_work(
 
     @tff.tensorflow.computation(data_type)
     def read_info(data):
-        return client_inputs.read_client_info(data["info"])
+        return inputs.info(data)
 
     def context(attack_state, info, weights, index):
         return AttackContext(

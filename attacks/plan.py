@@ -17,11 +17,15 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import numpy as np
+import tensorflow as tf
 
 from attacks.colluding import Collusion, CollusionFactory, ScheduledCollusion
 from attacks.local import LocalAttack, ScheduledAttack, ascent_predicate, build_attacked_client_work
+from tff_byz.client_work import client_seed
 
 __all__ = ["AttackComponent", "AttackPlan", "Backdoor"]
+
+_POISON_TAG = 0xDA7A  # separates the poisoning draws from every other seeded stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +41,8 @@ class AttackComponent:
     start: int = 0
     local: Optional[LocalAttack] = None
     collusion: Optional[Collusion] = None
-    # poison(x, y, rng, dataset) -> (x, y): the Byzantine clients' training data.
+    # poison(x, y, positions, num_examples, seed, num_classes) -> (x, y): a Byzantine client's
+    # rows (at client-local `positions`) after data poisoning; pure TF, per example.
     poison: Optional[Callable[..., Any]] = None
     backdoor: Optional[Backdoor] = None
     # check(n, m) raises ValueError when the attack is undefined for n clients, m Byzantine.
@@ -81,15 +86,17 @@ class AttackPlan:
         """The predicate for `build_local_sgd_client_work(ascent=...)`, or None."""
         return ascent_predicate(self.local_attacks)
 
-    def client_work(self, honest, *, seed: int, message: str = "delta"):
+    def client_work(self, honest, *, seed: int, message: str = "delta", inputs=None):
         """`honest` wrapped with the local attacks (unchanged when there are none);
-        `message="model"`: they corrupt the uploaded model θ + Δ instead of Δ."""
+        `message="model"`: they corrupt the uploaded model θ + Δ instead of Δ. `inputs`:
+        how `honest` receives its clients (`tff_byz.client_inputs`)."""
         transforms = [a for a in self.local_attacks
                       if a.attack.transform is not None or a.attack.perturb_weights is not None]
         if not transforms and not self.collusions:
             return honest
         return build_attacked_client_work(honest, transforms, seed=seed,
-                                          mark_groups=bool(self.collusions), message=message)
+                                          mark_groups=bool(self.collusions), message=message,
+                                          inputs=inputs)
 
     def aggregator(self, inner, *, seed: int):
         """`inner` wrapped with the colluding attacks (unchanged when there are none)."""
@@ -97,11 +104,33 @@ class AttackPlan:
             return inner
         return CollusionFactory(inner, self.collusions, seed=seed)
 
-    def poison(self, group: int, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, dataset):
-        """A Byzantine client's training data after its group's data poisoning."""
-        if 0 <= group < len(self.components) and self.components[group].poison is not None:
-            return self.components[group].poison(x, y, rng, dataset)
-        return x, y
+    def data_poisoning(self, *, seed: int, num_classes: int):
+        """The `tff_byz.client_inputs.Poison` of the run's data-poisoning components, or None.
+
+        A client of attack group g reads its rows poisoned by the g-th component
+        from that component's `start` round on (clean before); honest clients'
+        rows pass through untouched. The poisoned set is fixed for the run: each
+        client's draws come from (run seed, client id) only.
+        """
+        poisoners = [(g, c.start, c.poison) for g, c in enumerate(self.components)
+                     if c.poison is not None]
+        if not poisoners:
+            return None
+
+        def poison(x, y, positions, num_examples, info, round_num):
+            client = tf.random.experimental.stateless_fold_in(
+                client_seed(seed, 0, info["client_id"]), tf.constant(_POISON_TAG, tf.int64))
+            for group, start, component in poisoners:
+                active = tf.logical_and(tf.equal(info["attack_group"], group),
+                                        tf.greater_equal(round_num, tf.cast(start, tf.int64)))
+                x, y = tf.cond(
+                    active,
+                    lambda c=component, x=x, y=y: c(x, y, positions, num_examples, client,
+                                                    num_classes),
+                    lambda x=x, y=y: (x, y))
+            return x, y
+
+        return poison
 
     def check(self, clients_per_round: int, byzantine_per_round: int) -> None:
         """Raises ValueError when an attack is undefined for the run's n and m."""
@@ -111,10 +140,3 @@ class AttackPlan:
                     component.check(clients_per_round, byzantine_per_round)
                 except ValueError as error:
                     raise ValueError(f"--attack: {component.name}: {error}") from None
-
-    def poisons(self, group: int, round_index: Optional[int] = None) -> bool:
-        """Whether `group`'s training data are poisoned (in round `round_index`: from the
-        component's `start` on; any round when None)."""
-        if not (0 <= group < len(self.components) and self.components[group].poison is not None):
-            return False
-        return round_index is None or round_index >= self.components[group].start

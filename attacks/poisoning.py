@@ -1,10 +1,17 @@
 """Data poisoning: label flips and the backdoor trigger (spec `attacks.md` §2).
 
-NumPy, host side: applied once when a Byzantine client's data are built, so the
-poisoned examples are fixed for the run. Images are float32 `[N, H, W, C]` raw
-pixels in [0, 1] (the model normalises them in its first layer), labels int32
-`[N]`. Randomness comes from an explicit `np.random.Generator` seeded by the
-caller; nothing here touches global random state.
+Two forms of each attack:
+- TensorFlow, per example (`flip_labels_tf`, `backdoor_tf`): what runs in TFF's
+  worker when a Byzantine client reads its rows (`tff_byz.client_inputs`).
+  Whether example j of a client is poisoned, and its random target, depend only
+  on (seed, client, j), so a round that reads a subset of the rows sees exactly
+  the subset of the poisoned data: the poisoned set is fixed for the run.
+- NumPy, whole arrays (`flip_labels`, `backdoor_poison`, `stamp_trigger`): the
+  reference semantics, and the triggered test set scored on the host.
+
+Images are float32 `[N, H, W, C]` raw pixels in [0, 1] (the model normalises
+them in its first layer), labels int32 `[N]`. Randomness is explicit (stateless
+seeds or a caller's `np.random.Generator`); nothing touches global random state.
 
 Backdoor defaults: a k×k patch with k = min(8, ⌊min(H, W)/2⌋), i.e. the spec's
 k = 8 on 28×28 / 32×32 images and k = 4 on the embedded 8×8 `digits` images
@@ -16,11 +23,14 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+import tensorflow as tf
 
 __all__ = [
     "attack_success_rate",
     "backdoor_geometry",
     "backdoor_poison",
+    "backdoor_tf",
+    "flip_labels_tf",
     "fedlaw_code_preset",
     "flip_labels",
     "parse_label_map",
@@ -208,6 +218,48 @@ def backdoor_poison(x, y, rng: np.random.Generator, *, num_classes, fraction=1.0
     else:
         y_new[indices] = target
     return x_new, y_new, mask
+
+
+def flip_labels_tf(y, num_classes: int, label_map=None):
+    """TF form of `flip_labels`: l → L−1−l, or l → label_map[l]. Per example."""
+    if label_map is None:
+        return tf.cast(num_classes - 1, y.dtype) - y
+    return tf.gather(tf.constant(np.asarray(label_map), y.dtype), y)
+
+
+def backdoor_tf(x, y, positions, num_examples, seed, *, num_classes: int, fraction=1.0, size=None,
+                corner=None, value=0.0, target="random", target_classes=None):
+    """TF form of `backdoor_poison` on the rows at client-local `positions` of a client with
+    `num_examples` examples; returns (x, y) of those rows.
+
+    Which round(p·N) of the client's N examples carry the trigger: the first
+    round(p·N) of a permutation seeded by `seed` (int64[2]; one per client and
+    run); a random target is one uniform draw per example from the same seed.
+    Both depend only on (seed, position), never on which rows a round reads.
+    Same patch, value and labels as `backdoor_poison`, different random draws.
+    """
+    size, row, col = backdoor_geometry(tuple(x.shape[1:]), size, corner)
+    height, width, channels = (int(d) for d in x.shape[1:])
+    patch = np.zeros([height, width, channels], bool)
+    patch[row:row + size, col:col + size, :] = True
+    fill = np.broadcast_to(np.asarray(value, np.float32), [height, width, channels])
+    num_examples = tf.cast(num_examples, tf.int32)
+    count = tf.cast(tf.round(float(fraction) * tf.cast(num_examples, tf.float64)), tf.int32)
+    order = tf.random.experimental.stateless_shuffle(tf.range(num_examples), seed=seed)
+    rank = tf.gather(tf.math.invert_permutation(order), positions)
+    chosen = rank < count
+    if target == "random":
+        classes = np.arange(num_classes) if target_classes is None else np.asarray(target_classes)
+        draws = tf.random.stateless_uniform(
+            [num_examples], seed=tf.random.experimental.stateless_fold_in(seed, 1),
+            minval=0, maxval=len(classes), dtype=tf.int32)
+        new_labels = tf.gather(tf.constant(classes, y.dtype), tf.gather(draws, positions))
+    else:
+        new_labels = tf.fill(tf.shape(y), tf.cast(target, y.dtype))
+    stamped = tf.where(tf.logical_and(chosen[:, tf.newaxis, tf.newaxis, tf.newaxis],
+                                      tf.constant(patch)[tf.newaxis]),
+                       tf.constant(fill)[tf.newaxis], x)
+    return stamped, tf.where(chosen, new_labels, y)
 
 
 def fedlaw_code_preset(normalization) -> dict:

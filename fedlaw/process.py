@@ -52,7 +52,7 @@ from aggregators.record_stack import StackedRecordsFactory
 from fedlaw import math as fedlaw_math
 from fedlaw.learned_weights import LearnedWeightsFactory
 from fedlaw.look_ahead_pass import LookAheadPassFactory
-from tff_byz import fedavg
+from tff_byz import client_inputs, fedavg
 from tff_byz.aggregation import build_update_aggregator
 
 __all__ = ["FedLAWOptions", "FedLAWSchedule", "FedLAWProcess", "build_fedlaw_process"]
@@ -165,13 +165,17 @@ def _copy_state(state):
 
 def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: FedLAWOptions,
                          num_clients: int, rounds: int, declared_fraction: float, alpha: float,
-                         wrap_collector: Callable = lambda factory: factory) -> FedLAWProcess:
+                         wrap_collector: Callable = lambda factory: factory,
+                         inputs: Optional[client_inputs.ClientInputs] = None) -> FedLAWProcess:
     """FedLAW around any `client_work` producing client records (module doc).
 
     `alpha` is the client learning rate (the spec's α, also the server step);
     `wrap_collector(factory)` wraps each pass's collection and the frozen
-    aggregator (the attack plan's colluding attacks).
+    aggregator (the attack plan's colluding attacks). `inputs`: how
+    `client_work` receives its clients (`tff_byz.client_inputs`, default
+    `ByValue()`); `next` then takes what it says per client.
     """
+    inputs = client_inputs.ByValue() if inputs is None else inputs
     schedule = FedLAWSchedule.resolve(options, num_clients=num_clients, rounds=rounds,
                                       declared_fraction=declared_fraction)
     if options.weight_step not in ("full", "bsum"):
@@ -414,4 +418,5 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
     def frozen_weights_path(frozen_state):
         return frozen_state["inner"] if wrapped else frozen_state
 
-    return FedLAWProcess(init_fn, learning_next, frozen_next, schedule, frozen_weights_path)
+    return FedLAWProcess(init_fn, inputs.compose(learning_next), inputs.compose(frozen_next),
+                         schedule, frozen_weights_path)

@@ -65,10 +65,11 @@ def build_decentralized_pdmm_process(
     learning_rate: float = 0.05,
     seed: int = 0,
     attacks: Sequence[ScheduledAttack] = (),
+    inputs: client_inputs.ClientInputs | None = None,
 ) -> StatefulClientsProcess:
     """Decentralized PDMM (module doc) as a `StatefulClientsProcess`.
 
-    `next(state, client_inputs, client_states)` must receive every node, in
+    `next(state, client_values, client_states)` must receive every node, in
     node-id order (the relay table is indexed by node id). Node state:
     `OrderedDict(client_id, wz=float32[1 + max degree, D], steps)`: row 0 is
     w_i, row 1 + k the dual of the k-th neighbour, each packed leaf by leaf
@@ -76,6 +77,7 @@ def build_decentralized_pdmm_process(
     initial state (its duals depend on its neighbours' signs). Metrics:
     `client_work=OrderedDict(train_loss, num_examples)`,
     `pdmm=OrderedDict(message_norm)` (root mean square of the sent messages).
+    `inputs`: how nodes arrive (`tff_byz.client_inputs`; default `ByValue()`).
     """
     options.validate()
     for scheduled in attacks:
@@ -90,7 +92,8 @@ def build_decentralized_pdmm_process(
     width = neighbour.shape[1]
     degrees = graph.degrees.astype(np.float32)
 
-    data_type, _ = client_work_lib.client_input_types(model_fn)
+    inputs = client_inputs.ByValue() if inputs is None else inputs
+    data_type, _ = client_work_lib.client_input_types(model_fn, inputs)
     init_weights = fedavg.initial_weights_fn(initial_weights)
     weights_type = init_weights.type_signature.result
     trainable_type = weights_type.trainable
@@ -150,15 +153,15 @@ def build_decentralized_pdmm_process(
                                   tff.learning.models.ModelWeights(
                                       trainable=unflatten(node_state["wz"][0]),
                                       non_trainable=list(reference_weights.non_trainable)))
-            info = client_inputs.read_client_info(client_input["info"])
+            examples = inputs.open(client_input, round_info["round"])
+            info = examples.info
             node = info["client_id"]
-            x, y = client_inputs.materialize_examples(client_input["examples"])
             signs = tf.gather(tf.constant(sign), node)  # [width]
             degree = tf.gather(tf.constant(degrees), node)
             duals = split_duals(node_state["wz"][1:])
             dual_sum = [tf.tensordot(signs, z, axes=1) for z in duals]  # Σ_j B_{i|j} z_{i|j}
             loss = client_work_lib.local_sgd_steps(
-                model, list(model_weights.trainable), x, y, run_seed=round_info["seed"],
+                model, list(model_weights.trainable), examples, run_seed=round_info["seed"],
                 client_id=node, start_step=node_state["steps"], steps=local_steps,
                 batch_size=batch_size, learning_rate=learning_rate,
                 extra_gradient=lambda trainable: [
@@ -171,7 +174,7 @@ def build_decentralized_pdmm_process(
             messages = [m * tf.abs(s) for m, s in zip(messages, shaped_signs)]  # padding: 0
             record = collections.OrderedDict(
                 delta=messages, client_id=node,
-                num_examples=tf.cast(tf.shape(y)[0], tf.float32), loss=loss)
+                num_examples=tf.cast(examples.num_examples, tf.float32), loss=loss)
             record, weight = apply_record_attacks(
                 attacks, record, tf.constant(1.0), info=info, run_seed=round_info["seed"],
                 round_num=round_info["round"], weights=_as_list(reference_weights.trainable))
@@ -270,7 +273,7 @@ def build_decentralized_pdmm_process(
     def get_model_weights(state):
         return state["reference"]
 
-    return StatefulClientsProcess(
+    return inputs.compose(StatefulClientsProcess(
         initialize=initialize, next=next_fn, get_model_weights=get_model_weights,
         client_state_template=zeros_from_type(node_state_type),
-        initial_client_state=initial_client_state)
+        initial_client_state=initial_client_state))

@@ -104,6 +104,7 @@ def build_pdmm_process(
     mark_groups: bool = False,
     wrap_aggregator: Callable = lambda factory: factory,
     message_aggregator=None,
+    inputs: client_inputs.ClientInputs | None = None,
 ) -> StatefulClientsProcess:
     """Centralized PDMM (module doc).
 
@@ -119,11 +120,12 @@ def build_pdmm_process(
       wrap_aggregator: wraps the message collection (colluding attacks).
       message_aggregator: the factory computing Agg(y) with full participation
         (default: the unweighted mean, reporting `non_finite_clients`).
+      inputs: how clients arrive (`tff_byz.client_inputs`; default `ByValue()`).
 
     Returns a `StatefulClientsProcess`:
     - server state `OrderedDict(global_model_weights=ModelWeights (w_s),
       [copies=float32[N, D] with partial], aggregator, seed, round)`;
-    - `next(state, client_inputs, client_states)` →
+    - `next(state, client_values, client_states)` →
       `OrderedDict(state, metrics, client_states)`, metrics
       `OrderedDict(client_work=OrderedDict(train_loss, num_examples),
       aggregator=…, pdmm=OrderedDict(consensus_gap))` where `consensus_gap` is
@@ -147,7 +149,8 @@ def build_pdmm_process(
     c, theta = float(options.c), float(options.theta)
     attacks = [a for a in attacks if a.attack.transform is not None]
 
-    data_type, model_weights_type = client_work_lib.client_input_types(model_fn)
+    inputs = client_inputs.ByValue() if inputs is None else inputs
+    data_type, model_weights_type = client_work_lib.client_input_types(model_fn, inputs)
     init_weights = fedavg.initial_weights_fn(initial_weights)
     weights_type = init_weights.type_signature.result
     trainable_type = weights_type.trainable
@@ -222,11 +225,11 @@ def build_pdmm_process(
                                   tff.learning.models.ModelWeights(
                                       trainable=unflatten(client_state["wvu"][0]),
                                       non_trainable=list(server_weights.non_trainable)))
-            info = client_inputs.read_client_info(client_input["info"])
-            x, y = client_inputs.materialize_examples(client_input["examples"])
+            examples = inputs.open(client_input, round_info["round"])
+            info = examples.info
             v = unflatten(client_state["wvu"][1])
             loss = client_work_lib.local_sgd_steps(
-                model, list(model_weights.trainable), x, y, run_seed=round_info["seed"],
+                model, list(model_weights.trainable), examples, run_seed=round_info["seed"],
                 client_id=info["client_id"], start_step=client_state["steps"],
                 steps=local_steps, batch_size=batch_size, learning_rate=learning_rate,
                 extra_gradient=lambda trainable: [
@@ -236,7 +239,7 @@ def build_pdmm_process(
             u = pdmm_math.relax(client_state["wvu"][2], flatten(message), theta=theta)
             record = collections.OrderedDict(
                 delta=message, client_id=info["client_id"],
-                num_examples=tf.cast(tf.shape(y)[0], tf.float32), loss=loss)
+                num_examples=tf.cast(examples.num_examples, tf.float32), loss=loss)
             record, weight = apply_record_attacks(
                 attacks, record, tf.constant(1.0), info=info, run_seed=round_info["seed"],
                 round_num=round_info["round"], weights=_as_list(server_weights.trainable),
@@ -357,10 +360,10 @@ def build_pdmm_process(
     def get_model_weights(state):
         return state["server"]["global_model_weights"]
 
-    return StatefulClientsProcess(
+    return inputs.compose(StatefulClientsProcess(
         initialize=initialize,
         next=next_fn,
         get_model_weights=get_model_weights,
         client_state_template=zeros_from_type(client_state_type),
         initial_client_state=initial_client_state,
-    )
+    ))

@@ -54,19 +54,17 @@ def client_seed(run_seed, round_num, client_id):
     return tf.random.experimental.stateless_fold_in(seed, tf.cast(client_id, tf.int64))
 
 
-def client_input_types(model_fn):
-    """TFF types of one client's input (`tff_byz.client_inputs`) and of the model weights."""
+def client_input_types(model_fn, inputs: client_inputs.ClientInputs | None = None):
+    """TFF types of one client's value under `inputs` (default `ByValue()`) and of the model
+    weights."""
+    inputs = client_inputs.ByValue() if inputs is None else inputs
     with tf.Graph().as_default():
         probe = model_fn()
         weights_type = tff.learning.models.weights_type_from_model(probe)
         example_spec = collections.OrderedDict(
             x=tf.TensorSpec(probe.input_spec["x"].shape[1:], probe.input_spec["x"].dtype),
             y=tf.TensorSpec(probe.input_spec["y"].shape[1:], probe.input_spec["y"].dtype))
-    element_type = tff.types.tensorflow_to_type(client_inputs.client_input_spec(example_spec))
-    data_type = tff.StructWithPythonType(
-        [("examples", tff.SequenceType(element_type["examples"])),
-         ("info", tff.SequenceType(element_type["info"]))], collections.OrderedDict)
-    return data_type, weights_type
+    return inputs.type_signature(example_spec), weights_type
 
 
 def _validate(epochs, batch_size, learning_rate):
@@ -78,9 +76,10 @@ def _validate(epochs, batch_size, learning_rate):
         raise ClientWorkConfigError(f"--client_lr must be a finite number > 0; got {learning_rate!r}.")
 
 
-def local_sgd_update(model, trainable, x, y, seed, *, epochs, batch_size, learning_rate,
-                     shuffle=True, gradient_transform: Callable | None = None):
-    """Plain SGD over `epochs` passes of `(x, y)`; returns (new trainable, last-epoch loss).
+def local_sgd_update(model, trainable, examples: client_inputs.ClientExamples, seed, *, epochs,
+                     batch_size, learning_rate, shuffle=True,
+                     gradient_transform: Callable | None = None):
+    """Plain SGD over `epochs` passes of `examples`; returns the last epoch's mean batch loss.
 
     Pure TF; call inside a `tf.function` (its loops need AutoGraph). `trainable` are the
     model's trainable variables, updated in place. Each epoch visits a fresh
@@ -88,7 +87,7 @@ def local_sgd_update(model, trainable, x, y, seed, *, epochs, batch_size, learni
     keeping the last partial batch. `gradient_transform(grads) -> grads` lets
     attacks (e.g. gradient ascent) act on every mini-batch gradient.
     """
-    num_examples = tf.shape(y)[0]
+    num_examples = examples.num_examples
     num_batches = (num_examples + batch_size - 1) // batch_size
     last_epoch_loss = tf.constant(0.0, tf.float32)
     for epoch in tf.range(epochs):
@@ -101,9 +100,9 @@ def local_sgd_update(model, trainable, x, y, seed, *, epochs, batch_size, learni
         loss_sum = tf.constant(0.0, tf.float32)
         for b in tf.range(num_batches):
             index = order[b * batch_size:tf.minimum((b + 1) * batch_size, num_examples)]
-            batch = collections.OrderedDict(x=tf.gather(x, index), y=tf.gather(y, index))
+            x, y = examples.gather(index)
             with tf.GradientTape() as tape:
-                output = model.forward_pass(batch, training=True)
+                output = model.forward_pass(collections.OrderedDict(x=x, y=y), training=True)
             gradients = tape.gradient(output.loss, trainable)
             if gradient_transform is not None:
                 gradients = gradient_transform(gradients)
@@ -138,8 +137,9 @@ def stream_batch_indices(num_examples, batch_size, run_seed, client_id, step):
     return order[position * batch_size:tf.minimum((position + 1) * batch_size, num_examples)]
 
 
-def local_sgd_steps(model, trainable, x, y, *, run_seed, client_id, start_step, steps,
-                    batch_size, learning_rate, extra_gradient: Callable | None = None,
+def local_sgd_steps(model, trainable, examples: client_inputs.ClientExamples, *, run_seed,
+                    client_id, start_step, steps, batch_size, learning_rate,
+                    extra_gradient: Callable | None = None,
                     gradient_transform: Callable | None = None):
     """`steps` SGD steps on the client's stream from `start_step`; returns the mean batch loss.
 
@@ -150,11 +150,11 @@ def local_sgd_steps(model, trainable, x, y, *, run_seed, client_id, start_step, 
     """
     loss_sum = tf.constant(0.0, tf.float32)
     for k in tf.range(steps):
-        index = stream_batch_indices(tf.shape(y)[0], batch_size, run_seed, client_id,
+        index = stream_batch_indices(examples.num_examples, batch_size, run_seed, client_id,
                                      tf.cast(start_step, tf.int64) + tf.cast(k, tf.int64))
-        batch = collections.OrderedDict(x=tf.gather(x, index), y=tf.gather(y, index))
+        x, y = examples.gather(index)
         with tf.GradientTape() as tape:
-            output = model.forward_pass(batch, training=True)
+            output = model.forward_pass(collections.OrderedDict(x=x, y=y), training=True)
         gradients = tape.gradient(output.loss, trainable)
         if gradient_transform is not None:
             gradients = gradient_transform(gradients)
@@ -166,15 +166,15 @@ def local_sgd_steps(model, trainable, x, y, *, run_seed, client_id, start_step, 
     return loss_sum / tf.cast(tf.maximum(steps, 1), tf.float32)
 
 
-def dataset_loss(model, x, y, batch_size):
-    """Mean loss of `model` on all of `(x, y)` (inference mode), batch by batch; 0 if empty."""
-    num_examples = tf.shape(y)[0]
+def dataset_loss(model, examples: client_inputs.ClientExamples, batch_size):
+    """Mean loss of `model` on all `examples` (inference mode), batch by batch; 0 if empty."""
+    num_examples = examples.num_examples
     num_batches = (num_examples + batch_size - 1) // batch_size
     total = tf.constant(0.0, tf.float32)
     for b in tf.range(num_batches):
         start, stop = b * batch_size, tf.minimum((b + 1) * batch_size, num_examples)
-        output = model.forward_pass(collections.OrderedDict(x=x[start:stop], y=y[start:stop]),
-                                    training=False)
+        x, y = examples.gather(tf.range(start, stop))
+        output = model.forward_pass(collections.OrderedDict(x=x, y=y), training=False)
         total += tf.cast(output.loss, tf.float32) * tf.cast(stop - start, tf.float32)
     return total / tf.cast(tf.maximum(num_examples, 1), tf.float32)
 
@@ -190,6 +190,7 @@ def build_local_sgd_client_work(
     ascent: Callable[[collections.OrderedDict, tf.Tensor], tf.Tensor] | None = None,
     loss_at: str = "last_epoch",
     steps: int = 0,
+    inputs: client_inputs.ClientInputs | None = None,
 ) -> tff.learning.templates.ClientWorkProcess:
     """FedAvg's honest client work: `epochs` of SGD from the broadcast model.
 
@@ -210,6 +211,10 @@ def build_local_sgd_client_work(
     train bit-identically to a process built without it. `loss_at` chooses the
     reported loss (`LOSS_AT`): `last_epoch` (default, free), or one extra pass
     over the client's data before (`start`) or after (`end`) training.
+
+    `inputs` (`tff_byz.client_inputs`): how clients arrive, `ByValue()` (default:
+    `make_client_input` values) or `ByReference(store, ...)` (client ids). Each
+    client reads only the rows its batches use.
     """
     _validate(epochs, batch_size, learning_rate)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
@@ -217,7 +222,8 @@ def build_local_sgd_client_work(
     if loss_at not in LOSS_AT:
         raise ClientWorkConfigError(f"loss: invalid value {loss_at!r}; valid choices: "
                                     f"{', '.join(LOSS_AT)}.")
-    data_type, weights_type = client_input_types(model_fn)
+    inputs = client_inputs.ByValue() if inputs is None else inputs
+    data_type, weights_type = client_input_types(model_fn, inputs)
     state_type = tff.StructWithPythonType([("seed", np.int64), ("round", np.int64)],
                                           collections.OrderedDict)
 
@@ -236,32 +242,32 @@ def build_local_sgd_client_work(
         @tf.function
         def update(state, weights, client_input):
             tf.nest.map_structure(lambda v, w: v.assign(w), model_weights, weights)
-            info = client_inputs.read_client_info(client_input["info"])
-            x, y = client_inputs.materialize_examples(client_input["examples"])
+            examples = inputs.open(client_input, state["round"])
+            info = examples.info
             gradient_transform = None
             if ascent is not None:
                 ascending = ascent(info, state["round"])
                 gradient_transform = lambda grads: [tf.where(ascending, -g, g) for g in grads]
             if loss_at == "start":
-                start_loss = dataset_loss(model, x, y, batch_size)
+                start_loss = dataset_loss(model, examples, batch_size)
             if steps:
                 loss = local_sgd_steps(
-                    model, list(model_weights.trainable), x, y, run_seed=state["seed"],
+                    model, list(model_weights.trainable), examples, run_seed=state["seed"],
                     client_id=info["client_id"], start_step=state["round"] * steps, steps=steps,
                     batch_size=batch_size, learning_rate=learning_rate,
                     gradient_transform=gradient_transform)
             else:
                 loss = local_sgd_update(
-                    model, list(model_weights.trainable), x, y,
+                    model, list(model_weights.trainable), examples,
                     client_seed(state["seed"], state["round"], info["client_id"]),
                     epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                     shuffle=shuffle, gradient_transform=gradient_transform)
             if loss_at == "start":
                 loss = start_loss
             elif loss_at == "end":
-                loss = dataset_loss(model, x, y, batch_size)
+                loss = dataset_loss(model, examples, batch_size)
             delta = tf.nest.map_structure(tf.subtract, model_weights.trainable, weights.trainable)
-            num_examples = tf.cast(tf.shape(y)[0], tf.float32)
+            num_examples = tf.cast(examples.num_examples, tf.float32)
             record = collections.OrderedDict(delta=delta, client_id=info["client_id"],
                                              num_examples=num_examples, loss=loss)
             return tff.learning.templates.ClientResult(update=record, update_weight=num_examples)

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_byz import aggregation
+from tff_byz import aggregation, client_inputs
 from tff_byz import client_work as client_work_lib
 
 __all__ = ["build_fedavg_process", "build_delta_finalizer", "initial_weights_fn",
@@ -87,32 +87,36 @@ def build_fedavg_process(
     batch_size: int = 32,
     client_lr: float = 0.1,
     seed: int = 0,
+    inputs: client_inputs.ClientInputs | None = None,
 ) -> tff.learning.templates.LearningProcess:
     """FedAvg with any aggregation factory (default `tff.aggregators.MeanFactory()`).
 
     `client_work` defaults to `build_local_sgd_client_work(model_fn, ...)` with
-    the given epochs, batch size, learning rate and seed; pass another (e.g. an
-    attacked one) to replace it. The process's `next` takes one
-    `tff_byz.client_inputs.make_client_input(...)` value per client.
+    the given epochs, batch size, learning rate, seed and `inputs`; pass another
+    (e.g. an attacked one, built for the same `inputs`) to replace it. The
+    process's `next` takes one value per client: a
+    `tff_byz.client_inputs.make_client_input(...)` (`inputs=ByValue()`, the
+    default) or a client id (`inputs=ByReference(store, ...)`).
     """
     if not np.isfinite(server_lr) or server_lr <= 0:
         raise ValueError(f"--server_lr must be a finite number > 0; got {server_lr!r}.")
     if aggregator is None:
         aggregator = tff.aggregators.MeanFactory()
+    inputs = client_inputs.ByValue() if inputs is None else inputs
     if client_work is None:
         client_work = client_work_lib.build_local_sgd_client_work(
             model_fn, epochs=local_epochs, batch_size=batch_size, learning_rate=client_lr,
-            seed=seed)
+            seed=seed, inputs=inputs)
     init_weights = initial_weights_fn(initial_weights)
     weights_type = init_weights.type_signature.result
     record_type = client_work.next.type_signature.result.result.member.update
     update_aggregator = aggregation.build_update_aggregator(aggregator, record_type)
     finalizer = build_delta_finalizer(
         tff.learning.optimizers.build_sgdm(learning_rate=server_lr), weights_type)
-    return tff.learning.templates.compose_learning_process(
+    return inputs.compose(tff.learning.templates.compose_learning_process(
         init_weights,
         tff.learning.templates.build_broadcast_process(weights_type),
         client_work,
         update_aggregator,
         finalizer,
-    )
+    ))

@@ -108,6 +108,7 @@ def build_momentum_sgd_process(
     server_lr: float = 0.1,
     seed: int = 0,
     dampening: bool = True,
+    inputs: client_inputs.ClientInputs | None = None,
 ) -> StatefulClientsProcess:
     """Distributed momentum-SGD with client momentum (see module doc).
 
@@ -115,12 +116,15 @@ def build_momentum_sgd_process(
     `tff_byz.aggregation.ClientRecordAggregationFactory`; default
     `tff.aggregators.MeanFactory()`.
 
+    `inputs`: how clients arrive (`tff_byz.client_inputs`; default `ByValue()`).
+    A client reads only its round's mini-batch.
+
     Returns a `StatefulClientsProcess`:
     - state `OrderedDict(global_model_weights=ModelWeights, aggregator=…,
       finalizer=OrderedDict(learning_rate), seed=int64, round=int64)`;
-    - `next(state, client_inputs, client_states)`, with one
-      `tff_byz.client_inputs.make_client_input(...)` and one client state per
-      participant, returns `OrderedDict(state, metrics, client_states)`, metrics
+    - `next(state, client_values, client_states)`, with one client value (a
+      `make_client_input(...)` or, by reference, a client id) and one client state
+      per participant, returns `OrderedDict(state, metrics, client_states)`, metrics
       `OrderedDict(distributor=(), client_work=OrderedDict(train_loss,
       num_examples), aggregator=…, finalizer=OrderedDict(update_non_finite))`
       (the FedAvg process's names; `train_loss` is the example-weighted mean
@@ -136,7 +140,8 @@ def build_momentum_sgd_process(
     weight_decay = float(weight_decay)
     dampening = bool(dampening)
 
-    data_type, model_weights_type = client_work_lib.client_input_types(model_fn)
+    inputs = client_inputs.ByValue() if inputs is None else inputs
+    data_type, model_weights_type = client_work_lib.client_input_types(model_fn, inputs)
     init_weights = fedavg.initial_weights_fn(initial_weights)
     weights_type = init_weights.type_signature.result
     if not weights_type.is_assignable_from(model_weights_type) and not \
@@ -161,37 +166,36 @@ def build_momentum_sgd_process(
     def client_update(round_info, weights, client_input, client_state):
         model = model_fn()
         model_weights = tff.learning.models.ModelWeights.from_model(model)
-        info = client_inputs.read_client_info(client_input["info"])
-        x, y = client_inputs.materialize_examples(client_input["examples"])
-        seed_tensor = client_work_lib.client_seed(
-            round_info["seed"], round_info["round"], info["client_id"])
 
         # A tf.function, so that its automatic control dependencies order the
         # weight assignment before the forward pass (plain graph mode would not).
         @tf.function
         def step(weights, momentum):
             tf.nest.map_structure(lambda v, w: v.assign(w), model_weights, weights)
-            index = sample_batch_indices(tf.shape(y)[0], batch_size, seed_tensor)
-            batch = collections.OrderedDict(x=tf.gather(x, index), y=tf.gather(y, index))
+            examples = inputs.open(client_input, round_info["round"])
+            seed_tensor = client_work_lib.client_seed(
+                round_info["seed"], round_info["round"], examples.info["client_id"])
+            index = sample_batch_indices(examples.num_examples, batch_size, seed_tensor)
+            x, y = examples.gather(index)
             trainable = list(model_weights.trainable)
             with tf.GradientTape() as tape:
-                output = model.forward_pass(batch, training=True)
+                output = model.forward_pass(collections.OrderedDict(x=x, y=y), training=True)
             gradients = tape.gradient(output.loss, trainable)
             if weight_decay:
                 # (wd/2)‖θ‖² added by hand: its gradient is wd·θ.
                 gradients = [g + weight_decay * tf.convert_to_tensor(v)
                              for g, v in zip(gradients, trainable)]
             new_momentum = momentum_step(momentum, gradients, beta=beta, dampening=dampening)
-            return new_momentum, tf.cast(tf.shape(index)[0], tf.float32), tf.cast(
-                output.loss, tf.float32)
+            return (new_momentum, examples.info["client_id"],
+                    tf.cast(tf.shape(index)[0], tf.float32), tf.cast(output.loss, tf.float32))
 
-        new_momentum, num_examples, loss = step(weights, list(client_state["momentum"]))
+        new_momentum, client_id, num_examples, loss = step(weights, list(client_state["momentum"]))
         record = collections.OrderedDict(
             delta=[tf.negative(m) for m in new_momentum],
-            client_id=info["client_id"],
+            client_id=client_id,
             num_examples=num_examples,
             loss=loss)
-        new_state = collections.OrderedDict(client_id=info["client_id"], momentum=new_momentum)
+        new_state = collections.OrderedDict(client_id=client_id, momentum=new_momentum)
         return record, new_state
 
     @tff.tensorflow.computation
@@ -269,9 +273,9 @@ def build_momentum_sgd_process(
     def get_model_weights(state):
         return state["global_model_weights"]
 
-    return StatefulClientsProcess(
+    return inputs.compose(StatefulClientsProcess(
         initialize=initialize,
         next=next_fn,
         get_model_weights=get_model_weights,
         client_state_template=zeros_from_type(client_state_type),
-    )
+    ))

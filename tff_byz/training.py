@@ -39,6 +39,8 @@ import tqdm
 from aggregators import AggregatorContext, build_aggregator
 from attacks import build_attack_plan, selection
 from tff_byz import client_inputs, client_work, datasets, fedavg, models
+from tff_byz import context as context_lib
+from tff_byz.datasets import store as store_lib
 from tff_byz.config import RESUMABLE_CHANGES, ConfigError, ExperimentConfig
 from tff_byz.files import write_json_atomic
 from tff_byz.report.results import accuracy_before_abort, breaks_loss_limit
@@ -162,6 +164,17 @@ class _Evaluator:
         return np.argmax(logits, axis=-1)
 
 
+def _client_store(config: ExperimentConfig, dataset) -> store_lib.ClientStore:
+    """The run's client-data store (written once per split into the cache, then reused)."""
+    key = collections.OrderedDict(
+        data_dir=os.path.abspath(config.data_dir) if config.data_dir else None,
+        partition=config.partition, num_clients=config.num_clients, seed=config.seed,
+        q=config.q, alpha=config.alpha, q_mode=config.q_mode)
+    arrays = [dataset.client_arrays(i) for i in range(dataset.num_clients)]
+    return store_lib.ensure_store(store_lib.store_directory(config.dataset, key), arrays, key,
+                                  seed=config.seed)
+
+
 class Experiment:
     """Everything one run needs, built from a resolved config (no TFF execution yet)."""
 
@@ -216,8 +229,13 @@ class Experiment:
         self.triggered_test_x = (self.backdoor.stamp(self.dataset.test_x)
                                  if self.backdoor is not None else None)
         self.graph = None  # decentralized PDMM's communication graph
+        self.store = _client_store(config, self.dataset)
+        # Clients travel by reference: a round ships their ids; the worker reads their rows.
+        self.inputs = client_inputs.ByReference(
+            self.store, byzantine=self.selection.byzantine, attack_group=self.selection.groups,
+            poison=self.attack_plan.data_poisoning(seed=config.seed,
+                                                   num_classes=self.dataset.num_classes))
         self.process, self.client_states = self._build_process()
-        self._client_inputs = {}
 
     def _build_process(self):
         config = self.config
@@ -228,28 +246,31 @@ class Experiment:
                 self.model_fn, epochs=config.local_epochs, batch_size=config.batch_size,
                 learning_rate=config.client_lr, seed=config.seed, ascent=self.attack_plan.ascent(),
                 loss_at=self.fedlaw_options.loss if self.fedlaw_options is not None else "last_epoch",
-                steps=config.local_steps)
+                steps=config.local_steps, inputs=self.inputs)
             if self.fedlaw_options is not None:
                 from fedlaw.process import build_fedlaw_process  # pylint: disable=import-outside-toplevel
                 process = build_fedlaw_process(
                     self.model_fn, self.initial_weights,
-                    self.attack_plan.client_work(honest, seed=config.seed),
+                    self.attack_plan.client_work(honest, seed=config.seed, inputs=self.inputs),
                     options=self.fedlaw_options, num_clients=self.num_clients,
                     rounds=config.rounds, declared_fraction=self.declared_byzantine_fraction,
                     alpha=config.client_lr,
-                    wrap_collector=lambda f: self.attack_plan.aggregator(f, seed=config.seed))
+                    wrap_collector=lambda f: self.attack_plan.aggregator(f, seed=config.seed),
+                    inputs=self.inputs)
                 return process, None
             process = fedavg.build_fedavg_process(
                 self.model_fn, self.initial_weights, aggregator=self.aggregator,
                 client_work=self.attack_plan.client_work(honest, seed=config.seed,
-                                                         message=config.attack_message),
-                server_lr=config.server_lr)
+                                                         message=config.attack_message,
+                                                         inputs=self.inputs),
+                server_lr=config.server_lr, inputs=self.inputs)
             return process, None
         from tff_byz import client_state, momentum  # pylint: disable=import-outside-toplevel
         process = momentum.build_momentum_sgd_process(
             self.model_fn, self.initial_weights, aggregator=self.aggregator,
             batch_size=config.batch_size, momentum=config.momentum,
-            weight_decay=config.weight_decay, server_lr=config.server_lr, seed=config.seed)
+            weight_decay=config.weight_decay, server_lr=config.server_lr, seed=config.seed,
+            inputs=self.inputs)
         store = client_state.ClientStateStore(process.client_state_template, self.num_clients,
                                               id_key="client_id")
         return process, store
@@ -268,7 +289,8 @@ class Experiment:
             batch_size=config.batch_size, learning_rate=config.client_lr, seed=config.seed,
             num_clients=self.num_clients, partial=per_round < self.num_clients,
             attacks=plan.local_attacks, mark_groups=bool(plan.collusions),
-            wrap_aggregator=lambda factory: plan.aggregator(factory, seed=config.seed))
+            wrap_aggregator=lambda factory: plan.aggregator(factory, seed=config.seed),
+            inputs=self.inputs)
         return process, self._client_state_store(process, client_state)
 
     def _build_decentralized_pdmm_process(self, client_state):
@@ -287,7 +309,7 @@ class Experiment:
             self.model_fn, self.initial_weights, self.graph, options=self.pdmm_options,
             local_steps=self.pdmm_options.steps(config.local_steps),
             batch_size=config.batch_size, learning_rate=config.client_lr, seed=config.seed,
-            attacks=plan.local_attacks)
+            attacks=plan.local_attacks, inputs=self.inputs)
         store = self._client_state_store(process, client_state)
         ids = np.arange(self.num_clients)
         store.put(ids, [process.initial_client_state(int(i)) for i in ids])
@@ -340,29 +362,23 @@ class Experiment:
         return tff.learning.models.ModelWeights(
             trainable=list(trainable), non_trainable=list(self.initial_weights.non_trainable))
 
-    def client_input(self, index: int, round_index: Optional[int] = None):
-        """Client `index`'s input in round `round_index` (None: once every attack is active).
-
-        A Byzantine client's data poisoning (label flip, backdoor) acts from its
-        attack's `start` round on; before it the client trains on its clean data.
-        """
-        group = int(self.selection.groups[index])
-        poisoned = self.attack_plan.poisons(group, round_index)
-        key = (index, poisoned)
-        if key not in self._client_inputs:
-            if poisoned:
-                # Data poisoning is fixed when the data are built (seeded per client).
-                x, y = self.dataset.client_arrays(int(index))
-                rng = np.random.default_rng([self.config.seed, 0xDA7A, int(index)])
-                x, y = self.attack_plan.poison(group, x, y, rng, self.dataset)
-                examples = tf.data.Dataset.from_tensor_slices(collections.OrderedDict(
-                    x=np.asarray(x, np.float32), y=np.asarray(y, np.int32)))
-            else:
-                examples = self.dataset.client_data.create_tf_dataset_for_client(
-                    self.dataset.client_ids[index])
-            self._client_inputs[key] = client_inputs.make_client_input(
-                examples, int(index), group >= 0, group)
-        return self._client_inputs[key]
+    def verify_store(self) -> None:
+        """Checks that every TFF worker maps the store bytes this process validated
+        (a remote worker needs the store at the same path); StoreError names the file."""
+        workers = (len(context_lib.parse_worker_addresses(self.config.tff_workers))
+                   if self.config.tff_workers else 1)
+        try:
+            answers = self.inputs.verify()([np.int32(0)] * workers)
+        except Exception as error:  # pylint: disable=broad-except  (TFF wraps the worker's error)
+            raise store_lib.StoreError(
+                f"a TFF worker cannot read the client-data store {self.store.directory} "
+                f"({type(error).__name__}); a worker host needs the store at that path") from error
+        for answer in answers:
+            for name, fingerprint in answer.items():
+                if bytes(np.asarray(fingerprint, np.uint8)).hex() != self.store.fingerprints[name]:
+                    raise store_lib.StoreError(
+                        f"a TFF worker reads other bytes at {self.store.directory}/{name} than "
+                        f"this process validated; copy the store to every worker host")
 
     def backdoor_metrics(self, weights, clean_accuracy: float, evaluate: bool):
         """Backdoor metrics on the triggered test set (attacks.md §2)."""
@@ -406,9 +422,9 @@ class Experiment:
             return state.global_model_weights
         return state["global_model_weights"]
 
-    def next(self, state, clients: np.ndarray, round_index: Optional[int] = None):
-        """One round (0-based `round_index`) on `clients`; returns (state, metrics)."""
-        inputs = [self.client_input(i, round_index) for i in clients]
+    def next(self, state, clients: np.ndarray):
+        """One round on `clients` (indices); returns (state, metrics)."""
+        inputs = [np.int32(i) for i in clients]
         if self.client_states is None:
             output = self.process.next(state, inputs)
             return output.state, output.metrics
@@ -500,7 +516,8 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
     paths = prepare_run_directory(config, resume=resume, overwrite=overwrite)
     try:  # loads data and builds the process: bad settings fail here, before writing
         experiment = Experiment(config)
-    except (ValueError, FileNotFoundError) as error:
+        experiment.verify_store()
+    except (ValueError, FileNotFoundError, store_lib.StoreError) as error:
         raise ConfigError(str(error).splitlines()[0]) from error
 
     if overwrite and os.path.isdir(paths.root):
@@ -545,7 +562,7 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
             clients = sample_clients(experiment.num_clients, config.clients_per_round, config.seed,
                                      round_index)
             t0 = time.monotonic()
-            new_state, metrics = experiment.next(state, clients, round_index)
+            new_state, metrics = experiment.next(state, clients)
             round_seconds = time.monotonic() - t0
             state, round_num = new_state, round_index + 1
             weights = experiment.model_weights(state)
