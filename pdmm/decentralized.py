@@ -41,7 +41,7 @@ from aggregators.record_stack import StackedRecordsFactory
 from attacks.local import ScheduledAttack, apply_record_attacks
 from pdmm import math as pdmm_math
 from pdmm.graphs import Graph
-from pdmm.packing import Packing, pack_numpy
+from tff_byz.packing import Packing, pack_numpy
 from pdmm.process import PDMMOptions
 from tff_byz import aggregation, client_inputs, fedavg
 from tff_byz import client_work as client_work_lib
@@ -73,7 +73,7 @@ def build_decentralized_pdmm_process(
     node-id order (the relay table is indexed by node id). Node state:
     `OrderedDict(client_id, wz=float32[1 + max degree, D], steps)`: row 0 is
     w_i, row 1 + k the dual of the k-th neighbour, each packed leaf by leaf
-    (`pdmm.packing`); `initial_client_state(i)` gives node i's
+    (`tff_byz.packing`); `initial_client_state(i)` gives node i's
     initial state (its duals depend on its neighbours' signs). Metrics:
     `client_work=OrderedDict(train_loss, num_examples)`,
     `pdmm=OrderedDict(message_norm)` (root mean square of the sent messages).

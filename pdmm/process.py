@@ -48,7 +48,7 @@ import tensorflow_federated as tff
 from aggregators.record_stack import StackedRecordsFactory
 from attacks.local import GROUP_KEY, ScheduledAttack, apply_record_attacks
 from pdmm import math as pdmm_math
-from pdmm.packing import Packing, pack_numpy, unpack_numpy  # noqa: F401  (re-exported)
+from tff_byz.packing import Packing, pack_numpy, unpack_numpy  # noqa: F401  (re-exported)
 from tff_byz import aggregation, client_inputs, fedavg
 from tff_byz import client_work as client_work_lib
 from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
@@ -132,7 +132,7 @@ def build_pdmm_process(
       sqrt(mean_i ‖w_i − w_s‖²) over the round's participants after the step;
     - client state `OrderedDict(client_id=int32, wvu=float32[3, D], steps=int64)`:
       the rows of `wvu` are w_i, v_i, u_i, each the trainable weights packed
-      leaf by leaf (`pdmm.packing`); `initial_client_state` is
+      leaf by leaf (`tff_byz.packing`); `initial_client_state` is
       the state of a client that has not taken part yet (pass it to
       `ClientStateStore(initial=...)`).
     """

@@ -9,6 +9,8 @@ works in raw pixel units). Outputs are logits; the loss is softmax cross-entropy
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -18,6 +20,34 @@ import tensorflow_federated as tff
 __all__ = ["MODELS", "build_keras_model", "count_parameters", "make_model_fn", "input_spec"]
 
 Normalization = tuple[Sequence[float], Sequence[float]]
+
+# True while `make_model_fn(zero_init=True)` builds a model: layers get constant initial
+# values instead of random ones (see `make_model_fn`).
+_ZERO_INIT = contextvars.ContextVar("zero_init", default=False)
+
+
+@contextlib.contextmanager
+def _zero_initializers():
+    token = _ZERO_INIT.set(True)
+    try:
+        yield
+    finally:
+        _ZERO_INIT.reset(token)
+
+
+def _init(initializer):
+    """`initializer`, or zeros while a zero-initialised model is built."""
+    return "zeros" if _ZERO_INIT.get() else initializer
+
+
+def _dense(units, activation=None, *, kernel="glorot_uniform", bias="zeros"):
+    return tf.keras.layers.Dense(units, activation=activation, kernel_initializer=_init(kernel),
+                                 bias_initializer=_init(bias))
+
+
+def _conv(filters, size, activation=None, **kwargs):
+    return tf.keras.layers.Conv2D(filters, size, activation=activation,
+                                  kernel_initializer=_init("glorot_uniform"), **kwargs)
 
 
 def _normalize(input_shape, normalization: Normalization) -> tf.keras.layers.Layer:
@@ -42,9 +72,9 @@ def mlp(input_shape, num_classes, normalization) -> tf.keras.Model:
         tf.keras.layers.InputLayer(input_shape=input_shape),
         _normalize(input_shape, normalization),
         tf.keras.layers.Flatten(),
-        tf.keras.layers.Dense(128, activation="relu"),
-        tf.keras.layers.Dense(64, activation="relu"),
-        tf.keras.layers.Dense(num_classes),
+        _dense(128, activation="relu"),
+        _dense(64, activation="relu"),
+        _dense(num_classes),
     ])
 
 
@@ -52,10 +82,9 @@ def _torch_dense(units: int, fan_in: int, activation=None) -> tf.keras.layers.De
     """A Dense layer initialised as PyTorch's `nn.Linear`: weights and biases both
     uniform on ±1/√fan_in (kaiming_uniform with a = √5 for the weights)."""
     bound = 1.0 / np.sqrt(fan_in)
-    return tf.keras.layers.Dense(
-        units, activation=activation,
-        kernel_initializer=tf.keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"),
-        bias_initializer=tf.keras.initializers.RandomUniform(-bound, bound))
+    return _dense(units, activation,
+                  kernel=tf.keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"),
+                  bias=tf.keras.initializers.RandomUniform(-bound, bound))
 
 
 def mlp_torch(input_shape, num_classes, normalization) -> tf.keras.Model:
@@ -78,8 +107,8 @@ def small_mlp(input_shape, num_classes, normalization) -> tf.keras.Model:
         tf.keras.layers.InputLayer(input_shape=input_shape),
         _normalize(input_shape, normalization),
         tf.keras.layers.Flatten(),
-        tf.keras.layers.Dense(32, activation="relu"),
-        tf.keras.layers.Dense(num_classes),
+        _dense(32, activation="relu"),
+        _dense(num_classes),
     ])
 
 
@@ -90,8 +119,8 @@ def wide_mlp(input_shape, num_classes, normalization) -> tf.keras.Model:
         tf.keras.layers.InputLayer(input_shape=input_shape),
         _normalize(input_shape, normalization),
         tf.keras.layers.Flatten(),
-        tf.keras.layers.Dense(hidden, activation="relu"),
-        tf.keras.layers.Dense(num_classes),
+        _dense(hidden, activation="relu"),
+        _dense(num_classes),
     ])
 
 
@@ -100,14 +129,14 @@ def emnist_cnn(input_shape, num_classes, normalization) -> tf.keras.Model:
     return tf.keras.Sequential([
         tf.keras.layers.InputLayer(input_shape=input_shape),
         _normalize(input_shape, normalization),
-        tf.keras.layers.Conv2D(32, 3, activation="relu"),
-        tf.keras.layers.Conv2D(64, 3, activation="relu"),
+        _conv(32, 3, activation="relu"),
+        _conv(64, 3, activation="relu"),
         tf.keras.layers.MaxPool2D(2),
         tf.keras.layers.Dropout(0.25),
         tf.keras.layers.Flatten(),
-        tf.keras.layers.Dense(128, activation="relu"),
+        _dense(128, activation="relu"),
         tf.keras.layers.Dropout(0.5),
-        tf.keras.layers.Dense(num_classes),
+        _dense(num_classes),
     ])
 
 
@@ -116,13 +145,13 @@ def lenet(input_shape, num_classes, normalization) -> tf.keras.Model:
     return tf.keras.Sequential([
         tf.keras.layers.InputLayer(input_shape=input_shape),
         _normalize(input_shape, normalization),
-        tf.keras.layers.Conv2D(20, 5, activation="relu"),
+        _conv(20, 5, activation="relu"),
         tf.keras.layers.MaxPool2D(2),
-        tf.keras.layers.Conv2D(50, 5, activation="relu"),
+        _conv(50, 5, activation="relu"),
         tf.keras.layers.MaxPool2D(2),
         tf.keras.layers.Flatten(),
-        tf.keras.layers.Dense(500, activation="relu"),
-        tf.keras.layers.Dense(num_classes),
+        _dense(500, activation="relu"),
+        _dense(num_classes),
     ])
 
 
@@ -131,7 +160,7 @@ def cifar_cnn(input_shape, num_classes, normalization) -> tf.keras.Model:
 
     def conv_block(filters, groups, pool):
         layers = [
-            tf.keras.layers.Conv2D(filters, 3, padding="same"),
+            _conv(filters, 3, padding="same"),
             tf.keras.layers.GroupNormalization(groups=groups, epsilon=1e-5),
             tf.keras.layers.ReLU(),
         ]
@@ -145,8 +174,8 @@ def cifar_cnn(input_shape, num_classes, normalization) -> tf.keras.Model:
         *conv_block(128, 16, False),
         *conv_block(256, 32, True),
         tf.keras.layers.Flatten(),
-        tf.keras.layers.Dense(512, activation="relu"),
-        tf.keras.layers.Dense(num_classes),
+        _dense(512, activation="relu"),
+        _dense(num_classes),
     ])
 
 
@@ -178,15 +207,24 @@ def input_spec(input_shape) -> collections.OrderedDict:
 
 
 def make_model_fn(name: str, input_shape, num_classes: int, normalization: Normalization,
-                  initial_weights: Sequence[np.ndarray] | None = None):
+                  initial_weights: Sequence[np.ndarray] | None = None, *,
+                  zero_init: bool = False):
     """A no-arg `model_fn` returning a `tff.learning.models.VariableModel`.
 
     `initial_weights` (Keras `get_weights()` order) fixes the initial model, so
     a run is reproducible and equal across processes built from the same fn.
+
+    `zero_init=True` builds the layers with zero initial values: TFF runs a
+    computation's variable initializers on every call, once per client and
+    round, and random initializers are a fifth of a small client's fixed cost
+    in the worker. Only for processes that assign the model's weights before
+    using it, as every builder of this project does (never for TFF's own
+    `build_weighted_fed_avg`, which takes its initial model from `model_fn`).
     """
 
     def model_fn() -> tff.learning.models.VariableModel:
-        keras_model = MODELS[name](tuple(input_shape), num_classes, normalization)
+        with (_zero_initializers() if zero_init else contextlib.nullcontext()):
+            keras_model = MODELS[name](tuple(input_shape), num_classes, normalization)
         if initial_weights is not None:
             keras_model.set_weights(initial_weights)
         return tff.learning.models.from_keras_model(

@@ -51,6 +51,7 @@ from tff_byz import client_inputs
 from tff_byz import client_work as client_work_lib
 from tff_byz import fedavg
 from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
+from tff_byz.packing import Packing
 
 __all__ = ["build_momentum_sgd_process", "sample_batch_indices", "momentum_step"]
 
@@ -129,7 +130,9 @@ def build_momentum_sgd_process(
       num_examples), aggregator=…, finalizer=OrderedDict(update_non_finite))`
       (the FedAvg process's names; `train_loss` is the example-weighted mean
       batch loss, `num_examples` the examples used this round);
-    - client state `OrderedDict(client_id=int32, momentum=<trainable weights>)`;
+    - client state `OrderedDict(client_id=int32, momentum=float32[D])`, the
+      momentum packed leaf by leaf (`tff_byz.packing`: TFF moves client values
+      tensor by tensor at a fixed cost per tensor);
       the returned state carries the client's own id (from its `info`), whatever
       id the incoming state held.
     """
@@ -151,8 +154,10 @@ def build_momentum_sgd_process(
             f"{model_weights_type}.")
     trainable_type = weights_type.trainable
     record_type = client_work_lib.client_record_type(trainable_type)
+    packing = Packing(initial_weights.trainable)
     client_state_type = tff.StructWithPythonType(
-        [("client_id", np.int32), ("momentum", trainable_type)], collections.OrderedDict)
+        [("client_id", np.int32), ("momentum", tff.TensorType(np.float32, [packing.dimension]))],
+        collections.OrderedDict)
     round_type = tff.StructWithPythonType([("seed", np.int64), ("round", np.int64)],
                                           collections.OrderedDict)
 
@@ -189,13 +194,15 @@ def build_momentum_sgd_process(
             return (new_momentum, examples.info["client_id"],
                     tf.cast(tf.shape(index)[0], tf.float32), tf.cast(output.loss, tf.float32))
 
-        new_momentum, client_id, num_examples, loss = step(weights, list(client_state["momentum"]))
+        new_momentum, client_id, num_examples, loss = step(
+            weights, packing.unpack(client_state["momentum"]))
         record = collections.OrderedDict(
             delta=[tf.negative(m) for m in new_momentum],
             client_id=client_id,
             num_examples=num_examples,
             loss=loss)
-        new_state = collections.OrderedDict(client_id=client_id, momentum=new_momentum)
+        new_state = collections.OrderedDict(client_id=client_id,
+                                            momentum=packing.pack(new_momentum))
         return record, new_state
 
     @tff.tensorflow.computation

@@ -191,8 +191,9 @@ class Experiment:
             seed=config.seed)
         self.num_parameters = models.count_parameters(keras_model)
         self.initial_weights = fedavg.model_weights_from_keras(keras_model)
+        # Every process assigns the broadcast weights before use: no random initializers.
         self.model_fn = models.make_model_fn(config.model, input_shape, self.dataset.num_classes,
-                                             self.dataset.normalization)
+                                             self.dataset.normalization, zero_init=True)
         self.evaluator = _Evaluator(
             lambda: models.build_keras_model(config.model, input_shape, self.dataset.num_classes,
                                              self.dataset.normalization),
@@ -352,7 +353,7 @@ class Experiment:
 
     def _honest_models(self, honest):
         """Stacked honest clients' w (one array per leaf) and their mean."""
-        from pdmm.packing import unpack_numpy  # pylint: disable=import-outside-toplevel
+        from tff_byz.packing import unpack_numpy  # pylint: disable=import-outside-toplevel
         key = "wz" if self.graph is not None else "wvu"  # row 0 is the client's w_i
         rows = np.stack([np.asarray(state[key][0]) for state in self.client_states.get(honest)])
         leaves = unpack_numpy(rows, self.initial_weights.trainable)  # [clients, *shape] each

@@ -1,8 +1,9 @@
-"""Model leaves packed into one float32 vector, the layout of PDMM's client states.
+"""Model leaves packed into one float32 vector: the layout of per-client states.
 
 TFF moves CLIENTS-placed values tensor by tensor at a fixed cost per tensor
-(BUILD_NOTES.md), so PDMM stores each client's model-sized vectors as the rows
-of one matrix: leaf by leaf, each flattened row-major.
+(BUILD_NOTES.md), so momentum SGD and PDMM store each client's model-sized
+vectors as one vector or the rows of one matrix: leaf by leaf, each flattened
+row-major.
 """
 
 from __future__ import annotations
