@@ -42,7 +42,9 @@ import numpy as np
 import tensorflow_federated as tff
 import tree
 
-__all__ = ["ClientStateStore", "StatefulClientsProcess", "zeros_from_type"]
+from tff_byz import context as context_lib
+
+__all__ = ["ClientStateStore", "StatefulClientsProcess", "StatefulRounds", "zeros_from_type"]
 
 _BACKENDS = ("memory", "memmap")
 
@@ -365,3 +367,50 @@ class ClientStateStore:
         return (f"ClientStateStore(num_clients={self._num_clients}, backend={self._backend!r}, "
                 f"leaves={len(self._leaves)}, bytes_per_client={self.bytes_per_client}, "
                 f"seen={int(np.sum(self._seen))})")
+
+
+class StatefulRounds:
+    """Runs a `StatefulClientsProcess` round after round against a `ClientStateStore`.
+
+    When the same clients take part again (full participation, the usual
+    setting of momentum SGD and PDMM) and the context has one worker, the
+    round's returned client states stay on the TFF worker and feed the next
+    round directly: model-sized states for every client no longer cross into
+    Python and back each round (on MNIST LeNet, 14 clients, that traffic was
+    most of the round). `sync()` brings the store up to date; call it before
+    reading the store (checkpoints, metrics). Otherwise (other clients, several
+    workers, no `tff_byz.context`) each round goes through the store.
+    """
+
+    def __init__(self, process: StatefulClientsProcess, store: "ClientStateStore"):
+        self.process, self.store = process, store
+        self._resident = None  # (client ids, Resident of their states) not yet in the store
+
+    def next(self, state, client_values, client_ids):
+        """One round; returns (state, metrics)."""
+        client_ids = np.asarray(client_ids)
+        context = context_lib.current()
+        carried = (self._resident is not None and context is not None and context.can_keep_values
+                   and np.array_equal(self._resident[0], client_ids) and self._resident[1].valid)
+        if not carried:
+            self.sync()
+        if context is None or not context.can_keep_values:
+            output = self.process.next(state, client_values, self.store.get(client_ids))
+            self.store.put(client_ids, output["client_states"])
+            return output["state"], output["metrics"]
+        states = self._resident[1] if carried else self.store.get(client_ids)
+        output = context.call_keeping(self.process.next, (state, client_values, states),
+                                      keep=("client_states",), num_clients=len(client_ids))
+        self._resident = (client_ids, output["client_states"])
+        return output["state"], output["metrics"]
+
+    def sync(self) -> None:
+        """Writes the states left on the worker into the store (checks their client ids)."""
+        if self._resident is not None:
+            client_ids, resident = self._resident
+            self._resident = None
+            self.store.put(client_ids, resident.fetch())
+
+    def discard(self) -> None:
+        """Forgets the states left on the worker (after the store was loaded from elsewhere)."""
+        self._resident = None

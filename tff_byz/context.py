@@ -23,6 +23,7 @@ execution context.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import gc
 import os
@@ -36,15 +37,21 @@ from typing import Optional
 import grpc
 import portpicker
 import tensorflow_federated as tff
+from tensorflow_federated.python.common_libs import async_utils
 from tensorflow_federated.python.core.backends.native import compiler
 from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
 from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
+from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context
+from tensorflow_federated.python.core.impl.execution_contexts import compiler_pipeline
+from tensorflow_federated.python.core.impl.types import type_conversions
 
 from tff_byz import processes
 
 __all__ = [
     "ExecutionContext",
+    "Resident",
     "WorkerDiedError",
+    "current",
     "parse_worker_addresses",
     "worker_binary_path",
     "managed_execution_context",
@@ -108,12 +115,57 @@ def _die_with_parent() -> None:
     os.setpgid(0, 0)
 
 
+_CURRENT: list["ExecutionContext"] = []  # the open contexts, innermost last
+
+
+def current() -> Optional["ExecutionContext"]:
+    """The innermost open `ExecutionContext`, or None."""
+    return _CURRENT[-1] if _CURRENT else None
+
+
+class Resident:
+    """A value left on the TFF worker by `ExecutionContext.call_keeping`.
+
+    Pass it back to `call_keeping` to use it without a round trip through
+    Python; `fetch()` brings it to Python (cached). It belongs to one worker
+    executor: `valid` turns False when that executor is replaced (e.g. after
+    an error or for another number of clients), and `fetch()` then fails.
+    """
+
+    def __init__(self, remote_value, executor, cardinalities, python_type,
+                 context: "ExecutionContext"):
+        self._remote, self._executor, self._cardinalities = remote_value, executor, cardinalities
+        self._type, self._context = python_type, context
+        self._fetched = None
+
+    def on(self, executor) -> bool:
+        """Whether this value lives in `executor`."""
+        return executor is self._executor
+
+    @property
+    def valid(self) -> bool:
+        return self._context.executor_for(self._cardinalities) is self._executor
+
+    def fetch(self):
+        if self._fetched is None:
+            if not self.valid:
+                raise RuntimeError("the TFF executor holding this value was replaced; "
+                                   "its contents are lost")
+            value = self._context.run_coroutine(self._remote.compute())
+            self._fetched = type_conversions.type_to_py_container(value, self._type)
+        return self._fetched
+
+
 class ExecutionContext:
     """A TFF execution context on a local worker it owns, or on remote workers.
 
     Use as a context manager (or call `start()`/`close()`); `close()` is
     idempotent and also registered with `atexit`. While open, the context is
     TFF's default context, so every `tff.Computation` call runs on it.
+
+    With one worker, `call_keeping` runs a computation and leaves chosen parts
+    of its result on the worker (`Resident`), for the next call to use without
+    sending them through Python (e.g. every client's model-sized state).
     """
 
     def __init__(
@@ -133,6 +185,9 @@ class ExecutionContext:
         self._previous_context = None
         self._closed = True
         self._lock = threading.Lock()
+        self._single_factory = None  # the executor factory, with exactly one worker
+        self._compiler = compiler_pipeline.CompilerPipeline(compiler.desugar_and_transform_to_native)
+        self._runner = None
 
     @property
     def worker_pid(self) -> Optional[int]:
@@ -159,6 +214,7 @@ class ExecutionContext:
             stack = tff.framework.get_context_stack()
             self._previous_context = stack.current
             stack.set_default_context(context)
+            _CURRENT.append(self)
         except BaseException:
             self.close()
             raise
@@ -214,8 +270,9 @@ class ExecutionContext:
             return tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn)
 
         if len(stubs) == 1:
+            self._single_factory = executor_factory_for(stubs[0])
             return tff.framework.SyncExecutionContext(
-                executor_fn=executor_factory_for(stubs[0]),
+                executor_fn=self._single_factory,
                 compiler_fn=compiler.desugar_and_transform_to_native,
                 transform_args=tensorflow_computation.transform_args,
                 transform_result=tensorflow_computation.transform_result,
@@ -236,6 +293,70 @@ class ExecutionContext:
             transform_result=tensorflow_computation.transform_result,
         )
 
+    @property
+    def can_keep_values(self) -> bool:
+        """Whether `call_keeping` is available (an open context on exactly one worker)."""
+        return self._single_factory is not None and not self._closed
+
+    def run_coroutine(self, coroutine):
+        if self._runner is None:
+            self._runner = async_utils.AsyncThreadRunner()
+        return self._runner.run_coro_and_return_result(coroutine)
+
+    def executor_for(self, cardinalities):
+        """The worker executor for `cardinalities` (the one TFF's context uses too), or None."""
+        if not self.can_keep_values:
+            return None
+        return self._single_factory.create_executor(dict(cardinalities))
+
+    def call_keeping(self, comp: tff.Computation, args: Sequence, *, keep: Sequence[str],
+                     num_clients: int):
+        """Calls `comp(*args)` on the worker; returns its result (a named struct, as a
+        Python container) with the fields named in `keep` left on the worker as
+        `Resident` values. An argument may be a `Resident` of this executor.
+
+        `num_clients` is the CLIENTS cardinality of the call. Needs
+        `can_keep_values`; errors propagate after the executor is reset.
+        """
+        if not self.can_keep_values:
+            raise RuntimeError("call_keeping needs an open context on exactly one worker")
+        return self.run_coroutine(self._call_keeping(comp, list(args), tuple(keep), num_clients))
+
+    async def _call_keeping(self, comp, args, keep, num_clients):
+        cardinalities = {tff.CLIENTS: int(num_clients)}
+        compiled = self._compiler.compile(comp)
+        parameter = compiled.type_signature.parameter
+        result_type = comp.type_signature.result
+        try:
+            executor = self.executor_for(cardinalities)
+            function = await executor.create_value(compiled, compiled.type_signature)
+            ingested = []
+            for index, arg in enumerate(args):
+                if isinstance(arg, Resident) and arg.on(executor):
+                    ingested.append(arg._remote)  # pylint: disable=protected-access
+                else:
+                    value = arg.fetch() if isinstance(arg, Resident) else arg
+                    value = tensorflow_computation.transform_args(value)
+                    ingested.append(await async_execution_context._ingest(  # pylint: disable=protected-access
+                        executor, value, parameter[index]))
+            argument = (await executor.create_struct(ingested)) if len(args) != 1 else ingested[0]
+            call = await executor.create_call(function, argument)
+            names = [name for name, _ in tff.structure.iter_elements(result_type)]
+            result = collections.OrderedDict()
+            for index, name in enumerate(names):
+                selection = await executor.create_selection(call, index)
+                if name in keep:
+                    result[name] = Resident(selection, executor, cardinalities, result_type[index],
+                                            self)
+                else:
+                    value = await selection.compute()
+                    result[name] = tensorflow_computation.transform_result(
+                        type_conversions.type_to_py_container(value, result_type[index]))
+            return result
+        except Exception:
+            self._single_factory.clean_up_executor(dict(cardinalities))
+            raise
+
     def check_worker(self) -> None:
         """Raises `WorkerDiedError` if the local worker this context started has exited."""
         process = self._process
@@ -253,6 +374,9 @@ class ExecutionContext:
             if self._previous_context is not None:
                 tff.framework.get_context_stack().set_default_context(self._previous_context)
                 self._previous_context = None
+            if self in _CURRENT:
+                _CURRENT.remove(self)
+            self._single_factory = None
             for channel in self._channels:
                 channel.close()
             self._channels = []

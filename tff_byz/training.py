@@ -38,9 +38,10 @@ import tqdm
 
 from aggregators import AggregatorContext, build_aggregator
 from attacks import build_attack_plan, selection
-from tff_byz import client_inputs, client_work, datasets, fedavg, models
+from tff_byz import client_inputs, client_state, client_work, datasets, fedavg, models, momentum
 from tff_byz import context as context_lib
 from tff_byz.datasets import store as store_lib
+from tff_byz.packing import unpack_numpy
 from tff_byz.config import RESUMABLE_CHANGES, ConfigError, ExperimentConfig
 from tff_byz.files import write_json_atomic
 from tff_byz.report.results import accuracy_before_abort, breaks_loss_limit
@@ -237,6 +238,8 @@ class Experiment:
             poison=self.attack_plan.data_poisoning(seed=config.seed,
                                                    num_classes=self.dataset.num_classes))
         self.process, self.client_states = self._build_process()
+        self.rounds = (None if self.client_states is None else
+                       client_state.StatefulRounds(self.process, self.client_states))
 
     def _build_process(self):
         config = self.config
@@ -266,7 +269,6 @@ class Experiment:
                                                          inputs=self.inputs),
                 server_lr=config.server_lr, inputs=self.inputs)
             return process, None
-        from tff_byz import client_state, momentum  # pylint: disable=import-outside-toplevel
         process = momentum.build_momentum_sgd_process(
             self.model_fn, self.initial_weights, aggregator=self.aggregator,
             batch_size=config.batch_size, momentum=config.momentum,
@@ -279,11 +281,10 @@ class Experiment:
     def _build_pdmm_process(self):
         """Centralized PDMM (`pdmm.process`) and the store of its client states."""
         from pdmm.process import build_pdmm_process  # pylint: disable=import-outside-toplevel
-        from tff_byz import client_state  # pylint: disable=import-outside-toplevel
         config, plan = self.config, self.attack_plan
         per_round = config.clients_per_round or self.num_clients
         if config.topology != "star":
-            return self._build_decentralized_pdmm_process(client_state)
+            return self._build_decentralized_pdmm_process()
         process = build_pdmm_process(
             self.model_fn, self.initial_weights, options=self.pdmm_options,
             local_steps=self.pdmm_options.steps(config.local_steps),
@@ -292,9 +293,9 @@ class Experiment:
             attacks=plan.local_attacks, mark_groups=bool(plan.collusions),
             wrap_aggregator=lambda factory: plan.aggregator(factory, seed=config.seed),
             inputs=self.inputs)
-        return process, self._client_state_store(process, client_state)
+        return process, self._client_state_store(process)
 
-    def _build_decentralized_pdmm_process(self, client_state):
+    def _build_decentralized_pdmm_process(self):
         from pdmm import graphs  # pylint: disable=import-outside-toplevel
         from pdmm.decentralized import build_decentralized_pdmm_process  # pylint: disable=import-outside-toplevel
         config, plan = self.config, self.attack_plan
@@ -311,12 +312,12 @@ class Experiment:
             local_steps=self.pdmm_options.steps(config.local_steps),
             batch_size=config.batch_size, learning_rate=config.client_lr, seed=config.seed,
             attacks=plan.local_attacks, inputs=self.inputs)
-        store = self._client_state_store(process, client_state)
+        store = self._client_state_store(process)
         ids = np.arange(self.num_clients)
         store.put(ids, [process.initial_client_state(int(i)) for i in ids])
         return process, store
 
-    def _client_state_store(self, process, client_state):
+    def _client_state_store(self, process):
         """In memory, or in memory-mapped files under the run directory when the
         states of all clients would take more than `_MEMMAP_BYTES`."""
         initial = process.initial_client_state
@@ -353,8 +354,8 @@ class Experiment:
 
     def _honest_models(self, honest):
         """Stacked honest clients' w (one array per leaf) and their mean."""
-        from tff_byz.packing import unpack_numpy  # pylint: disable=import-outside-toplevel
         key = "wz" if self.graph is not None else "wvu"  # row 0 is the client's w_i
+        self.rounds.sync()
         rows = np.stack([np.asarray(state[key][0]) for state in self.client_states.get(honest)])
         leaves = unpack_numpy(rows, self.initial_weights.trainable)  # [clients, *shape] each
         return leaves, [leaf.mean(axis=0) for leaf in leaves]
@@ -426,23 +427,23 @@ class Experiment:
     def next(self, state, clients: np.ndarray):
         """One round on `clients` (indices); returns (state, metrics)."""
         inputs = [np.int32(i) for i in clients]
-        if self.client_states is None:
+        if self.rounds is None:
             output = self.process.next(state, inputs)
             return output.state, output.metrics
-        output = self.process.next(state, inputs, self.client_states.get(clients))
-        # `put` checks each returned state's client_id against `clients`.
-        self.client_states.put(clients, output["client_states"])
-        return output["state"], output["metrics"]
+        # The store checks each returned state's client_id against `clients`.
+        return self.rounds.next(state, inputs, clients)
 
     def program_state(self, state, round_num: int, wall_seconds: float):
         value = collections.OrderedDict(process_state=state, round=np.int64(round_num),
                                         wall_seconds=np.float64(wall_seconds))
         if self.client_states is not None:
+            self.rounds.sync()
             value["client_states"] = self.client_states.state_dict()
         return value
 
     def restore(self, program_state):
         if self.client_states is not None:
+            self.rounds.discard()
             self.client_states.load_state_dict(program_state["client_states"])
         return (program_state["process_state"], int(program_state["round"]),
                 float(program_state["wall_seconds"]))
