@@ -13,9 +13,10 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_byz import client_inputs
-from tff_byz.client_state import ClientStateStore, StatefulClientsProcess
+from tff_byz.client_state import ClientStateStore, StatefulClientsProcess, StatefulRounds
 from tff_byz.client_work import client_seed
 from tff_byz.momentum import build_momentum_sgd_process, sample_batch_indices
+from tff_byz.packing import pack_numpy, unpack_numpy
 
 NUM_FEATURES, NUM_CLASSES = 4, 3
 BETA, WEIGHT_DECAY, SERVER_LR, SEED = 0.9, 0.1, 0.5, 7
@@ -75,6 +76,11 @@ def np_momentum(m, g, beta=BETA, dampening=True):
     return [beta * mi + ((1 - beta) if dampening else 1.0) * gi for mi, gi in zip(m, g)]
 
 
+def leaves(client_state):
+    """A client state's packed momentum as the model's leaves."""
+    return unpack_numpy(client_state["momentum"], initial_weights().trainable)
+
+
 def assert_close(actual, expected):
     for a, e in zip(actual, expected):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
@@ -123,9 +129,9 @@ def test_process_contract(process):
     template = process.client_state_template
     assert list(template) == ["client_id", "momentum"]
     assert template["client_id"].dtype == np.int32
-    assert [m.shape for m in template["momentum"]] == [(NUM_FEATURES, NUM_CLASSES),
-                                                       (NUM_CLASSES,)]
-    assert all(not np.any(m) for m in template["momentum"])
+    # One packed vector (TFF moves client values tensor by tensor): W then b.
+    assert template["momentum"].shape == (NUM_FEATURES * NUM_CLASSES + NUM_CLASSES,)
+    assert template["momentum"].dtype == np.float32 and not np.any(template["momentum"])
 
 
 def test_one_client_one_round_matches_numpy(process):
@@ -139,7 +145,7 @@ def test_one_client_one_round_matches_numpy(process):
     momentum = np_momentum([np.zeros_like(t) for t in gradient], gradient)
     client_state, = output["client_states"]
     assert int(client_state["client_id"]) == 3  # written by the client, not copied from input
-    assert_close(client_state["momentum"], momentum)
+    assert_close(leaves(client_state), momentum)
     assert_close(trainable(process, output["state"]),
                  [t - SERVER_LR * m for t, m in zip(theta0, momentum)])
     metrics = output["metrics"]
@@ -163,7 +169,7 @@ def test_momentum_persists_across_rounds_through_the_store(process):
         _, gradient = np_loss_and_gradient(theta, x, y)
         m = np_momentum(m, gradient)
         theta = [t - SERVER_LR * mi for t, mi in zip(theta, m)]
-        assert_close(store.get([4])[0]["momentum"], m)
+        assert_close(leaves(store.get([4])[0]), m)
         assert_close(trainable(process, state), theta)
     # Round 2 really used the stored m: a fresh momentum would give (1 − β) g only.
     assert not np.allclose(m[0], (1 - BETA) * gradient[0], atol=1e-4)
@@ -173,14 +179,14 @@ def test_heavy_ball_without_dampening(heavy_ball_process):
     process = heavy_ball_process
     state = process.initialize()
     theta0 = trainable(process, state)
-    m0 = collections.OrderedDict(client_id=np.int32(0), momentum=[
-        np.full((NUM_FEATURES, NUM_CLASSES), 0.2, np.float32),
-        np.full(NUM_CLASSES, -0.3, np.float32)])
+    start = [np.full((NUM_FEATURES, NUM_CLASSES), 0.2, np.float32),
+             np.full(NUM_CLASSES, -0.3, np.float32)]
+    m0 = collections.OrderedDict(client_id=np.int32(0), momentum=pack_numpy(start))
     output = process.next(state, [make_input(1, 2)], [m0])  # 2 < batch_size 3: uses both
     x, y = client_data(1, 2)
     _, gradient = np_loss_and_gradient(theta0, x, y)
-    momentum = np_momentum(m0["momentum"], gradient, dampening=False)
-    assert_close(output["client_states"][0]["momentum"], momentum)
+    momentum = np_momentum(start, gradient, dampening=False)
+    assert_close(leaves(output["client_states"][0]), momentum)
     assert_close(trainable(process, output["state"]),
                  [t - SERVER_LR * m for t, m in zip(theta0, momentum)])
     assert output["metrics"]["client_work"]["num_examples"] == 2.0
@@ -199,7 +205,7 @@ def test_clients_keep_their_order_and_are_averaged_unweighted(process):
         loss, gradient = np_loss_and_gradient(theta0, *client_data(client_id, size))
         momenta.append(np_momentum([np.zeros_like(g) for g in gradient], gradient))
         losses.append(loss)
-        assert_close(client_state["momentum"], momenta[-1])
+        assert_close(leaves(client_state), momenta[-1])
     mean_momentum = [np.mean(leaves, axis=0) for leaves in zip(*momenta)]
     assert_close(trainable(process, output["state"]),
                  [t - SERVER_LR * m for t, m in zip(theta0, mean_momentum)])
@@ -222,11 +228,11 @@ def test_non_participating_client_keeps_its_state(process):
     assert len(output["client_states"]) == 1
     store.put([0], output["client_states"])
     client_0, client_1 = store.get([0, 1])
-    assert_close(client_1["momentum"], after_round_1[1]["momentum"])
-    assert not np.allclose(client_0["momentum"][0], after_round_1[0]["momentum"][0])
+    assert_close(leaves(client_1), leaves(after_round_1[1]))
+    assert not np.allclose(client_0["momentum"], after_round_1[0]["momentum"])
     # Only client 0's momentum moved the model in round 2.
     assert_close(trainable(process, output["state"]),
-                 [t - SERVER_LR * m for t, m in zip(theta1, client_0["momentum"])])
+                 [t - SERVER_LR * m for t, m in zip(theta1, leaves(client_0))])
     assert store.seen.tolist() == [True, True, False]
 
 
@@ -253,7 +259,7 @@ def test_minibatch_is_deterministic_and_changes_with_the_round(heavy_ball_proces
         round_state["round"] = np.int64(round_num)
         output = process.next(round_state, [make_input(6, 10)], zero)
         assert output["metrics"]["client_work"]["num_examples"] == 3.0
-        return output["client_states"][0]["momentum"]
+        return leaves(output["client_states"][0])
 
     round_0, round_0_again, round_1 = momentum_at(0), momentum_at(0), momentum_at(1)
     for a, b in zip(round_0, round_0_again):
@@ -312,3 +318,65 @@ def test_integers_for_floats_and_an_unweighted_factory(tff_context):
     assert_close(trainable(process, output["state"]),
                  [t - np.mean(g, axis=0) for t, g in zip(theta0, zip(*gradients))])
     assert list(output["metrics"]["aggregator"]) == ["mean_value", "mean_count"]
+
+
+def _store_path(process, rounds):
+    """`rounds` = list of client-id lists; every round through the store (the reference)."""
+    store = ClientStateStore(process.client_state_template, 10, id_key="client_id")
+    state = process.initialize()
+    for ids in rounds:
+        output = process.next(state, [make_input(i, 6) for i in ids], store.get(ids))
+        store.put(ids, output["client_states"])
+        state = output["state"]
+    return state, store
+
+
+@pytest.mark.parametrize("rounds", [[[1, 4, 2]] * 3, [[1, 4, 2], [1, 4, 2], [4, 2], [4, 2, 7]]],
+                         ids=["same clients", "changing clients"])
+def test_stateful_rounds_keep_states_on_the_worker_with_the_same_results(process, rounds):
+    reference_state, reference = _store_path(process, rounds)
+    store = ClientStateStore(process.client_state_template, 10, id_key="client_id")
+    runner = StatefulRounds(process, store)
+    state = process.initialize()
+    for ids in rounds:
+        state, _ = runner.next(state, [make_input(i, 6) for i in ids], ids)
+    last = rounds[-1]
+    if rounds[-2] == last:  # the last round's states are still on the worker, not in the store
+        assert not np.array_equal(store.get(last)[0]["momentum"],
+                                  reference.get(last)[0]["momentum"])
+    runner.sync()
+    np.testing.assert_array_equal(store.state_dict()["states"]["momentum"],
+                                  reference.state_dict()["states"]["momentum"])
+    np.testing.assert_array_equal(store.seen, reference.seen)
+    for a, b in zip(trainable(process, state), trainable(process, reference_state)):
+        np.testing.assert_array_equal(a, b)
+    runner.sync()  # idempotent
+    np.testing.assert_array_equal(store.state_dict()["states"]["momentum"],
+                                  reference.state_dict()["states"]["momentum"])
+
+
+def test_stateful_rounds_go_through_the_store_without_a_project_context(process, monkeypatch):
+    from tff_byz import context  # pylint: disable=import-outside-toplevel
+    monkeypatch.setattr(context, "current", lambda: None)
+    rounds = [[3, 0]] * 2
+    _, reference = _store_path(process, rounds)
+    store = ClientStateStore(process.client_state_template, 10, id_key="client_id")
+    runner = StatefulRounds(process, store)
+    state = process.initialize()
+    for ids in rounds:
+        state, _ = runner.next(state, [make_input(i, 6) for i in ids], ids)
+    # No sync: every round's states went into the store.
+    np.testing.assert_array_equal(store.state_dict()["states"]["momentum"],
+                                  reference.state_dict()["states"]["momentum"])
+
+
+def test_a_resident_value_is_lost_with_its_executor(process, tff_context):
+    store = ClientStateStore(process.client_state_template, 10, id_key="client_id")
+    runner = StatefulRounds(process, store)
+    runner.next(process.initialize(), [make_input(5, 6)], [5])
+    resident = runner._resident[1]  # pylint: disable=protected-access
+    assert resident.valid
+    tff_context._single_factory.clean_up_executor({tff.CLIENTS: 1})  # pylint: disable=protected-access
+    assert not resident.valid
+    with pytest.raises(RuntimeError, match="executor holding this value was replaced"):
+        runner.sync()

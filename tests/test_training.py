@@ -150,14 +150,23 @@ def wait_for_round(metrics_path, round_num, process, timeout=120):
     raise AssertionError(f"round {round_num} never appeared in {metrics_path}")
 
 
-@pytest.mark.parametrize("how", ["sigkill", "sigint"])
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tff_context, how):
-    """Kill the CLI after round 3 (SIGKILL: mid-anything; SIGINT: clean save), resume."""
-    reference = training.run_experiment(small_config(tmp_path / "ref"), progress=False)
+@pytest.mark.parametrize("how, work", [("sigkill", "local_sgd"), ("sigint", "local_sgd"),
+                                       ("sigkill", "momentum_sgd"), ("sigint", "momentum_sgd")])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tff_context, how, work):
+    """Kill the CLI after round 3 (SIGKILL: mid-anything; SIGINT: clean save), resume.
+    momentum_sgd checkpoints every 2 rounds: between them its client states live only on the
+    TFF worker (StatefulRounds), and SIGINT must still save round 3's."""
+    every = 1 if work == "local_sgd" else 2
+    settings = dict(client_work=work, checkpoint_every=every)
+    if work == "momentum_sgd":
+        settings["server_lr"] = 0.5
+    reference = training.run_experiment(small_config(tmp_path / "ref", **settings), progress=False)
     out = tmp_path / "killed"
     before = worker_pids()
-    flags = ["--dataset=digits", "--num_clients=10", "--rounds=6", "--checkpoint_every=1",
-             f"--output_dir={out}", "--run_name=run", "--seed=3"]
+    flags = ["--dataset=digits", "--num_clients=10", "--rounds=6", f"--checkpoint_every={every}",
+             f"--output_dir={out}", "--run_name=run", "--seed=3", f"--client_work={work}"]
+    if work == "momentum_sgd":
+        flags.append("--server_lr=0.5")
     process = cli(*flags)
     wait_for_round(out / "run" / "metrics.csv", 3, process)
     process.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGINT)
@@ -170,7 +179,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tff_context, h
         assert summary["status"] == "running" and summary["interrupted"]
     else:
         assert process.returncode == -signal.SIGKILL
-    resumed = training.run_experiment(small_config(out), resume=True, progress=False)
+    resumed = training.run_experiment(small_config(out, **settings), resume=True, progress=False)
     a = pd.read_csv(tmp_path / "ref" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
     b = pd.read_csv(out / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
     pd.testing.assert_frame_equal(a, b)

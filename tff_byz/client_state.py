@@ -21,12 +21,12 @@ until clients actually store states. `state_dict()`/`load_state_dict()` turn
 the whole store into a structure of numpy arrays for
 `tff.program.FileProgramStateManager`.
 
-Order of CLIENTS-placed values: TFF treats them as a multiset, but the native
-(C++) execution context used by `tff_byz.context` returns a CLIENTS-placed
-result as a list in the order of the CLIENTS-placed arguments (checked in
-`tests/test_momentum.py`). Processes still write each client's id into its
-returned state and `put` verifies it (`id_key`), so a reordering would be an
-error rather than states silently stored under the wrong client.
+Order of CLIENTS-placed values: TFF treats them as a multiset. One native (C++)
+worker returns a CLIENTS-placed result in the order of the CLIENTS-placed
+arguments (checked in `tests/test_momentum.py`), but several workers return
+their parts in turn. Processes therefore write each client's id into its
+returned state, and `put` stores each state under the id it carries
+(`id_key`), checking that the ids are exactly the round's clients.
 """
 
 from __future__ import annotations
@@ -282,7 +282,11 @@ class ClientStateStore:
                 for row in range(len(ids))]
 
     def put(self, client_ids, states) -> None:
-        """Stores one state per client id (all validated before anything is written)."""
+        """Stores one state per client id (all validated before anything is written).
+
+        With `id_key`, each state is stored under the id it carries; those ids must be
+        exactly `client_ids`, in any order.
+        """
         ids = self._check_ids(client_ids, unique=True)
         states = list(states)
         if len(states) != len(ids):
@@ -291,13 +295,17 @@ class ClientStateStore:
         flat = [self._check_one(state, f"client {int(client_id)}")
                 for client_id, state in zip(ids, states)]
         if self._id_index is not None:
-            for client_id, leaves in zip(ids, flat):
-                carried = int(leaves[self._id_index])
-                if carried != client_id:
-                    raise ValueError(
-                        f"client {int(client_id)}: its state carries {self._id_key}={carried}; "
-                        "states must be in the order of client_ids (did the CLIENTS-placed "
-                        "values come back reordered?).")
+            # Each state carries its client's id: place it by that id, whatever order the
+            # CLIENTS-placed values came back in (several workers return their parts in turn).
+            carried = [int(leaves[self._id_index]) for leaves in flat]
+            if sorted(carried) != sorted(int(i) for i in ids):
+                missing = sorted(set(int(i) for i in ids) - set(carried))
+                extra = sorted(set(carried) - set(int(i) for i in ids))
+                raise ValueError(
+                    f"put(): the states carry {self._id_key}s {sorted(carried)}, not the "
+                    f"client ids {sorted(int(i) for i in ids)} (missing {missing}, "
+                    f"unexpected {extra}).")
+            ids = np.asarray(carried, np.int64)
         if not len(ids):
             return
         for index, array in enumerate(self._arrays):

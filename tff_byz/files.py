@@ -9,7 +9,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["write_json_atomic"]
+__all__ = ["umask_mode", "write_json_atomic"]
+
+
+def umask_mode(mode: int = 0o666) -> int:
+    """`mode` less the process's umask: what `open()`/`mkdir()` would give a new file/directory
+    (`tempfile` creates owner-only ones)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
 
 
 def write_json_atomic(path: str, value: Any) -> None:

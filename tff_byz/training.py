@@ -232,6 +232,9 @@ class Experiment:
                                  if self.backdoor is not None else None)
         self.graph = None  # decentralized PDMM's communication graph
         self.store = _client_store(config, self.dataset)
+        # From here on the training examples are read from the store, not held in memory.
+        self.dataset = dataclasses.replace(self.dataset, client_data=datasets.StoreClientData(
+            self.store, self.dataset.client_ids))
         # Clients travel by reference: a round ships their ids; the worker reads their rows.
         self.inputs = client_inputs.ByReference(
             self.store, byzantine=self.selection.byzantine, attack_group=self.selection.groups,

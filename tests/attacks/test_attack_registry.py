@@ -38,7 +38,9 @@ def test_double_is_sign_flip_then_random_params_on_two_groups():
 def test_composition_and_what_each_part_needs():
     plan = build_attack_plan("label_flip+lie:z=1.5")
     assert plan.num_groups == 2
-    assert plan.poisons(0) and not plan.poisons(1)
+    assert plan.components[0].poison is not None and plan.components[1].poison is None
+    assert plan.data_poisoning(seed=0, num_classes=10) is not None
+    assert build_attack_plan("lie").data_poisoning(seed=0, num_classes=10) is None
     assert [c.group for c in plan.collusions] == [1]
     assert build_attack_plan("sign_flip:mode=ascent").needs_local_sgd
     assert build_attack_plan("none").is_noop

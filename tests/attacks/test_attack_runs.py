@@ -1,8 +1,12 @@
 """Every attack end to end: a real TFF FedAvg process on the embedded dataset, a few rounds."""
 
+import collections
+
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
+import tensorflow_federated as tff
 
 from attacks import ATTACKS
 from tff_byz import training
@@ -71,11 +75,20 @@ def test_data_poisoning_starts_at_its_round(tmp_path, tff_context, attack, start
         output_dir=str(tmp_path), run_name="poison_start").resolved())
     byzantine = int(np.flatnonzero(experiment.byzantine)[0])
     honest = int(np.flatnonzero(~np.asarray(experiment.byzantine))[0])
+    inputs = experiment.inputs  # by reference: rows are read (and poisoned) in the worker
+    spec = collections.OrderedDict(x=tf.TensorSpec(experiment.dataset.input_shape, tf.float32),
+                                   y=tf.TensorSpec([], tf.int32))
+
+    @tff.tensorflow.computation(inputs.type_signature(spec), np.int64)
+    def read_all(value, round_index):
+        @tf.function
+        def run(value, round_index):
+            return inputs.open(value, round_index).all()
+        return run(value, round_index)
 
     def data(index, round_index):
-        examples = list(experiment.client_input(index, round_index)["examples"].as_numpy_iterator())
-        return (np.stack([e["x"].ravel() for e in examples]),
-                np.array([e["y"] for e in examples]))
+        x, y = read_all(inputs.dataset_computation(np.int32(index)), np.int64(round_index))
+        return x.reshape(len(y), -1), y
 
     clean_x, clean_y = experiment.dataset.client_arrays(byzantine)
     clean_x = clean_x.reshape(len(clean_y), -1)

@@ -215,3 +215,69 @@ def test_attack_success_rate_nan_when_no_eligible_image():
     assert np.isnan(ps.attack_success_rate(np.zeros(0, int), np.zeros(0, int), 3))
     with pytest.raises(ValueError, match="predictions"):
         ps.attack_success_rate([1, 2, 3], [1, 2], 3)
+
+
+# --- the TF forms, per example (what the TFF worker runs) -------------------------
+
+SEED = np.array([7, 11], np.int64)
+
+
+def test_flip_labels_tf_equals_numpy():
+    y = np.array([0, 1, 2, 9, 5], np.int32)
+    np.testing.assert_array_equal(ps.flip_labels_tf(y, 10).numpy(), ps.flip_labels(y, 10))
+    label_map = ps.parse_label_map("0:1,1:0,4:2", 5)
+    y = np.array([0, 1, 2, 3, 4, 0], np.int32)
+    np.testing.assert_array_equal(ps.flip_labels_tf(y, 5, label_map).numpy(),
+                                  ps.flip_labels(y, 5, label_map))
+
+
+def _images(n, shape=(10, 10, 3), seed=0):
+    return np.random.default_rng(seed).random((n, *shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("fraction, count", [(1.0, 11), (0.5, 6), (0.25, 3), (0.0, 0)])
+def test_backdoor_tf_stamps_round_p_n_examples_like_the_numpy_stamp(fraction, count):
+    """round(p·N) examples (Python's rounding: 5.5 → 6), each stamped as `stamp_trigger`
+    does and relabelled to the target; the others untouched."""
+    n = 11
+    x, y = _images(n), np.arange(n, dtype=np.int32) % 10
+    positions = np.arange(n, dtype=np.int32)
+    x_new, y_new = (t.numpy() for t in ps.backdoor_tf(
+        x, y, positions, n, SEED, num_classes=10, fraction=fraction, size=3, corner=(2, 4),
+        value=0.25, target=7))
+    changed = np.flatnonzero(np.any(x_new != x, axis=(1, 2, 3)))
+    assert len(changed) == count
+    np.testing.assert_array_equal(x_new[changed], ps.stamp_trigger(x[changed], 3, (2, 4), 0.25))
+    unchanged = np.setdiff1d(positions, changed)
+    np.testing.assert_array_equal(x_new[unchanged], x[unchanged])
+    np.testing.assert_array_equal(y_new[changed], 7)
+    np.testing.assert_array_equal(y_new[unchanged], y[unchanged])
+
+
+def test_backdoor_tf_depends_only_on_the_seed_and_the_row():
+    """Reading a subset of the rows, in any order, gives the subset of the poisoned data;
+    the chosen rows and random targets change with the seed."""
+    n = 40
+    x, y = _images(n, (6, 6, 1)), np.zeros(n, np.int32)
+    options = dict(num_classes=10, fraction=0.3, size=2, target="random", target_classes=(2, 5))
+    everything = np.arange(n, dtype=np.int32)
+    full_x, full_y = (t.numpy() for t in ps.backdoor_tf(x, y, everything, n, SEED, **options))
+    subset = np.array([33, 2, 17, 2, 0], np.int32)
+    part_x, part_y = (t.numpy() for t in ps.backdoor_tf(x[subset], y[subset], subset, n, SEED,
+                                                         **options))
+    np.testing.assert_array_equal(part_x, full_x[subset])
+    np.testing.assert_array_equal(part_y, full_y[subset])
+    chosen = np.any(full_x != x, axis=(1, 2, 3))
+    assert chosen.sum() == 12
+    assert set(full_y[chosen]) <= {2, 5} and set(full_y[chosen]) == {2, 5}
+    np.testing.assert_array_equal(full_y[~chosen], 0)
+    other_x, _ = ps.backdoor_tf(x, y, everything, n, np.array([7, 12], np.int64), **options)
+    assert not np.array_equal(np.any(other_x.numpy() != x, axis=(1, 2, 3)), chosen)
+
+
+def test_backdoor_tf_per_channel_value():
+    x = np.zeros((2, 6, 6, 3), np.float32)
+    x_new, _ = ps.backdoor_tf(x, np.zeros(2, np.int32), np.arange(2, dtype=np.int32), 2, SEED,
+                              num_classes=10, size=2, corner=(0, 0), value=[0.1, 0.2, 0.3],
+                              target=1)
+    np.testing.assert_array_equal(x_new.numpy(), ps.stamp_trigger(x, 2, (0, 0), [0.1, 0.2, 0.3]))

@@ -7,7 +7,7 @@ entry point. Source loaders (`load_mnist`, ...) return centralized arrays
 
 from tff_byz.datasets.cache import CACHE_ENV, cache_root
 from tff_byz.datasets.cifar10 import load_cifar10
-from tff_byz.datasets.client_data import ArrayClientData
+from tff_byz.datasets.client_data import ArrayClientData, StoreClientData
 from tff_byz.datasets.digits import load_digits
 from tff_byz.datasets.emnist import load_emnist
 from tff_byz.datasets.federated import (
@@ -42,6 +42,7 @@ __all__ = [
     "PARTITIONS",
     "Q_MODES",
     "SourceData",
+    "StoreClientData",
     "cache_root",
     "dirichlet_partition",
     "iid_partition",

@@ -44,6 +44,7 @@ from typing import Any, Optional
 import numpy as np
 import tensorflow as tf
 
+from tff_byz import files
 from tff_byz.datasets import cache
 
 __all__ = ["FORMAT", "ClientStore", "StoreError", "encode_images", "ensure_store",
@@ -200,8 +201,8 @@ def write_store(directory: str | os.PathLike, client_arrays: Sequence[tuple[np.n
             json.dump(manifest, stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temp, 0o755)  # mkdtemp makes it owner-only; the store holds public data
-        _install(temp, directory)
+        os.chmod(temp, files.umask_mode(0o777))  # mkdtemp makes it owner-only
+        _install(temp, directory, fingerprints)
     except OSError as error:
         shutil.rmtree(temp, ignore_errors=True)
         raise StoreError(f"cannot write the client-data store {directory}: "
@@ -209,20 +210,20 @@ def write_store(directory: str | os.PathLike, client_arrays: Sequence[tuple[np.n
     return open_store(directory)
 
 
-def _install(temp: pathlib.Path, directory: pathlib.Path) -> None:
-    """Renames the finished `temp` to `directory`, moving an invalid old store aside first."""
+def _install(temp: pathlib.Path, directory: pathlib.Path, fingerprints) -> None:
+    """Renames the finished `temp` to `directory`, moving another old store aside first."""
     try:
         os.rename(temp, directory)
         return
     except OSError as error:
         if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
             raise
-    # Another store is in place: keep it if it is complete (a concurrent writer of the same
-    # data), otherwise move it aside and install ours.
+    # A store is in place: keep it if it holds the same bytes (a concurrent writer of the
+    # same data), otherwise move it aside and install ours.
     try:
-        open_store(directory)
-        shutil.rmtree(temp, ignore_errors=True)
-        return
+        if _file_fingerprints(open_store(directory)) == fingerprints:
+            shutil.rmtree(temp, ignore_errors=True)
+            return
     except StoreError:
         pass
     stale = directory.parent / f"{directory.name}{_TMP_MARK}stale-{os.getpid()}-{os.urandom(4).hex()}"
@@ -297,6 +298,11 @@ def open_store(directory: str | os.PathLike) -> ClientStore:
     return ClientStore(str(directory), shape, x_dtype, table, offsets, dict(fingerprints))
 
 
+def _file_fingerprints(store: ClientStore) -> dict[str, str]:
+    """The fingerprints of the bytes on disk now (the manifest holds those written)."""
+    return {_X_FILE: fingerprint_bytes(store.x_codes()), _Y_FILE: fingerprint_bytes(store.y_labels())}
+
+
 def _check_against(store: ClientStore, client_arrays, seed: int) -> Optional[str]:
     """None if `store` holds `client_arrays`, else what differs (labels, a sampled row, bytes)."""
     counts = [len(y) for _, y in client_arrays]
@@ -316,8 +322,8 @@ def _check_against(store: ClientStore, client_arrays, seed: int) -> Optional[str
         expected = client_arrays[client][0][row - store.offsets[client]]
         if not np.array_equal(stored[k].view(np.uint32), np.asarray(expected, np.float32).view(np.uint32)):
             return f"{store.x_path} row {row} holds other pixels"
-    for name, array in ((_X_FILE, store.x_codes()), (_Y_FILE, labels)):
-        if fingerprint_bytes(array) != store.fingerprints.get(name):
+    for name, fingerprint in _file_fingerprints(store).items():
+        if fingerprint != store.fingerprints.get(name):
             return f"{os.path.join(store.directory, name)} is corrupt (its fingerprint differs)"
     return None
 
