@@ -187,13 +187,15 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tff_context, h
     assert resumed["final_test_accuracy"] == reference["final_test_accuracy"]
 
 
-def test_cli_exits_when_its_tff_worker_is_killed(tmp_path, tff_context):
+@pytest.mark.parametrize("work", ["local_sgd", "momentum_sgd"])
+def test_cli_exits_when_its_tff_worker_is_killed(tmp_path, tff_context, work):
     """The worker killed mid-run (as the out-of-memory killer does): exit 1 with one line,
-    the summary says why, and --resume continues from the last checkpoint."""
+    the summary says why, and --resume continues from the last checkpoint (momentum_sgd:
+    also through `call_keeping`, which keeps client states on the worker)."""
     out = tmp_path / "oom"
     before = worker_pids()
     flags = ["--dataset=digits", "--num_clients=10", "--rounds=40", "--checkpoint_every=1",
-             f"--output_dir={out}", "--run_name=run", "--seed=3"]
+             f"--output_dir={out}", "--run_name=run", "--seed=3", f"--client_work={work}"]
     process = cli(*flags)
     wait_for_round(out / "run" / "metrics.csv", 2, process)
     (worker,) = worker_pids() - before

@@ -355,6 +355,7 @@ class ExecutionContext:
             return result
         except Exception:
             self._single_factory.clean_up_executor(dict(cardinalities))
+            self.check_worker()  # a dead local worker: say so (WorkerDiedError), not gRPC's words
             raise
 
     def check_worker(self) -> None:
@@ -377,6 +378,7 @@ class ExecutionContext:
             if self in _CURRENT:
                 _CURRENT.remove(self)
             self._single_factory = None
+            self._runner = None
             for channel in self._channels:
                 channel.close()
             self._channels = []
