@@ -3,6 +3,7 @@
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,8 +132,8 @@ def _default_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def cli(*args, **kwargs):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def cli(*args, env=None, **kwargs):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     return subprocess.Popen([sys.executable, "-m", "pipelines.train", "--progress=false", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=_default_sigint, **kwargs)
@@ -188,15 +189,45 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tff_context, h
 
 
 @pytest.mark.parametrize("work", ["local_sgd", "momentum_sgd"])
-def test_cli_exits_when_its_tff_worker_is_killed(tmp_path, tff_context, work):
-    """The worker killed mid-run (as the out-of-memory killer does): exit 1 with one line,
-    the summary says why, and --resume continues from the last checkpoint (momentum_sgd:
-    also through `call_keeping`, which keeps client states on the worker)."""
+def test_a_killed_worker_is_replaced_and_the_run_goes_back_to_its_checkpoint(tmp_path,
+                                                                             tff_context, work):
+    """The worker killed mid-run (as a crash or the out-of-memory killer would): the run
+    starts a new worker, goes back to its last checkpoint and ends with the metrics of an
+    uninterrupted run (momentum_sgd: its client states had lived on the dead worker)."""
+    settings = dict(client_work=work, rounds=12, checkpoint_every=2)
+    reference = training.run_experiment(small_config(tmp_path / "ref", **settings), progress=False)
+    out = tmp_path / "crash"
+    before = worker_pids()
+    process = cli("--dataset=digits", "--num_clients=10", "--rounds=12", "--checkpoint_every=2",
+                  f"--output_dir={out}", "--run_name=run", "--seed=3", f"--client_work={work}")
+    wait_for_round(out / "run" / "metrics.csv", 3, process)
+    (worker,) = worker_pids() - before
+    os.kill(worker, signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=180)
+    assert process.returncode == 0, stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("warning: the TFF worker") and "killed by SIGKILL" in line
+    back_to = re.search(r"started a new TFF worker and went back to the checkpoint of round (\d+)",
+                        line)
+    assert back_to and int(back_to.group(1)) % 2 == 0 and int(back_to.group(1)) >= 2, line
+    assert stdout.startswith("complete: run: 12/12 rounds")
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    assert summary["worker_restarts"] == 1
+    assert summary["final_test_accuracy"] == reference["final_test_accuracy"]
+    a = pd.read_csv(tmp_path / "ref" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
+    b = pd.read_csv(out / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
+    pd.testing.assert_frame_equal(a, b)
+    assert wait_until_gone(worker_pids() - before)
+
+
+def test_cli_exits_when_its_tff_worker_dies_and_restarts_are_off(tmp_path, tff_context):
+    """TFF_BYZ_WORKER_RESTARTS=0: exit 1 with one line, the summary says why, and --resume
+    continues from the last checkpoint."""
     out = tmp_path / "oom"
     before = worker_pids()
     flags = ["--dataset=digits", "--num_clients=10", "--rounds=40", "--checkpoint_every=1",
-             f"--output_dir={out}", "--run_name=run", "--seed=3", f"--client_work={work}"]
-    process = cli(*flags)
+             f"--output_dir={out}", "--run_name=run", "--seed=3"]
+    process = cli(*flags, env={training.WORKER_RESTARTS_ENV: "0"})
     wait_for_round(out / "run" / "metrics.csv", 2, process)
     (worker,) = worker_pids() - before
     os.kill(worker, signal.SIGKILL)

@@ -294,6 +294,18 @@ class ExecutionContext:
         )
 
     @property
+    def can_restart(self) -> bool:
+        """Whether `restart` can replace the worker (this context started it)."""
+        return not self._workers and not self._closed
+
+    def restart(self) -> None:
+        """Starts a fresh local worker in place of one that died (values on it are lost)."""
+        if not self.can_restart:
+            raise RuntimeError("only an open context on a local worker it started can restart it")
+        self.close()
+        self.start()
+
+    @property
     def can_keep_values(self) -> bool:
         """Whether `call_keeping` is available (an open context on exactly one worker)."""
         return self._single_factory is not None and not self._closed

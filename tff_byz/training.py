@@ -444,6 +444,13 @@ class Experiment:
             value["client_states"] = self.client_states.state_dict()
         return value
 
+    def checkpoint_template(self):
+        """A program state of the right structure, for loading a checkpoint (drops client
+        states left on the worker: what is loaded replaces them)."""
+        if self.rounds is not None:
+            self.rounds.discard()
+        return self.program_state(self.process.initialize(), 0, 0.0)
+
     def restore(self, program_state):
         if self.client_states is not None:
             self.rounds.discard()
@@ -538,8 +545,7 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
     state = experiment.process.initialize()
     start_round, wall_before = 0, 0.0
     if resume:
-        template = experiment.program_state(state, 0, 0.0)
-        loaded = _load_latest_state(state_manager, template)
+        loaded = _load_latest_state(state_manager, experiment.checkpoint_template())
         if loaded is not None:
             state, start_round, wall_before = experiment.restore(loaded)
 
@@ -562,12 +568,24 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
     round_num = start_round
     stopped = _stopped_before(paths, summary, config.stop_test_loss) if resume else False
     last_round = start_round if stopped else config.rounds
+    restarts = 0
     try:
-        for round_index in range(start_round, last_round):
+        round_index = start_round
+        while round_index < last_round:
             clients = sample_clients(experiment.num_clients, config.clients_per_round, config.seed,
                                      round_index)
             t0 = time.monotonic()
-            new_state, metrics = experiment.next(state, clients)
+            try:
+                new_state, metrics = experiment.next(state, clients)
+            except context_lib.WorkerDiedError as error:
+                loaded = _restart_worker(error, restarts, state_manager, experiment, paths)
+                restarts += 1
+                summary["worker_restarts"] = restarts
+                state, round_index, _ = experiment.restore(loaded)
+                saved_round = round_num = round_index
+                bar.reset(total=config.rounds)
+                bar.update(round_index)
+                continue
             round_seconds = time.monotonic() - t0
             state, round_num = new_state, round_index + 1
             weights = experiment.model_weights(state)
@@ -626,6 +644,7 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
                 on_round(round_num, row)
             if stopped:
                 break
+            round_index += 1
         summary["status"] = "complete"
     except NonFiniteModelError as error:
         summary["status"], summary["reason"] = "failed", str(error)
@@ -648,6 +667,34 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
     summary.pop("interrupted", None)
     write_json_atomic(paths.summary, summary)
     return summary
+
+
+# How often one run replaces a TFF worker that died under it before giving up
+# (environment: TFF_BYZ_WORKER_RESTARTS; 0 fails the run at the first death).
+WORKER_RESTARTS_ENV = "TFF_BYZ_WORKER_RESTARTS"
+_DEFAULT_WORKER_RESTARTS = 3
+
+
+def _restart_worker(error, restarts: int, state_manager, experiment, paths: RunPaths):
+    """After the local TFF worker died mid-round: a fresh worker and the latest checkpoint.
+
+    The pip worker crashes very rarely (seen once as a SIGSEGV in `pthread_detach` in one of
+    its gRPC threads, BUILD_NOTES.md); a long run should not end for it. Re-raises `error`
+    when the worker cannot be replaced (remote workers), after the allowed number of
+    restarts, or when there is no checkpoint to go back to.
+    """
+    limit = int(os.environ.get(WORKER_RESTARTS_ENV, _DEFAULT_WORKER_RESTARTS))
+    tff_context = context_lib.current()
+    if tff_context is None or not tff_context.can_restart or restarts >= limit:
+        raise error
+    tff_context.restart()
+    loaded = _load_latest_state(state_manager, experiment.checkpoint_template())
+    if loaded is None:
+        raise error
+    print(f"warning: {error}; started a new TFF worker and went back to the checkpoint of "
+          f"round {int(loaded['round'])} (restart {restarts + 1} of at most {limit}; "
+          f"{paths.root})", file=sys.stderr)
+    return loaded
 
 
 def _evaluated_rows(paths: RunPaths, rounds_completed: int):
