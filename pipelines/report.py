@@ -27,10 +27,10 @@ import argparse
 import glob
 import os
 import sys
-import tempfile
 
 import pandas as pd
 
+from tff_byz import files
 from tff_byz.report import plots, render, results as results_lib, stats
 
 # Columns that never define a group: they say where or which run, not what was run.
@@ -68,27 +68,15 @@ def _error(message: str) -> int:
 
 
 def _write_atomic(frame: pd.DataFrame, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
-        if suffix == ".parquet":
+    with files.replaced_atomically(path) as tmp:
+        if path.endswith(".parquet"):
             frame.to_parquet(tmp, index=False)
         else:
             frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _write_text(text: str, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    files.write_text_atomic(path, text)
 
 
 def _parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:

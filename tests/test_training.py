@@ -68,6 +68,10 @@ def test_run_directory_layout_and_stable_names(digits_run):
     for key in ("status", "final_test_accuracy", "rounds_completed", "wall_seconds"):
         assert key in stored
     config = json.loads((run_dir / "config.json").read_text())
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "summary.json", "metrics.csv"):  # as open() makes them, not 0600
+        assert os.stat(run_dir / name).st_mode & 0o777 == 0o666 & ~umask, name
     assert config["model"] == "small_mlp"  # defaults are explicit
     assert config["checkpoint_every"] == 5
     assert config["aggregator"] == "mean:weighted=true"

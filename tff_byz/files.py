@@ -1,15 +1,24 @@
-"""Atomic file writes (no TensorFlow here: the grid's parent process uses them too)."""
+"""Atomic file writes (no TensorFlow here: the grid's parent process uses them too).
+
+Every result file of the project (config, summary, grid, report tables and
+plots, caches) is written through `replaced_atomically`: a temporary file
+beside the target, renamed over it when complete, so a reader never sees a
+half-written file, and with the mode a plain `open()` would give it (the
+umask's; `tempfile` alone would leave it owner-only).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["umask_mode", "write_json_atomic"]
+__all__ = ["replaced_atomically", "umask_mode", "write_json_atomic", "write_text_atomic"]
 
 
 def umask_mode(mode: int = 0o666) -> int:
@@ -20,19 +29,32 @@ def umask_mode(mode: int = 0o666) -> int:
     return mode & ~umask
 
 
-def write_json_atomic(path: str, value: Any) -> None:
-    """Writes JSON via a temporary file and `os.replace`: never a half-written file."""
+@contextlib.contextmanager
+def replaced_atomically(path: str | os.PathLike) -> Iterator[str]:
+    """Yields a temporary path beside `path`; when the block ends without error the file
+    there becomes `path` (mode per the umask), otherwise it is removed."""
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=2, default=_json_default)
-            f.write("\n")
+        yield tmp
+        os.chmod(tmp, umask_mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with replaced_atomically(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
+    """Writes JSON atomically (`replaced_atomically`): never a half-written file."""
+    write_text_atomic(path, json.dumps(value, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(value):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
@@ -95,10 +96,14 @@ def _format(value) -> str:
     return str(value)
 
 
+# `+` joins components, except as a sign: after `=` (value=+3) or in an exponent (1e+16).
+_JOIN = re.compile(r"(?<!=)(?<![0-9.][eE])\+")
+
+
 def parse_spec(spec: str) -> list[tuple[str, dict[str, str]]]:
     """`a:k=v,k2=v2+b` → [("a", {"k": "v", "k2": "v2"}), ("b", {})] (strings only)."""
     components = []
-    for part in spec.split("+"):
+    for part in _JOIN.split(spec):
         part = part.strip()
         if not part:
             raise ValueError("empty component")

@@ -80,3 +80,22 @@ def test_run_name_names_only_non_default_parameters(tmp_path):
                                 partition="q").resolved()
     assert resolved.run_name == "digits_q_n20_mean_lie-z=1.5_f0.3_label_groups_s0"
     assert resolved.attack == "lie:z=1.5,stats=honest,ddof=0,start=0,loss=auto"
+
+
+@pytest.mark.parametrize("spec, value", [("scaling:scale=1e16", 1e16), ("scaling:scale=1e+16", 1e16),
+                                         ("scaling:scale=2.5E+20", 2.5e20),
+                                         ("constant:c=+3", 3.0)])
+def test_signs_and_exponents_are_not_component_joins(spec, value):
+    """`+` joins attacks, but not in `1e+16` or `=+3` (scale=1e16 used to be split at its +)."""
+    (resolved,) = ATTACKS.resolve(spec)
+    (param,) = [v for k, v in resolved.params.items() if k in ("scale", "c")]
+    assert param == value
+    assert [r.name for r in ATTACKS.resolve(resolved.canonical)] == [resolved.name]
+    joined = ATTACKS.resolve(f"{spec}+sign_flip")
+    assert [r.name for r in joined] == [resolved.name, "sign_flip"]
+
+
+def test_a_huge_float_passes_the_config_and_keeps_its_value(tmp_path):
+    config = ExperimentConfig(attack="scaling:scale=1e16", byzantine_fraction=0.2,
+                              output_dir=str(tmp_path)).resolved()
+    assert config.attack.startswith("scaling:scale=1e+16")

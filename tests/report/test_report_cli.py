@@ -2,6 +2,7 @@
 
 import math
 import os
+import stat
 
 import pandas as pd
 import pytest
@@ -65,6 +66,13 @@ def test_report_writes_results_tables_and_plots(grid, capsys):
     html = (grid / "report" / "report.html").read_text()
     assert "font-weight: bold" in html and "plots/heatmap_attack=none.png" in html
     assert "16 runs" in capsys.readouterr().out
+    # Every result file is readable by others as far as the umask allows (not 0600).
+    umask = os.umask(0)
+    os.umask(umask)
+    written = [grid / "results.csv", grid / "results.parquet", grid / "report" / "report.md",
+               grid / "report" / "tables.tex", grid / "report" / "plots" / "accuracy_vs_round.png"]
+    for path in written:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask, path
 
 
 def test_curves_draw_one_line_per_row_setting(tmp_path):

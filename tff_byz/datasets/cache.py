@@ -15,11 +15,12 @@ import hashlib
 import logging
 import os
 import pathlib
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from tff_byz import files
 
 __all__ = ["CACHE_ENV", "cache_root", "cached_path", "load_npz", "save_npz_atomic"]
 
@@ -72,18 +73,11 @@ def save_npz_atomic(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> boo
     A cache that cannot be written (read-only home, full disk) only costs time,
     so it is logged as a warning instead of failing the load.
     """
-    temp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as stream:
+        with files.replaced_atomically(path) as temp_name, open(temp_name, "wb") as stream:
             np.savez(stream, **arrays)
-        # mkstemp creates the file owner-only; a cache holds public data.
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
         return True
     except OSError as error:
         _logger.warning("could not write cache file %s: %s", path, error)
-        if temp_name is not None and os.path.exists(temp_name):
-            os.unlink(temp_name)
         return False

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from typing import Sequence
 
 import matplotlib
@@ -31,6 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats as scipy_stats  # noqa: E402
 
+from tff_byz import files  # noqa: E402
 from tff_byz.report import stats  # noqa: E402
 
 __all__ = ["accuracy_curves", "heatmaps", "fedlaw_figures", "backdoor_curves", "mean_band"]
@@ -46,16 +46,8 @@ def _save(fig, path: str) -> str:
     """Writes path.png and path.svg atomically; returns path."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     for extension in ("png", "svg"):
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f".{extension}",
-                                   dir=os.path.dirname(path) or ".")
-        os.close(fd)
-        try:
+        with files.replaced_atomically(f"{path}.{extension}") as tmp:
             fig.savefig(tmp, format=extension, dpi=130, bbox_inches="tight")
-            os.replace(tmp, f"{path}.{extension}")
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
     plt.close(fig)
     return path
 
