@@ -8,8 +8,10 @@ setuptools.setup(
     description="Byzantine-robust aggregation, attacks, FedLAW and PDMM for TFF",
     packages=setuptools.find_packages(
         include=["tff_byz", "tff_byz.*", "aggregators", "aggregators.*",
-                 "attacks", "attacks.*", "fedlaw", "fedlaw.*", "pipelines", "pipelines.*",
+                 "attacks", "attacks.*", "fedlaw", "fedlaw.*", "pdmm", "pdmm.*",
+                 "pipelines", "pipelines.*", "benchmarks", "benchmarks.*",
                  "examples", "examples.*"]),
+    package_data={"examples": ["*.toml"]},
     python_requires=">=3.11,<3.12",
     # The pinned stack is installed by `make install` from requirements.txt +
     # constraints.txt (TFF with --no-deps); see BUILD_NOTES.md.

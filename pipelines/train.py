@@ -82,8 +82,28 @@ def _error(message: str) -> int:
     return 2
 
 
+_HELP = ("-h", "-?", "--help", "-help", "--helpshort", "-helpshort")
+_HELP_FULL = ("--helpfull", "-helpfull")
+
+
+def _help_text(full: bool) -> str:
+    """This program's usage and flags (`full`: also absl's own flags)."""
+    if full:
+        flag_help = FLAGS.get_help()
+    elif __name__ == "__main__":  # `python -m`: absl files the flags under the script's path
+        flag_help = FLAGS.main_module_help()
+    else:
+        flag_help = FLAGS.module_help(sys.modules[__name__])
+    return f"{__doc__.strip()}\n\nflags:\n{flag_help}\n"
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    # main() parses the flags itself (BUILD_NOTES: import order), so absl's app.run does not
+    # define its help flags: answer them here, before anything is parsed or imported.
+    if any(arg in _HELP + _HELP_FULL for arg in argv[1:]):
+        print(_help_text(full=any(arg in _HELP_FULL for arg in argv[1:])), end="")
+        return 0
     FLAGS.unparse_flags()  # main() may be called repeatedly in one process (tests)
     try:
         remaining = FLAGS(argv)

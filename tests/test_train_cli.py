@@ -131,3 +131,23 @@ def test_list_aggregators_and_attacks(capsys, tmp_path):
     assert "none [none]:" in captured.out
     assert "sign_flip (alias: inverse_gradient) [local]:" in captured.out
     assert "lie [colluding]:" in captured.out and "z (str; default baruch)" in captured.out
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h", "--helpshort", "--helpfull"])
+def test_help_prints_the_usage_and_every_flag(flag):
+    """absl's help flags exist only under app.run, which main() does not use: main() answers
+    them (exit 0), in-process and as `python -m`."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    done = subprocess.run([sys.executable, "-m", "pipelines.train", flag], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Runs one experiment: `python -m pipelines.train")
+    for name in ("--aggregator", "--attack", "--resume", "--tff_workers", "--client_work"):
+        assert name in done.stdout, name
+
+
+def test_help_in_process(capsys):
+    assert train.main(["train", "--dataset=bogus", "--help"]) == 0  # help wins over a bad flag
+    out = capsys.readouterr().out
+    assert "Exit codes:" in out and "--num_clients" in out

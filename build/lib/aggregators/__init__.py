@@ -1,0 +1,10 @@
+"""Aggregation rules as TFF aggregation factories, and their name registry.
+
+`AGGREGATORS.resolve("mean:weighted=false")` → resolved components;
+`build_aggregator(spec, context)` → a TFF aggregation factory. Later issues add
+the robust rules, pre-aggregators, `fedlaw` and `pdmm` here.
+"""
+
+from aggregators.registry import AGGREGATORS, AggregatorContext, build_aggregator
+
+__all__ = ["AGGREGATORS", "AggregatorContext", "build_aggregator"]

@@ -1,0 +1,291 @@
+"""The `--aggregator` registry: names, parameters, defaults, builders.
+
+Specs read `NAME[:key=value,...]`, pre-aggregators chain before a rule with `+`
+(`bucketing:s=2+median`, `nnm+krum`). Every robust rule takes the declared
+Byzantine fraction from `--byzantine_fraction` unless `f=` overrides it, and is
+checked against the expected clients per round when built, so impossible
+settings fail before a run starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import tensorflow_federated as tff
+
+from aggregators.base import RobustAggregationFactory
+from aggregators.bucketing import Bucketing, SplitBucketingFactory
+from aggregators.bulyan import BulyanFactory
+from aggregators.centered_clipping import CenteredClippingFactory
+from aggregators.clip import ARC, NormClip, adaptive_clipping_factory
+from aggregators.compose import ComposedFactory, PreAggregator
+from aggregators.geometric_median import GeometricMedianFactory
+from aggregators.huber import HuberFactory
+from aggregators.krum import KrumFactory, MultiKrumFactory
+from aggregators.mean import StackedMeanFactory
+from aggregators.median import MedianFactory
+from aggregators.nnm import NearestNeighborMixing
+from aggregators.rfa import RFAFactory
+from aggregators.trimmed_mean import TrimmedMeanFactory
+from tff_byz.aggregation import NonFiniteCountingFactory
+from tff_byz.registry import Entry, Param, Registry, SpecError
+
+__all__ = ["AGGREGATORS", "AggregatorContext", "build_aggregator"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregatorContext:
+    """What a rule may know about the run: the *declared* Byzantine fraction and
+    client count per round, never who is Byzantine."""
+    declared_byzantine_fraction: float = 0.0
+    clients_per_round: int = 0
+    seed: int = 0
+
+
+AGGREGATORS = Registry("--aggregator")
+
+
+def _non_negative(value) -> Optional[str]:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _positive(value) -> Optional[str]:
+    return None if value > 0 else "must be > 0"
+
+
+def _at_least_one(value) -> Optional[str]:
+    return None if value >= 1 else "must be >= 1"
+
+
+F_PARAM = Param(int, None, "declared Byzantine count (default ⌈byzantine_fraction·n⌉)",
+                check=_non_negative)
+WEIGHTED_PARAM = Param(bool, False, "weight clients by their example counts")
+
+
+def rule(name, factory_class, help_text, *, weighted=True, **params):
+    """Registers a stacked rule whose factory takes the base options plus `params`."""
+
+    def build(context: AggregatorContext, *, composed: bool = False, **values):
+        return factory_class(
+            byzantine_fraction=context.declared_byzantine_fraction, seed=context.seed,
+            expected_clients=None if composed else context.clients_per_round or None, **values)
+
+    all_params = dict(params)
+    all_params["f"] = F_PARAM
+    if weighted:
+        all_params["weighted"] = WEIGHTED_PARAM
+    return AGGREGATORS.register(Entry(name=name, build=build, params=all_params, help=help_text,
+                                      kind="rule"))
+
+
+def pre_aggregator(name, build_stage, help_text, **params):
+    """Registers a stage placed before a rule. `build_stage(**params)` returns a
+    `PreAggregator` (chained on the stacked values) or a callable wrapping the
+    factory built from everything to its right (e.g. adaptive clipping)."""
+
+    def build(context: AggregatorContext, **values):
+        del context
+        return build_stage(**values)
+
+    return AGGREGATORS.register(Entry(name=name, build=build, params=params, help=help_text,
+                                      kind="pre-aggregator"))
+
+
+def _mean(context: AggregatorContext, *, composed: bool = False, weighted: bool):
+    if composed:
+        return StackedMeanFactory(weighted=weighted, seed=context.seed)
+    # TFF's own mean (the baseline), plus a count of non-finite client values.
+    inner = tff.aggregators.MeanFactory() if weighted else tff.aggregators.UnweightedMeanFactory()
+    return NonFiniteCountingFactory(inner)
+
+
+AGGREGATORS.register(Entry(
+    name="mean", build=_mean, kind="rule",
+    help="FedAvg's mean of the client deltas (TFF MeanFactory); breakdown point 0; "
+         "reports non_finite_clients.",
+    params={"weighted": Param(bool, True, "weight clients by their example counts")},
+))
+rule("median", MedianFactory, "coordinate-wise median (Yin et al. 2018); needs f < n/2.",
+     even=Param(str, "mean", "even n: mean of the two middle values, or the lower",
+                choices=("mean", "lower")))
+rule("trimmed_mean", TrimmedMeanFactory,
+     "coordinate-wise trimmed mean (Yin et al. 2018): drop beta per side; needs 2·beta < n.",
+     beta=Param(int, None, "values trimmed per side (default f)", check=_non_negative))
+rule("krum", KrumFactory, "Krum (Blanchard et al. 2017): the value with the smallest sum of "
+     "squared distances to its n−f−2 nearest; needs n >= 2f+3; unweighted.", weighted=False)
+rule("multi_krum", MultiKrumFactory, "Multi-Krum: mean of the m best Krum scores; needs n >= 2f+3; "
+     "unweighted.", weighted=False,
+     m=Param(int, None, "values averaged (default n − f)", check=_at_least_one))
+rule("bulyan", BulyanFactory, "Bulyan (El Mhamdi et al. 2018): repeated Krum selection, then a "
+     "trimmed average around the median; needs n >= 4f+3; unweighted.", weighted=False,
+     variant=Param(str, "textbook", "textbook, or fedlaw (the FedLAW authors' implementation)",
+                   choices=("textbook", "fedlaw")),
+     b=Param(int, None, "pool parameter of variant=fedlaw (default f)", check=_non_negative))
+rule("geometric_median", GeometricMedianFactory,
+     "geometric median by smoothed Weiszfeld (RFA, Pillutla et al. 2022); needs f < n/2.",
+     nu=Param(float, 1e-6, "smoothing ν", check=_positive),
+     iterations=Param(int, 3, "Weiszfeld iterations R", check=_at_least_one),
+     rescale=Param(bool, False, "rescale to the mean's norm (FedLAW authors' variant)"))
+rule("centered_clipping", CenteredClippingFactory,
+     "centered clipping (Karimireddy et al. 2021), centred at the previous aggregate; f < n/2.",
+     tau=Param(float, 10.0, "clipping radius τ", check=_positive),
+     iterations=Param(int, 1, "clipping iterations L", check=_at_least_one))
+rule("huber", HuberFactory, "Huber-loss aggregation (Zhao et al. 2024); f < n/2.",
+     tau=Param(float, 0.2, "Huber threshold τ (absolute, on deltas)", check=_positive),
+     max_iterations=Param(int, 50, "iteration cap", check=_at_least_one))
+
+
+def _rfa(context: AggregatorContext, *, composed: bool = False, **values):
+    if composed:
+        # After a stacking pre-aggregator (e.g. FedLAW's `bucketing+rfa` baseline) the values
+        # are stacked anyway: the same Weiszfeld iteration on them is the same rule.
+        return GeometricMedianFactory(byzantine_fraction=context.declared_byzantine_fraction,
+                                      seed=context.seed, **values)
+    return RFAFactory(byzantine_fraction=context.declared_byzantine_fraction,
+                      expected_clients=context.clients_per_round or None, **values)
+
+
+AGGREGATORS.register(Entry(
+    name="rfa", build=_rfa, kind="rule",
+    help="RFA geometric median from repeated federated means only (secure-aggregation "
+         "friendly, no stacking; R extra round trips); f < n/2.",
+    params={"nu": Param(float, 1e-6, "smoothing ν", check=_positive),
+            "iterations": Param(int, 3, "Weiszfeld iterations R", check=_at_least_one),
+            "rescale": Param(bool, False, "rescale to the mean's norm"),
+            "f": F_PARAM, "weighted": WEIGHTED_PARAM}))
+
+
+def _bucketing(*, s: int, variant: str):
+    if variant == "split":
+        return lambda rule_factory, expected: SplitBucketingFactory(
+            rule_factory, s=s, expected_clients=expected)
+    return Bucketing(s=s)
+
+
+def _clip(*, c: float, adaptive: bool):
+    if adaptive:
+        return lambda inner, expected: adaptive_clipping_factory(inner)
+    return NormClip(c=c)
+
+
+pre_aggregator("bucketing", _bucketing,
+               "random buckets of s averaged per round (Karimireddy et al. 2022); the rule then "
+               "sees ⌈n/s⌉ values.",
+               s=Param(int, 2, "bucket size", check=_at_least_one),
+               variant=Param(str, "mean", "mean: bucket means; split: rule inside s groups "
+                             "(FedLAW authors' variant)", choices=("mean", "split")))
+pre_aggregator("nnm", NearestNeighborMixing,
+               "nearest-neighbour mixing (Allouah et al. 2023): each value → mean of its n−f "
+               "nearest; needs f < n/2.")
+pre_aggregator("clip", _clip, "norm clipping to c, or TFF's adaptive quantile clipping.",
+               c=Param(float, 1.0, "static clipping norm C", check=_positive),
+               adaptive=Param(bool, False, "TFF quantile-based adaptive norm (initial 1.0, target "
+                              "quantile 0.8, learning rate 0.2) instead of c"))
+pre_aggregator("arc", ARC, "adaptive robust clipping (Allouah et al. 2024): clip the "
+               "⌊2(f/n)(n−f)⌋ largest norms; needs f < n/2.")
+
+
+def _fedlaw(context: AggregatorContext, **values):
+    del context
+    from fedlaw.process import FedLAWOptions  # pylint: disable=import-outside-toplevel
+    return FedLAWOptions(**values)
+
+
+def _cap(value) -> Optional[str]:
+    return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
+
+
+AGGREGATORS.register(Entry(
+    name="fedlaw", build=_fedlaw, kind="algorithm",
+    help="FedLAW (Parsa et al., arXiv 2511.03529): learnable sparse client weights, two client "
+         "passes per learning round; a training algorithm, not a rule (no pre-aggregators).",
+    params={
+        "beta": Param(float, 1e-3, "weight step β", check=_positive),
+        "s_start": Param(int, None, "last round of s = n (default round(0.04·rounds))",
+                         check=_non_negative),
+        "s_end": Param(int, None, "first round of s = n − f (default round(0.5·rounds))",
+                       check=_non_negative),
+        "cap": Param(float, None, "weight cap t (default 1/(s_final − ⌈0.05n⌉))", check=_cap),
+        "freeze": Param(int, None, "learn w in rounds 0..K−1, then aggregate with frozen w",
+                        check=_at_least_one),
+        "weight_step": Param(str, "full", "full, or bsum (loss-only ablation)",
+                             choices=("full", "bsum")),
+        "clip": Param(bool, False, "ablation: clip deltas to the median norm"),
+        "loss_filter": Param(bool, False, "ablation: MAD pre-filter on the pass-B losses"),
+        "loss": Param(str, "last_epoch", "reported loss: last_epoch (mean of the last local "
+                      "epoch), start / end (whole local set before / after training)",
+                      choices=("last_epoch", "start", "end")),
+        "f": F_PARAM,
+    }))
+
+
+def _pdmm(context: AggregatorContext, **values):
+    del context
+    from pdmm.process import PDMMOptions  # pylint: disable=import-outside-toplevel
+    return PDMMOptions(**values)
+
+
+def _theta(value) -> Optional[str]:
+    return None if 0.0 < value <= 1.0 else "must be in (0, 1] (1 plain PDMM, 0.5 averaged)"
+
+
+AGGREGATORS.register(Entry(
+    name="pdmm", build=_pdmm, kind="algorithm",
+    help="PDMM (Xia, Yu & Li, arXiv 2503.10792): primal-dual consensus; the server is a data-less "
+         "PDMM node, clients keep (w, v, u) between rounds and send only y = 2w − v; "
+         "--topology=ring|complete|rgg runs it decentralized. A training algorithm, not a rule.",
+    params={
+        "c": Param(float, 0.4, "penalty c (sets the speed, not the fixed point)", check=_positive),
+        "theta": Param(float, 1.0, "relaxation θ: 1 plain PDMM (FedSplit), 0.5 averaged",
+                       check=_theta),
+        "local_steps": Param(int, None, "SGD steps K of the inexact prox (default --local_steps "
+                             "if set, else 10)", check=_at_least_one),
+        "init": Param(str, "consensus", "consensus (w = v = u = w_0) or zero (v = u = 0)",
+                      choices=("consensus", "zero")),
+    }))
+
+
+def build_aggregator(spec: str, context: AggregatorContext):
+    """A TFF aggregation factory for `spec` (validated; raises SpecError/ValueError).
+
+    For a training algorithm (`fedlaw`, `pdmm`) it returns the algorithm's options instead,
+    which the training loop turns into its own process.
+    """
+    components = AGGREGATORS.resolve(spec)
+    *pres, last = components
+    algorithms = [c.name for c in components if c.entry.kind == "algorithm"]
+    if algorithms:
+        if pres:
+            raise SpecError(f"--aggregator={spec!r}: {algorithms[0]} is a training algorithm "
+                            "and cannot be composed with '+'.")
+        return last.entry.build(context, **last.params)
+    if last.entry.kind != "rule":
+        raise SpecError(f"--aggregator={spec!r}: the last component must be a rule; "
+                        f"{last.name} is a {last.entry.kind}.")
+    for component in pres:
+        if component.entry.kind != "pre-aggregator":
+            raise SpecError(f"--aggregator={spec!r}: only pre-aggregators may come before '+'; "
+                            f"{component.name} is a {component.entry.kind}.")
+    if not pres:
+        return last.entry.build(context, **last.params)
+    expected = context.clients_per_round or None
+    factory = last.entry.build(context, composed=True, **last.params)
+    stages = [component.entry.build(context, **component.params) for component in pres]
+    # Chain the stacked pre-aggregators that sit directly before the rule, then
+    # apply wrappers (functions of the factory to their right) from the right.
+    chained: list[PreAggregator] = []
+    for stage in reversed(stages):
+        if isinstance(stage, PreAggregator):
+            chained.insert(0, stage)
+            continue
+        if chained:
+            factory = ComposedFactory(chained, factory, expected_clients=expected)
+            chained = []
+        factory = stage(factory, expected)
+    if chained:
+        if not isinstance(factory, RobustAggregationFactory):
+            raise SpecError(f"--aggregator={spec!r}: {chained[-1].name} needs stacked values, but "
+                            f"what follows it ({type(factory).__name__}) does not stack them.")
+        factory = ComposedFactory(chained, factory, expected_clients=expected)
+    return factory

@@ -1,0 +1,160 @@
+"""Runs a grid of experiments: `python -m pipelines.compare GRID.toml --output_dir=DIR`.
+
+    --parallel=N          worker processes (default: the number of cores)
+    --threads_per_cell=T  TensorFlow threads per worker (default: cores // N, at least 1)
+    --dry_run             print the cells and their status; run and write nothing
+    --progress / --noprogress
+
+Thin: start the worker processes (`tff_byz.grid.pool`); the first one reads the
+grid (`tff_byz.grid.spec`) and expands and validates every cell once its own
+TensorFlow import is done, so this process never imports TensorFlow (an invalid
+grid stops the workers again; `--dry_run` reads the grid here); then
+`tff_byz.grid.runner.run_grid`. Each cell is a run directory under DIR/runs
+(pipelines.train's layout); DIR/grid.json records the cells and their outcomes.
+Rerunning the same command skips done cells and resumes partial ones. Exit codes:
+0 every cell has a result (complete, or failed by the run's own verdict such as a
+non-finite model); 1 some cell could not run (invalid settings found when built,
+or an error: see grid.json and DIR/logs); 2 invalid grid or flags (one line on
+stderr, nothing written); 130/143 interrupted (rerun to resume).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import argparse  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ValueError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m pipelines.compare", add_help=True)
+    parser.add_argument("grid", help="grid TOML file")
+    parser.add_argument("--output_dir", required=True, help="directory of the grid's runs")
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="worker processes (default: the number of cores)")
+    parser.add_argument("--threads_per_cell", type=int, default=None,
+                        help="TensorFlow intra/inter-op threads per worker (default: cores // parallel)")
+    parser.add_argument("--cells_per_worker", type=int, default=0,
+                        help="restart a worker process after this many cells (0: never)")
+    parser.add_argument("--worker_memory_mb", type=float, default=None,
+                        help="restart a worker process after a cell leaves it (with its TFF "
+                             "worker) above this resident memory (default: half the RAM / "
+                             "parallel; 0: never)")
+    parser.add_argument("--dry_run", action="store_true", help="print the cells and exit")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--noprogress", dest="progress", action="store_false")
+    return parser
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _raise_system_exit(signum, frame):  # pylint: disable=unused-argument
+    raise SystemExit(128 + signum)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv[1:])
+    except ValueError as error:
+        return _error(str(error))
+    from tff_byz.grid import pool  # pylint: disable=import-outside-toplevel  (no TensorFlow)
+
+    cores = pool.available_cores()
+    parallel = cores if args.parallel is None else args.parallel
+    if parallel < 1:
+        return _error(f"--parallel must be an integer >= 1; got {parallel}.")
+    threads = max(1, cores // parallel) if args.threads_per_cell is None else args.threads_per_cell
+    if threads < 1:
+        return _error(f"--threads_per_cell must be an integer >= 1; got {threads}.")
+    if args.cells_per_worker < 0:
+        return _error(f"--cells_per_worker must be an integer >= 0; got {args.cells_per_worker}.")
+    memory = (pool.default_worker_memory_mb(parallel) if args.worker_memory_mb is None
+              else args.worker_memory_mb)
+    if not memory >= 0:  # also NaN
+        return _error(f"--worker_memory_mb must be a number >= 0; got {args.worker_memory_mb}.")
+    args.worker_memory_mb = memory
+    if not os.path.isfile(args.grid):
+        return _error(f"grid file not found: {args.grid}")
+    # The first worker resolves the grid after importing TensorFlow Federated (seconds),
+    # unless this process has it already (called from Python); the workers are stopped
+    # again if the grid turns out invalid.
+    args.runs_dir = os.path.join(args.output_dir, "runs")
+    resolve = None if "tensorflow_federated" in sys.modules else (args.grid, args.runs_dir)
+    started = [] if args.dry_run else pool.start_workers(parallel, threads, resolve=resolve)
+    previous = {s: signal.signal(s, _raise_system_exit) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _run(args, parallel, threads, started)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: rerun the same command to resume ({args.output_dir})", file=sys.stderr)
+        return 130
+    except SystemExit as exit_request:
+        print(f"\nterminated: rerun the same command to resume ({args.output_dir})", file=sys.stderr)
+        return exit_request.code if isinstance(exit_request.code, int) else 143
+    finally:
+        pool.stop_workers(started)  # no-op for the workers the grid ran (they have exited)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run(args, parallel: int, threads: int, started) -> int:
+    from tff_byz.grid import runner  # pylint: disable=import-outside-toplevel  (no TensorFlow)
+    from tff_byz.grid.cells import CellRecord  # pylint: disable=import-outside-toplevel
+
+    resolved = started[0].read_grid() if started and started[0].resolves else None
+    if resolved is None:
+        # Here (imports TensorFlow): --dry_run, a caller that has it already, or a worker that
+        # could not answer (an unexpected exception is then raised here, with its traceback).
+        from tff_byz.grid import spec  # pylint: disable=import-outside-toplevel
+        resolved = spec.resolve_grid(args.grid, args.runs_dir)
+    if "error" in resolved:
+        return _error(resolved["error"])
+    cells = [CellRecord.from_dict(cell) for cell in resolved["cells"]]
+    if not cells:
+        return _error(f"{args.grid}: the grid has no cells (every combination is excluded).")
+    # Cells are resolved with output_dir = DIR/runs; the runner keeps files relative to DIR.
+
+    if args.dry_run:
+        for cell, status in runner.plan(cells, args.output_dir):
+            axes = " ".join(f"{k}={v}" for k, v in cell.axes.items())
+            print(f"{status:>8}  {cell.id[:8]}  {cell.run_name}  {axes}")
+        counts = {}
+        for _, status in runner.plan(cells, args.output_dir):
+            counts[status] = counts.get(status, 0) + 1
+        print(f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        return 0
+
+    try:
+        outcome = runner.run_grid(cells, args.output_dir, parallel=parallel, threads=threads,
+                                  progress=args.progress, grid_name=resolved["name"],
+                                  cells_per_worker=args.cells_per_worker,
+                                  worker_memory_mb=args.worker_memory_mb, started=started)
+    except runner.GridBusyError as error:
+        return _error(str(error))
+
+    counts = {s: outcome.count(s) for s in ("complete", "failed", "invalid", "error")}
+    print(f"{resolved['name']}: {len(cells)} cells: {counts['complete']} complete, {counts['failed']} failed "
+          f"(run verdict), {counts['invalid']} invalid, {counts['error']} errors; ran "
+          f"{len(outcome.ran)} ({args.output_dir})")
+    by_id = {cell.id: cell for cell in cells}
+    for cell_id, status in outcome.statuses.items():
+        if status != "complete":
+            print(f"  {status}: {by_id[cell_id].run_name}: {outcome.reasons[cell_id]}", file=sys.stderr)
+    return 1 if counts["invalid"] or counts["error"] else 0
+
+
+if __name__ == "__main__":
+    exit_code = main()
+    from tff_byz import processes  # pylint: disable=import-outside-toplevel  (no TensorFlow)
+    processes.exit_now(exit_code)  # workers have stopped; skip TensorFlow's teardown

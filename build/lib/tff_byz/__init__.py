@@ -1,0 +1,1 @@
+"""tff-byz: Byzantine-robust federated learning on TensorFlow Federated."""

@@ -1,0 +1,232 @@
+"""The validated experiment configuration: every setting of one run, explicit.
+
+`ExperimentConfig` is what flags (and later grid TOML cells) turn into; it is
+written to `config.json` with every default made explicit, and `--resume`
+checks that the stored config matches. `validate()` raises `ConfigError` with
+one line naming the flag, the value and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from typing import Any, Optional
+
+from aggregators import AGGREGATORS
+from attacks import ATTACKS
+from tff_byz import datasets
+from tff_byz.models import MODELS
+from tff_byz.registry import SpecError
+
+__all__ = ["ExperimentConfig", "ConfigError", "CLIENT_WORKS", "ATTACK_MESSAGES", "DEFAULT_MODELS",
+           "RESUMABLE_CHANGES"]
+
+CLIENT_WORKS = ("local_sgd", "momentum_sgd")
+# What a local attack corrupts under FedAvg: the delta Δ_i (what TFF's FedAvg sends) or the
+# uploaded model θ + Δ_i (a model-sized message like PDMM's y; pdmm.md §4).
+ATTACK_MESSAGES = ("delta", "model")
+
+# The model each dataset gets when --model is not given.
+DEFAULT_MODELS = {
+    "digits": "small_mlp",
+    "mnist": "mlp",
+    "fashion_mnist": "mlp",
+    "emnist": "emnist_cnn",
+    "cifar10": "cifar_cnn",
+    "olivetti": "wide_mlp",
+    "synthetic": "small_mlp",
+}
+
+# Settings that may differ when a run is resumed (everything else must match).
+RESUMABLE_CHANGES = ("rounds", "tff_workers", "output_dir", "eval_every", "checkpoint_every")
+
+
+class ConfigError(ValueError):
+    """An invalid setting (CLI: exit 2)."""
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    partition: str = "iid"
+    q: float = 0.5
+    q_mode: str = "sample"
+    alpha: float = 0.5
+    num_clients: int = 20
+    clients_per_round: int = 0  # 0: every client, every round
+    model: Optional[str] = None  # None: DEFAULT_MODELS[dataset]
+    aggregator: str = "mean"
+    attack: str = "none"
+    byzantine_fraction: float = 0.0
+    byzantine_selection: str = "random"  # random | label_groups | ids:3,17,...
+    declared_byzantine_fraction: Optional[float] = None  # None: the actual fraction
+    rounds: int = 30
+    local_epochs: int = 1
+    local_steps: int = 0  # local_sgd: K mini-batch steps per round instead of epochs (0: epochs)
+    batch_size: int = 32
+    client_lr: float = 0.1
+    client_work: str = "local_sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    server_lr: float = 1.0
+    eval_every: int = 1
+    checkpoint_every: int = 0  # 0: same as eval_every
+    # End the run at the first evaluation whose test loss exceeds this or is NaN (the
+    # FedLAW authors' evaluation raises at 9); None: never.
+    stop_test_loss: Optional[float] = None
+    seed: int = 0
+    topology: str = "star"  # pdmm: star (centralized) or a decentralized graph
+    # FedAvg: local attacks corrupt the delta Δ_i or the model θ + Δ_i (PDMM: always its y).
+    attack_message: str = "delta"
+    output_dir: str = "runs"
+    run_name: Optional[str] = None  # None: derived from the settings
+    tff_workers: str = ""
+
+    def resolved(self) -> "ExperimentConfig":
+        """A validated copy with every default made explicit (canonical specs)."""
+        config = dataclasses.replace(self)
+        config.validate()
+        if config.model is None:
+            config.model = DEFAULT_MODELS[config.dataset]
+        if config.checkpoint_every == 0:
+            config.checkpoint_every = config.eval_every
+        config.aggregator = "+".join(c.canonical for c in AGGREGATORS.resolve(config.aggregator))
+        config.attack = "+".join(c.canonical for c in ATTACKS.resolve(config.attack))
+        if config.run_name is None:
+            config.run_name = config.default_run_name()
+        return config
+
+    def default_run_name(self) -> str:
+        """Deterministic, filesystem-safe name from the settings that define the experiment
+        (specs name only their non-default parameters; config.json has them all)."""
+        aggregator = "+".join(c.compact for c in AGGREGATORS.resolve(self.aggregator))
+        attack = "+".join(c.compact for c in ATTACKS.resolve(self.attack))
+        selection = "" if self.byzantine_selection == "random" else f"_{self.byzantine_selection}"
+        if self.topology != "star":
+            aggregator += f"_{self.topology}"
+        name = (f"{self.dataset}_{self.partition}_n{self.num_clients}_{aggregator}_"
+                f"{attack}_f{self.byzantine_fraction:g}{selection}_s{self.seed}")
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "-", name)
+
+    def validate(self) -> None:
+        def choice(flag, value, choices):
+            if value not in choices:
+                raise ConfigError(f"--{flag}: invalid value {value!r}; valid choices: "
+                                  f"{', '.join(map(str, choices))}.")
+
+        def integer(flag, value, minimum):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"--{flag} must be an integer >= {minimum}; got {value!r}.")
+
+        def number(flag, value, low, high, low_open=False, high_open=False):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+                raise ConfigError(f"--{flag} must be a number; got {value!r}.")
+            bad_low = value <= low if low_open else value < low
+            bad_high = value >= high if high_open else value > high
+            if bad_low or bad_high:
+                interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+                raise ConfigError(f"--{flag} must be in {interval}; got {value!r}.")
+
+        choice("dataset", self.dataset, datasets.DATASETS)
+        choice("partition", self.partition, datasets.PARTITIONS)
+        choice("q_mode", self.q_mode, ("sample", "exact"))
+        choice("client_work", self.client_work, CLIENT_WORKS)
+        if self.model is not None:
+            choice("model", self.model, tuple(MODELS))
+        number("q", self.q, 0.0, 1.0)
+        number("alpha", self.alpha, 0.0, math.inf, low_open=True, high_open=True)
+        integer("num_clients", self.num_clients, 1)
+        integer("clients_per_round", self.clients_per_round, 0)
+        if self.clients_per_round > self.num_clients:
+            raise ConfigError(f"--clients_per_round must be <= --num_clients={self.num_clients} "
+                              f"(0 means all); got {self.clients_per_round}.")
+        number("byzantine_fraction", self.byzantine_fraction, 0.0, 1.0, high_open=True)
+        if self.declared_byzantine_fraction is not None:
+            number("declared_byzantine_fraction", self.declared_byzantine_fraction, 0.0, 1.0,
+                   high_open=True)
+        from attacks.selection import SelectionError, parse_selection  # pylint: disable=import-outside-toplevel
+        try:
+            parse_selection(self.byzantine_selection)
+        except SelectionError as error:
+            raise ConfigError(str(error)) from None
+        integer("rounds", self.rounds, 1)
+        integer("local_epochs", self.local_epochs, 1)
+        integer("local_steps", self.local_steps, 0)
+        from pdmm.graphs import TOPOLOGIES  # pylint: disable=import-outside-toplevel
+        choice("topology", self.topology, TOPOLOGIES)
+        choice("attack_message", self.attack_message, ATTACK_MESSAGES)
+        integer("batch_size", self.batch_size, 1)
+        number("client_lr", self.client_lr, 0.0, math.inf, low_open=True, high_open=True)
+        number("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        number("weight_decay", self.weight_decay, 0.0, math.inf, high_open=True)
+        number("server_lr", self.server_lr, 0.0, math.inf, low_open=True, high_open=True)
+        integer("eval_every", self.eval_every, 1)
+        integer("checkpoint_every", self.checkpoint_every, 0)
+        if self.stop_test_loss is not None:
+            number("stop_test_loss", self.stop_test_loss, 0.0, math.inf, low_open=True,
+                   high_open=True)
+        integer("seed", self.seed, 0)
+        if self.run_name is not None and (not self.run_name or "/" in self.run_name
+                                          or self.run_name in (".", "..")):
+            raise ConfigError(f"--run_name must be a non-empty name without '/'; got {self.run_name!r}.")
+        for flag, registry, spec in (("aggregator", AGGREGATORS, self.aggregator),
+                                     ("attack", ATTACKS, self.attack)):
+            try:
+                registry.resolve(spec)
+            except SpecError as error:
+                raise ConfigError(str(error)) from None
+        if any(c.name == "fedlaw" for c in AGGREGATORS.resolve(self.aggregator)):
+            if self.client_work != "local_sgd":
+                raise ConfigError(f"--aggregator=fedlaw needs --client_work=local_sgd; got "
+                                  f"--client_work={self.client_work}.")
+            if self.server_lr != 1.0:
+                raise ConfigError(f"--aggregator=fedlaw steps θ + Σ w_i Δ_i (its server step is "
+                                  f"the client lr α); --server_lr must be 1; got {self.server_lr}.")
+        pdmm = any(c.name == "pdmm" for c in AGGREGATORS.resolve(self.aggregator))
+        if pdmm:
+            if self.client_work != "local_sgd":
+                raise ConfigError(f"--aggregator=pdmm runs its own client work (K prox steps); "
+                                  f"--client_work must stay local_sgd; got {self.client_work}.")
+            if self.server_lr != 1.0:
+                raise ConfigError(f"--aggregator=pdmm has no server learning rate (w_s is the "
+                                  f"mean of the messages); --server_lr must be 1; got "
+                                  f"{self.server_lr}.")
+        elif self.topology != "star":
+            raise ConfigError(f"--topology={self.topology} needs --aggregator=pdmm (decentralized "
+                              f"PDMM); got --aggregator={self.aggregator!r}.")
+        attacked = ATTACKS.resolve(self.attack)[0].name != "none"
+        if attacked and self.client_work != "local_sgd":
+            raise ConfigError(f"--attack={self.attack!r} needs --client_work=local_sgd (attacks "
+                              f"transform its client work); got --client_work={self.client_work}.")
+        if attacked and self.byzantine_fraction == 0.0 and \
+                not self.byzantine_selection.startswith("ids:"):
+            raise ConfigError(f"--attack={self.attack!r} needs Byzantine clients: set "
+                              "--byzantine_fraction > 0 or --byzantine_selection=ids:...")
+        if self.tff_workers:
+            from tff_byz.context import parse_worker_addresses  # pylint: disable=import-outside-toplevel
+            try:
+                parse_worker_addresses(self.tff_workers)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ExperimentConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; valid keys: {', '.join(sorted(known))}.")
+        return cls(**values)
+
+    def differences(self, other: "ExperimentConfig") -> list[str]:
+        """Names of settings that differ, ignoring those a resume may change."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs[k]]

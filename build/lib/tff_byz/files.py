@@ -1,0 +1,65 @@
+"""Atomic file writes (no TensorFlow here: the grid's parent process uses them too).
+
+Every result file of the project (config, summary, grid, report tables and
+plots, caches) is written through `replaced_atomically`: a temporary file
+beside the target, renamed over it when complete, so a reader never sees a
+half-written file, and with the mode a plain `open()` would give it (the
+umask's; `tempfile` alone would leave it owner-only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+__all__ = ["replaced_atomically", "umask_mode", "write_json_atomic", "write_text_atomic"]
+
+
+def umask_mode(mode: int = 0o666) -> int:
+    """`mode` less the process's umask: what `open()`/`mkdir()` would give a new file/directory
+    (`tempfile` creates owner-only ones)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: str | os.PathLike) -> Iterator[str]:
+    """Yields a temporary path beside `path`; when the block ends without error the file
+    there becomes `path` (mode per the umask), otherwise it is removed."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, umask_mode(0o666))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with replaced_atomically(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
+    """Writes JSON atomically (`replaced_atomically`): never a half-written file."""
+    write_text_atomic(path, json.dumps(value, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
