@@ -166,3 +166,36 @@ def test_renderers_mark_the_best_cell():
     assert r"title\_x" in latex and r"50\% $\dagger$" in latex
     page = render.html_page("t", [table], ["plots/a.png"])
     assert "font-weight: bold" in page and "<img src='plots/a.png'" in page
+
+
+def _one_run(root):
+    write_run(root, "a", [0.3, 0.5, 0.7])
+    write_manifest(root, [("a", {})])
+
+
+def _aggregator_by_seed(root):
+    cells = []
+    for aggregator in ("mean", "median"):
+        for seed in (0, 1):
+            name = f"{aggregator}_{seed}"
+            write_run(root, name, [0.3, 0.5, 0.7 + seed / 100], aggregator=aggregator, seed=seed)
+            cells.append((name, {"aggregator": aggregator, "seed": seed}))
+    write_manifest(root, cells)
+
+
+def _one_failed_run(root):
+    write_run(root, "a", [0.3, math.nan, math.nan], status="failed", reason="boom")
+    write_manifest(root, [("a", {})])
+
+
+@pytest.mark.parametrize("make", [_one_run, _aggregator_by_seed, _one_failed_run])
+def test_report_without_fedlaw_runs_writes_every_file(tmp_path, make, capsys):
+    """No FedLAW run and only the aggregator (and seed) varying used to crash in
+    plots.fedlaw_figures (IndexError) after writing results.csv but before report.md."""
+    make(tmp_path)
+    assert report.main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "report" / "report.md").exists()
+    assert (tmp_path / "report" / "report.html").exists()
+    assert "wrote" in capsys.readouterr().out
+    if make is not _one_failed_run:
+        assert any(p.endswith(".png") for p in os.listdir(tmp_path / "report" / "plots"))

@@ -30,7 +30,9 @@ def varying_columns(frame: pd.DataFrame, candidates: Sequence[str]) -> list[str]
 
 def facet_groups(frame: pd.DataFrame, facets: Sequence[str]):
     """Yields (label "a=1, b=x", sub-frame) per setting of `facets`, in the frame's order;
-    ("", frame) when there are no facets."""
+    ("", frame) when there are no facets; nothing for an empty frame."""
+    if frame.empty:
+        return
     if not facets:
         yield "", frame
         return
