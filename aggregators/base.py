@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import re
 from typing import Optional
 
 import numpy as np
@@ -65,6 +66,22 @@ def _max_rows(rows: Optional[int]):
 
 class RequirementError(ValueError):
     """A rule's requirement on (n, f) is violated (CLI: exit 2)."""
+
+
+TOO_FEW_CLIENTS = "too few finite clients:"
+_TOO_FEW = re.compile(re.escape(TOO_FEW_CLIENTS) + r" (.*?): clients\] \[(\d+)\] \[finite\] "
+                      r"\[(\d+)\] \[f\] \[(\d+)\] \[needs\] \[(\d+)\]")
+
+
+def too_few_clients_reason(message: str) -> Optional[str]:
+    """The one-line reason for a round whose robust rule had too few finite clients, from the
+    error the TFF worker raised (None if `message` is another error)."""
+    found = _TOO_FEW.search(message)
+    if found is None:
+        return None
+    rule, clients, finite, f, needs = found.groups()
+    return (f"{rule}: {finite} of {clients} clients sent finite values, with f = {f} it needs "
+            f"at least {needs}; no aggregate exists (the others sent NaN/Inf)")
 
 
 def declared_f(fraction: float, n):
@@ -205,9 +222,14 @@ class RobustAggregationFactory(DeclaredByzantineCount, ClientRecordAggregationFa
             n = tf.shape(values)[0]
             excluded = n_total - n
             f = tf.maximum(tf.cast(self.f_for(n_total), tf.int32) - excluded, 0)
-            tf.debugging.assert_greater_equal(
-                n, tf.cast(self.min_clients(f), tf.int32),
-                message=f"{self.name} needs {self.requirement} (after excluding non-finite clients)")
+            required = tf.cast(self.min_clients(f), tf.int32)
+            # Checked before the rule runs (its math may fail first on too few rows); the
+            # training loop turns this message into a one-line reason (`too_few_clients_reason`).
+            check = tf.debugging.Assert(n >= required, [
+                f"{TOO_FEW_CLIENTS} {self.name} needs {self.requirement}: clients", n_total,
+                "finite", n, "f", f, "needs", required])
+            with tf.control_dependencies([check]):
+                values = tf.identity(values)
             if self.weighted:
                 weights = weights / tf.maximum(tf.reduce_sum(weights), 1e-30)
             else:

@@ -123,10 +123,15 @@ rule("bulyan", BulyanFactory, "Bulyan (El Mhamdi et al. 2018): repeated Krum sel
                    choices=("textbook", "fedlaw")),
      b=Param(int, None, "pool parameter of variant=fedlaw (default f)", check=_non_negative))
 rule("geometric_median", GeometricMedianFactory,
-     "geometric median by smoothed Weiszfeld (RFA, Pillutla et al. 2022); needs f < n/2.",
+     "geometric median by smoothed Weiszfeld (RFA, Pillutla et al. 2022); needs f < n/2. "
+     "R iterations are not a converged median: from start=mean a finite outlier of 1e15 "
+     "(scaling, bit_flip) still moves the result by ~1e14 after 3; start=median (default) "
+     "begins inside the honest range.",
      nu=Param(float, 1e-6, "smoothing ν", check=_positive),
      iterations=Param(int, 3, "Weiszfeld iterations R", check=_at_least_one),
-     rescale=Param(bool, False, "rescale to the mean's norm (FedLAW authors' variant)"))
+     rescale=Param(bool, False, "rescale to the mean's norm (FedLAW authors' variant)"),
+     start=Param(str, "median", "first iterate: the coordinate-wise median or the weighted "
+                 "mean (the paper's)", choices=("median", "mean")))
 rule("centered_clipping", CenteredClippingFactory,
      "centered clipping (Karimireddy et al. 2021), centred at the previous aggregate; f < n/2.",
      tau=Param(float, 10.0, "clipping radius τ", check=_positive),

@@ -37,6 +37,7 @@ import tensorflow_federated as tff
 import tqdm
 
 from aggregators import AggregatorContext, build_aggregator
+from aggregators.base import too_few_clients_reason
 from attacks import build_attack_plan, selection
 from tff_byz import client_inputs, client_state, client_work, datasets, fedavg, models, momentum
 from tff_byz import context as context_lib
@@ -52,6 +53,11 @@ __all__ = ["RunPaths", "Experiment", "run_experiment", "NonFiniteModelError",
 
 class NonFiniteModelError(RuntimeError):
     pass
+
+
+class RoundFailedError(RuntimeError):
+    """A round has no result, for a reason of the run's own (e.g. a robust rule with too
+    few finite clients): the run ends `failed` with this one-line reason."""
 
 
 class RunDirectoryError(ConfigError):
@@ -586,6 +592,12 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
                 bar.reset(total=config.rounds)
                 bar.update(round_index)
                 continue
+            except Exception as error:  # pylint: disable=broad-except  (TFF wraps worker errors)
+                reason = too_few_clients_reason(str(error))
+                if reason is None:
+                    raise
+                raise RoundFailedError(f"round {round_index + 1}: {config.aggregator}: "
+                                       f"{reason}") from None
             round_seconds = time.monotonic() - t0
             state, round_num = new_state, round_index + 1
             weights = experiment.model_weights(state)
@@ -646,7 +658,7 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
                 break
             round_index += 1
         summary["status"] = "complete"
-    except NonFiniteModelError as error:
+    except (NonFiniteModelError, RoundFailedError) as error:
         summary["status"], summary["reason"] = "failed", str(error)
     except (KeyboardInterrupt, SystemExit) as interrupt:
         if round_num > saved_round:

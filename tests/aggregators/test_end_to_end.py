@@ -74,3 +74,22 @@ def test_robust_rules_stay_close_to_honest(setup, honest_accuracy, tff_context, 
         pytest.skip(f"{spec} not registered yet")
     accuracy = final_accuracy(setup, spec, BYZANTINE)
     assert accuracy >= honest_accuracy - 0.06, f"{spec}: {accuracy:.3f} vs honest {honest_accuracy:.3f}"
+
+
+def test_geometric_median_survives_a_huge_finite_outlier_from_its_median_start(tmp_path,
+                                                                              tff_context):
+    """`scaling:scale=1e15` sends finite updates ~1e15 times the honest ones. Three Weiszfeld
+    iterations from the mean cannot pull back from them (the test loss passed 3e32 after one
+    round); from the coordinate-wise median (the default start) the run learns."""
+    from tff_byz.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
+
+    def run(aggregator):
+        return training.run_experiment(ExperimentConfig(
+            dataset="digits", num_clients=10, byzantine_fraction=0.2, attack="scaling:scale=1e15",
+            aggregator=aggregator, rounds=6, eval_every=1, seed=1, output_dir=str(tmp_path),
+            run_name=aggregator.replace(":", "_")), progress=False)
+
+    from_median = run("geometric_median")
+    assert from_median["status"] == "complete" and from_median["final_test_accuracy"] > 0.6
+    from_mean = run("geometric_median:start=mean")
+    assert from_mean["status"] == "failed" or from_mean["final_test_loss"] > 1e6

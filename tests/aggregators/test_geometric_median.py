@@ -17,31 +17,54 @@ from tests.aggregators import helpers
 DISAGREE = np.array([[1.0], [2.0], [6.0], [7.0], [100.0]], np.float32)
 
 
-def numpy_weiszfeld(x, weights=None, *, nu=1e-6, iterations=3):
-    """Reference: aggregators.md §1, in float64."""
+def numpy_weiszfeld(x, weights=None, *, nu=1e-6, iterations=3, start="median"):
+    """Reference: aggregators.md §1, in float64, from the coordinate-wise median or the mean."""
     x = np.asarray(x, np.float64).reshape(len(x), -1)
     p = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
     p = p / p.sum()
-    v = p @ x
+    v = np.median(x, axis=0) if start == "median" else p @ x
     for _ in range(iterations):
         beta = p / np.maximum(nu, np.linalg.norm(x - v, axis=1))
         v = beta @ x / beta.sum()
     return v
 
 
-def test_one_iteration_by_hand():
+def test_one_iteration_by_hand_from_the_mean():
     # v⁰ = 23.2; distances 22.2, 21.2, 17.2, 16.2, 76.8; v¹ = Σ x/d / Σ 1/d
     d = np.array([22.2, 21.2, 17.2, 16.2, 76.8])
     x = np.array([1.0, 2.0, 6.0, 7.0, 100.0])
     expected = np.sum(x / d) / np.sum(1 / d)  # 9.8728...
-    np.testing.assert_allclose(geometric_median(DISAGREE, iterations=1), [expected], rtol=1e-6)
+    np.testing.assert_allclose(geometric_median(DISAGREE, iterations=1, start="mean"), [expected],
+                               rtol=1e-6)
     np.testing.assert_allclose(expected, 9.87280, atol=1e-4)
 
 
-def test_default_three_iterations_is_not_yet_the_median():
-    out = geometric_median(DISAGREE).numpy()
-    np.testing.assert_allclose(out, numpy_weiszfeld(DISAGREE), rtol=1e-6)
+def test_one_iteration_by_hand_from_the_median():
+    # v⁰ = 6 (the median); distances 5, 4, 0 → ν = 1e-6, 1, 94: the row at 6 dominates.
+    d = np.array([5.0, 4.0, 1e-6, 1.0, 94.0])
+    x = np.array([1.0, 2.0, 6.0, 7.0, 100.0])
+    expected = np.sum(x / d) / np.sum(1 / d)  # (6e6 + 8.7638) / (1e6 + 1.4606) = 6 − 5e-12
+    np.testing.assert_allclose(geometric_median(DISAGREE, iterations=1), [expected], atol=1e-5)
+    np.testing.assert_allclose(expected, 6.0, atol=1e-9)
+
+
+def test_three_iterations_from_the_mean_are_not_yet_the_median():
+    out = geometric_median(DISAGREE, start="mean").numpy()
+    np.testing.assert_allclose(out, numpy_weiszfeld(DISAGREE, start="mean"), rtol=1e-6)
     np.testing.assert_allclose(out, [6.16007], atol=1e-4)  # mean 23.2, median 6
+    np.testing.assert_allclose(geometric_median(DISAGREE), [6.0], atol=1e-4)  # median start
+
+
+def test_a_huge_finite_outlier_moves_the_mean_start_but_not_the_median_start():
+    """A 1e15 row (scaling attack): 3 iterations from the mean stay ~1e14 away; from the
+    median the outlier's weight is ~1e-15 and the result stays inside the honest rows."""
+    honest = np.random.default_rng(3).normal(size=(8, 5)).astype(np.float32)
+    x = np.concatenate([honest, np.full((2, 5), 1e15, np.float32)])
+    from_mean = geometric_median(x, start="mean").numpy()
+    from_median = geometric_median(x).numpy()
+    assert np.all(np.abs(from_mean) > 1e12)
+    assert np.all(from_median >= honest.min(axis=0)) and np.all(from_median <= honest.max(axis=0))
+    np.testing.assert_allclose(from_median, numpy_weiszfeld(x).ravel(), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("iterations", [10, 30, 100])
@@ -64,8 +87,10 @@ def test_weighted_exact_values():
         geometric_median(DISAGREE, [1, 1, 1, 1, 10], iterations=100), [100.0], atol=1e-4)
     np.testing.assert_allclose(geometric_median(DISAGREE, np.ones(5)), geometric_median(DISAGREE),
                                rtol=1e-6)
-    np.testing.assert_allclose(geometric_median(DISAGREE, [3, 1, 1, 2, 1]),
-                               numpy_weiszfeld(DISAGREE, [3, 1, 1, 2, 1]), rtol=1e-5)
+    for start in ("median", "mean"):
+        np.testing.assert_allclose(geometric_median(DISAGREE, [3, 1, 1, 2, 1], start=start),
+                                   numpy_weiszfeld(DISAGREE, [3, 1, 1, 2, 1], start=start),
+                                   rtol=1e-5)
 
 
 def test_against_numpy_reference_on_random_inputs():
@@ -74,18 +99,22 @@ def test_against_numpy_reference_on_random_inputs():
         x = rng.normal(size=(n, *shape)).astype(np.float32)
         w = rng.uniform(0.5, 3.0, size=n)
         for iterations in (1, 3, 20):
-            got = geometric_median(x, iterations=iterations).numpy()
-            assert got.shape == shape
-            np.testing.assert_allclose(got.reshape(-1), numpy_weiszfeld(x, iterations=iterations),
-                                       rtol=1e-4, atol=1e-5)
-            np.testing.assert_allclose(
-                geometric_median(x, w, iterations=iterations).numpy().reshape(-1),
-                numpy_weiszfeld(x, w, iterations=iterations), rtol=1e-4, atol=1e-5)
+            for start in ("median", "mean"):
+                got = geometric_median(x, iterations=iterations, start=start).numpy()
+                assert got.shape == shape
+                np.testing.assert_allclose(
+                    got.reshape(-1), numpy_weiszfeld(x, iterations=iterations, start=start),
+                    rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(
+                    geometric_median(x, w, iterations=iterations, start=start).numpy().reshape(-1),
+                    numpy_weiszfeld(x, w, iterations=iterations, start=start), rtol=1e-4,
+                    atol=1e-5)
 
 
 def test_rescale_to_the_norm_of_the_mean_with_clamped_factor():
     # ||mean|| / ||v|| = 23.2 / 6.16 ∈ [0.25, 4]: the result has the mean's norm.
-    np.testing.assert_allclose(geometric_median(DISAGREE, rescale=True), [23.2], rtol=1e-5)
+    np.testing.assert_allclose(geometric_median(DISAGREE, rescale=True, start="mean"), [23.2],
+                               rtol=1e-5)
     # mean 0.04, v ≈ 1: the factor 0.04 is clamped to 0.25.
     x = np.array([[-3.0], [-2.0], [1.0], [2.0], [2.2]], np.float32)
     v = numpy_weiszfeld(x)
@@ -111,6 +140,8 @@ def test_identical_inputs_return_that_input():
      r"^geometric_median: iterations must be an integer >= 1; got 0\.$"),
     (dict(iterations=2.0), TypeError, r"iterations must be an integer; got 2\.0"),
     (dict(rescale="true"), TypeError, r"geometric_median: rescale must be a bool; got 'true'"),
+    (dict(start="zero"), ValueError,
+     r"^geometric_median: start must be one of median, mean; got start='zero'\.$"),
 ])
 def test_parameter_validation(kwargs, error, message):
     with pytest.raises(error, match=message):
