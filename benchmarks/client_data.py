@@ -10,8 +10,10 @@ Workloads (`--parts`):
   of one example per client; round ÷ clients.
 - `store`: the one-off cost of writing the client-data store (MNIST, CIFAR-10)
   into an empty cache, and of opening it again (what every later run pays).
-- `long`: one algorithm by reference for `--long_rounds` rounds (default the
-  FedLAW MNIST protocol at 200 clients), the worker's RSS after every round.
+- `long`: one algorithm for `--long_rounds` rounds through the pipeline's own
+  loop (`run_experiment`: evaluation, checkpoints, a dead worker replaced;
+  default the FedLAW MNIST protocol at 200 clients), the worker's RSS after
+  every round.
 - `cifar`: one FedLAW learning round of the CIFAR CNN at 200 clients by
   reference: time and worker peak RSS, and the 400-round protocol's time.
 
@@ -82,16 +84,19 @@ FLAGS = flags.FLAGS
 
 
 class TreePeak:
-    """Peak RSS of the worker and of Python + worker, sampled every 20 ms."""
+    """Peak RSS of the worker and of Python + worker, sampled every 20 ms.
+
+    `worker_pid`: the pid, or a callable giving the current one (a run may replace a worker
+    that died)."""
 
     def __init__(self, worker_pid):
-        self.pids = (os.getpid(), worker_pid)
+        self._worker = worker_pid if callable(worker_pid) else (lambda: worker_pid)
         self.worker_mb = self.total_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self):
-        python, worker = (procstat.rss_mb(pid) or 0.0 for pid in self.pids)
+        python, worker = (procstat.rss_mb(pid) or 0.0 for pid in (os.getpid(), self._worker()))
         self.worker_mb = max(self.worker_mb, worker)
         self.total_mb = max(self.total_mb, python + worker)
 
@@ -167,18 +172,16 @@ def _by_reference_round(config):
     return run, experiment.process.initialize(), experiment, clients
 
 
-def _timed(run, state, worker_pid, rounds, warmup, on_round=None):
+def _timed(run, state, worker_pid, rounds, warmup):
     for _ in range(warmup):
         state = run(state)
     seconds, cpu = [], []
     with TreePeak(worker_pid) as peak:
-        for index in range(rounds):
+        for _ in range(rounds):
             w0, t0 = procstat.cpu_seconds(worker_pid), time.perf_counter()
             state = run(state)
             seconds.append(time.perf_counter() - t0)
             cpu.append(procstat.cpu_seconds(worker_pid) - w0)
-            if on_round is not None:
-                on_round(index, state)
     return state, dict(round_seconds=statistics.median(seconds),
                        worker_cpu_seconds=statistics.median(cpu),
                        worker_peak_mb=peak.worker_mb, total_peak_mb=peak.total_mb)
@@ -256,11 +259,34 @@ def _direct_fedavg(experiment, clients, repeats=3):
     return statistics.median(times)
 
 
+def _long_run(config) -> dict:
+    """`config` through `tff_byz.training.run_experiment` (the pipeline's loop, which also
+    replaces a worker that dies), with the worker's RSS after every round."""
+    from tff_byz import context, training  # pylint: disable=import-outside-toplevel
+    rss, seconds = [], []
+
+    def on_round(round_num, row):
+        del round_num
+        rss.append(procstat.rss_mb(context.current().worker_pid))
+        seconds.append(row["round_seconds"])
+
+    with context.ExecutionContext():
+        with TreePeak(lambda: context.current().worker_pid) as peak:
+            summary = training.run_experiment(config, progress=False, on_round=on_round)
+    return dict(round_seconds=statistics.median(seconds), worker_peak_mb=peak.worker_mb,
+                total_peak_mb=peak.total_mb, worker_rss_mb=rss,
+                worker_restarts=summary.get("worker_restarts", 0), status=summary["status"],
+                final_test_accuracy=summary["final_test_accuracy"])
+
+
 def child(spec: dict) -> dict:
     from tff_byz import context  # pylint: disable=import-outside-toplevel
     workload, mode = spec["workload"], spec["mode"]
     config = _config(workload, **spec.get("overrides", {}))
     result = dict(workload=workload, mode=mode)
+    if workload == "long":
+        result.update(_long_run(config))
+        return result
     with context.ExecutionContext() as tff_context:
         pid = tff_context.worker_pid
         if mode == "value":
@@ -268,14 +294,8 @@ def child(spec: dict) -> dict:
         else:
             run, state, experiment, clients = _by_reference_round(config)
             examples = int(sum(experiment.store.counts[clients]))
-        if workload == "long":
-            rss = []
-            _, figures = _timed(run, state, pid, spec["rounds"], 0,
-                                on_round=lambda i, s: rss.append(procstat.rss_mb(pid)))
-            result.update(figures, worker_rss_mb=rss)
-        else:
-            _, figures = _timed(run, state, pid, spec["rounds"], spec["warmup"])
-            result.update(figures)
+        _, figures = _timed(run, state, pid, spec["rounds"], spec["warmup"])
+        result.update(figures)
         if workload in ("fedavg", "fixed"):
             per_round = config.local_steps * config.batch_size * config.num_clients \
                 if config.local_steps else examples * config.local_epochs
@@ -378,15 +398,18 @@ def store_cost() -> dict:
 
 
 def long_run() -> dict:
-    spec = dict(workload="long", mode="reference", rounds=FLAGS.long_rounds, warmup=0,
-                overrides=dict(aggregator=FLAGS.long_aggregator, rounds=FLAGS.long_rounds))
+    spec = dict(workload="long", mode="reference",
+                overrides=dict(aggregator=FLAGS.long_aggregator, rounds=FLAGS.long_rounds,
+                               eval_every=FLAGS.long_rounds // 10 or 1))
     result = _run_child(spec)
     rss = result["worker_rss_mb"]
     at = {r: rss[r - 1] for r in (1, 20, 50, 100, 150, 200) if r <= len(rss)}
     print(f"\nlong: {WORKLOADS['long']} aggregator={FLAGS.long_aggregator}, "
-          f"{FLAGS.long_rounds} rounds by reference: round {result['round_seconds']:.2f} s "
-          f"(median), worker peak {result['worker_peak_mb']:.0f} MB, whole process "
-          f"{result['total_peak_mb']:.0f} MB")
+          f"{FLAGS.long_rounds} rounds by reference through the pipeline's loop: round "
+          f"{result['round_seconds']:.2f} s (median), worker peak {result['worker_peak_mb']:.0f} "
+          f"MB, whole process {result['total_peak_mb']:.0f} MB, status {result['status']}, "
+          f"final accuracy {result['final_test_accuracy']}, worker restarts "
+          f"{result['worker_restarts']}")
     print("  worker RSS after round " + ", ".join(f"{r}: {v:.0f} MB" for r, v in at.items()))
     if 20 in at and len(rss) >= 200:
         print(f"  RSS at round 200 / RSS at round 20 = {rss[199] / at[20]:.3f}")

@@ -93,3 +93,28 @@ def test_geometric_median_survives_a_huge_finite_outlier_from_its_median_start(t
     assert from_median["status"] == "complete" and from_median["final_test_accuracy"] > 0.6
     from_mean = run("geometric_median:start=mean")
     assert from_mean["status"] == "failed" or from_mean["final_test_loss"] > 1e6
+
+
+def test_too_few_finite_clients_end_the_run_failed_with_one_line(tmp_path, tff_context):
+    """A client learning rate of 1e20 makes every update non-finite: the median has no
+    aggregate. The run ends `failed`, its reason naming the rule, the finite count and f,
+    instead of a 72-line gRPC traceback."""
+    from tff_byz.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
+    summary = training.run_experiment(ExperimentConfig(
+        dataset="digits", num_clients=7, aggregator="median", client_lr=1e20, rounds=3,
+        output_dir=str(tmp_path), run_name="median"), progress=False)
+    assert summary["status"] == "failed" and summary["rounds_completed"] == 0
+    reason = summary["reason"]
+    assert "\n" not in reason
+    assert reason.startswith("round 1: median:") and "median needs f < n/2" in reason
+    assert "0 of 7 clients sent finite values, with f = 0 it needs at least 1" in reason
+
+
+def test_too_few_clients_reason_reads_the_workers_assertion():
+    from aggregators.base import TOO_FEW_CLIENTS, too_few_clients_reason  # pylint: disable=import-outside-toplevel
+    message = (f"details = \"Failed to run computation: assertion failed: [{TOO_FEW_CLIENTS} "
+               "krum needs n >= 2f + 3: clients] [9] [finite] [4] [f] [2] [needs] [7]\n ...")
+    assert too_few_clients_reason(message) == (
+        "krum needs n >= 2f + 3: 4 of 9 clients sent finite values, with f = 2 it needs at "
+        "least 7; no aggregate exists (the others sent NaN/Inf)")
+    assert too_few_clients_reason("some other error") is None
