@@ -1,1 +1,0 @@
-"""FedLAW: learnable sparse aggregation weights (Parsa et al., arXiv 2511.03529; spec fedlaw.md)."""

@@ -1,1 +1,0 @@
-"""tff-byz: Byzantine-robust federated learning on TensorFlow Federated."""
