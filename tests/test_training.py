@@ -308,3 +308,24 @@ def test_evaluator_equals_numpy_over_uneven_batches():
     assert loss == pytest.approx(-log_softmax[np.arange(7), y].mean(), rel=1e-5)
     assert accuracy == pytest.approx(np.mean(logits.argmax(axis=1) == y))
     assert 0 < accuracy < 1  # the case tells right from wrong
+
+
+@pytest.mark.parametrize("second", [[], ["--overwrite"]], ids=["same run", "overwrite"])
+def test_a_second_run_into_a_busy_run_directory_exits_2_naming_the_holder(tmp_path, tff_context,
+                                                                           second):
+    """Two runs into one run directory: the second (also with --overwrite) exits 2 in one
+    line naming the first's pid, and the first ends complete with every row once."""
+    out = tmp_path / "busy"
+    flags = ["--dataset=digits", "--num_clients=10", "--rounds=30", f"--output_dir={out}",
+             "--run_name=run", "--seed=3"]
+    first = cli(*flags)
+    wait_for_round(out / "run" / "metrics.csv", 1, first)
+    other = cli(*flags, *second)
+    _, stderr = other.communicate(timeout=180)
+    assert other.returncode == 2, stderr
+    (line,) = stderr.strip().splitlines()
+    assert line == (f"error: run directory {out / 'run'} is in use by another run (pid "
+                    f"{first.pid}); wait for it to end or stop it, then rerun")
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert list(pd.read_csv(out / "run" / "metrics.csv")["round"]) == list(range(1, 31))

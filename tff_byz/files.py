@@ -10,6 +10,7 @@ umask's; `tempfile` alone would leave it owner-only).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -18,7 +19,55 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["replaced_atomically", "umask_mode", "write_json_atomic", "write_text_atomic"]
+__all__ = ["BusyError", "exclusive", "lock_holder", "replaced_atomically", "umask_mode", "write_json_atomic",
+           "write_text_atomic"]
+
+
+class BusyError(RuntimeError):
+    """Another live process holds the lock (the message names it)."""
+
+
+def lock_holder(path: str | os.PathLike) -> str | None:
+    """The pid written by the process holding the lock at `path`, or None if nobody holds it
+    (nothing is created)."""
+    try:
+        lock = open(path, "r", encoding="utf-8")  # pylint: disable=consider-using-with
+    except FileNotFoundError:
+        return None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return lock.read().strip() or "unknown"
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return None
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike, in_use: str) -> Iterator[None]:
+    """Holds an `flock` on the file `path` (created if missing) for the block.
+
+    The kernel drops the lock when its holder dies, so a killed run never leaves
+    a stale lock. The holder writes its pid into the file; a second process gets
+    `BusyError(f"{in_use} (pid N); ...")` at once, before it writes anything.
+    """
+    path = os.fspath(path)
+    with open(os.open(path, os.O_RDWR | os.O_CREAT, umask_mode()), "r+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock.read().strip() or "unknown"
+            raise BusyError(f"{in_use} (pid {holder}); wait for it to end or stop it, "
+                            "then rerun") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.seek(0)
+            lock.truncate()
 
 
 def umask_mode(mode: int = 0o666) -> int:

@@ -39,12 +39,13 @@ import tqdm
 from aggregators import AggregatorContext, build_aggregator
 from aggregators.base import too_few_clients_reason
 from attacks import build_attack_plan, selection
-from tff_byz import client_inputs, client_state, client_work, datasets, fedavg, models, momentum
+from tff_byz import (client_inputs, client_state, client_work, datasets, fedavg, files, models,
+                     momentum)
 from tff_byz import context as context_lib
-from tff_byz.datasets import store as store_lib
-from tff_byz.packing import unpack_numpy
 from tff_byz.config import RESUMABLE_CHANGES, ConfigError, ExperimentConfig
+from tff_byz.datasets import store as store_lib
 from tff_byz.files import write_json_atomic
+from tff_byz.packing import unpack_numpy
 from tff_byz.report.results import accuracy_before_abort, breaks_loss_limit
 
 __all__ = ["RunPaths", "Experiment", "run_experiment", "NonFiniteModelError",
@@ -499,9 +500,24 @@ def _signals_deferred():
             os.kill(os.getpid(), received[0])
 
 
-def prepare_run_directory(config: ExperimentConfig, *, resume: bool, overwrite: bool) -> RunPaths:
-    """Checks the run directory against the flags before anything is written."""
+def _lock_path(config: ExperimentConfig) -> str:
+    # Beside the run directory, not in it: --overwrite deletes the directory.
+    return os.path.join(config.output_dir, f".{config.run_name}.lock")
+
+
+def _in_use(paths: RunPaths) -> str:
+    return f"run directory {paths.root} is in use by another run"
+
+
+def prepare_run_directory(config: ExperimentConfig, *, resume: bool, overwrite: bool,
+                          locked: bool = False) -> RunPaths:
+    """Checks the run directory against the flags before anything is written (`locked`: the
+    caller holds the directory's lock)."""
     paths = RunPaths(os.path.join(config.output_dir, config.run_name))
+    holder = None if locked else files.lock_holder(_lock_path(config))
+    if holder is not None:
+        raise RunDirectoryError(f"{_in_use(paths)} (pid {holder}); wait for it to end or stop "
+                                "it, then rerun")
     exists = os.path.exists(paths.config)
     if resume and overwrite:
         raise RunDirectoryError("--resume and --overwrite exclude each other; choose one.")
@@ -531,13 +547,27 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
     file is touched.
     """
     config = config.resolved()
-    paths = prepare_run_directory(config, resume=resume, overwrite=overwrite)
+    prepare_run_directory(config, resume=resume, overwrite=overwrite)
     try:  # loads data and builds the process: bad settings fail here, before writing
         experiment = Experiment(config)
         experiment.verify_store()
     except (ValueError, FileNotFoundError, store_lib.StoreError) as error:
         raise ConfigError(str(error).splitlines()[0]) from error
+    os.makedirs(config.output_dir, exist_ok=True)
+    try:
+        with files.exclusive(_lock_path(config),
+                             _in_use(RunPaths(os.path.join(config.output_dir, config.run_name)))):
+            # Again under the lock: another run may have written the directory meanwhile.
+            paths = prepare_run_directory(config, resume=resume, overwrite=overwrite, locked=True)
+            return _run(config, experiment, paths, resume=resume, overwrite=overwrite,
+                        progress=progress, on_round=on_round)
+    except files.BusyError as error:
+        raise RunDirectoryError(str(error)) from None
 
+
+def _run(config: ExperimentConfig, experiment: "Experiment", paths: RunPaths, *, resume: bool,
+         overwrite: bool, progress: bool, on_round) -> dict[str, Any]:
+    """The body of `run_experiment`, holding the run directory's lock."""
     if overwrite and os.path.isdir(paths.root):
         shutil.rmtree(paths.root)
     os.makedirs(paths.root, exist_ok=True)

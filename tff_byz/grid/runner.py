@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import fcntl
 import os
 import select
 import sys
@@ -26,6 +25,7 @@ from typing import Optional, Sequence
 
 import tqdm
 
+from tff_byz import files
 from tff_byz.grid import cells as cell_files
 from tff_byz.grid.cells import CellRecord, CellStatus
 from tff_byz.grid.pool import (Worker, available_cores, reap_workers, stop_workers,
@@ -60,35 +60,24 @@ def plan(cells: Sequence[CellRecord], output_dir: str) -> list[tuple[CellRecord,
             for cell in cells]
 
 
-class GridBusyError(RuntimeError):
+class GridBusyError(files.BusyError):
     """Another process is running a grid in the same output directory."""
 
 
 @contextlib.contextmanager
 def exclusive(output_dir: str):
-    """Holds `output_dir`'s grid lock (an `flock` the kernel drops when the holder dies).
+    """Holds `output_dir`'s grid lock (`tff_byz.files.exclusive`).
 
     Two runs on one directory would run the same cells twice into the same run
     directories and overwrite each other's `grid.json`.
     """
     os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, LOCK_FILE)
-    with open(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+", encoding="utf-8") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = lock.read().strip() or "unknown"
-            raise GridBusyError(f"{output_dir} is in use by another grid run (pid {holder}); "
-                                f"wait for it to end or stop it, then rerun") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
-        try:
+    try:
+        with files.exclusive(os.path.join(output_dir, LOCK_FILE),
+                             f"{output_dir} is in use by another grid run"):
             yield
-        finally:
-            lock.seek(0)
-            lock.truncate()
+    except files.BusyError as error:
+        raise GridBusyError(str(error)) from None
 
 
 def run_grid(cells: Sequence[CellRecord], output_dir: str, *, parallel: int, threads: int,
