@@ -329,3 +329,29 @@ def test_a_second_run_into_a_busy_run_directory_exits_2_naming_the_holder(tmp_pa
     stdout, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr
     assert list(pd.read_csv(out / "run" / "metrics.csv")["round"]) == list(range(1, 31))
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "header only", "rows cut"])
+def test_resume_rebuilds_metrics_rows_the_checkpoints_lack(tmp_path, tff_context, damage):
+    """--resume with metrics.csv missing, empty, header-only or short: checkpoints whose rounds
+    lack rows are dropped and those rounds recomputed (it used to crash with KeyError and leave
+    a header-only file, so every retry failed the same way)."""
+    reference = training.run_experiment(small_config(tmp_path / "ref"), progress=False)
+    out = tmp_path / "damaged"
+    training.run_experiment(small_config(out, rounds=4), progress=False)
+    metrics = out / "run" / "metrics.csv"
+    if damage == "missing":
+        metrics.unlink()
+    elif damage == "empty":
+        metrics.write_text("")
+    elif damage == "header only":
+        metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
+    else:  # the rows of rounds 3 and 4 lost, checkpoints of rounds 3 and 4 kept
+        lines = metrics.read_text().splitlines()
+        metrics.write_text("\n".join(lines[:3]) + "\n")
+    resumed = training.run_experiment(small_config(out), resume=True, progress=False)
+    assert resumed["status"] == "complete"
+    a = pd.read_csv(tmp_path / "ref" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
+    b = pd.read_csv(metrics)[DETERMINISTIC_COLUMNS]
+    pd.testing.assert_frame_equal(a, b)
+    assert resumed["final_test_accuracy"] == reference["final_test_accuracy"]

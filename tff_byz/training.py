@@ -32,6 +32,7 @@ import time
 from typing import Any, Callable, Optional
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 import tensorflow_federated as tff
 import tqdm
@@ -574,6 +575,7 @@ def _run(config: ExperimentConfig, experiment: "Experiment", paths: RunPaths, *,
     write_json_atomic(paths.config, config.to_dict())
 
     state_manager = tff.program.FileProgramStateManager(paths.state, keep_total=2, keep_first=False)
+    released = _released_rounds(paths) if resume else set()  # (removes an unusable metrics.csv)
     csv_manager = tff.program.CSVFileReleaseManager(paths.metrics, key_fieldname="round")
     tensorboard_manager = tff.program.TensorBoardReleaseManager(paths.tensorboard)
     weights_manager = None  # FedLAW: weights.csv, one row per round, one column per client id
@@ -581,7 +583,7 @@ def _run(config: ExperimentConfig, experiment: "Experiment", paths: RunPaths, *,
     state = experiment.process.initialize()
     start_round, wall_before = 0, 0.0
     if resume:
-        loaded = _load_latest_state(state_manager, experiment.checkpoint_template())
+        loaded = _load_latest_state(state_manager, experiment.checkpoint_template(), released)
         if loaded is not None:
             state, start_round, wall_before = experiment.restore(loaded)
 
@@ -602,6 +604,9 @@ def _run(config: ExperimentConfig, experiment: "Experiment", paths: RunPaths, *,
     started = time.monotonic()
     saved_round = start_round
     round_num = start_round
+    # The newest round whose metrics row is written, and its state: the only state an
+    # interrupt may save (a checkpoint never runs ahead of metrics.csv).
+    released_round, released_state = start_round, state
     stopped = _stopped_before(paths, summary, config.stop_test_loss) if resume else False
     last_round = start_round if stopped else config.rounds
     restarts = 0
@@ -657,6 +662,7 @@ def _run(config: ExperimentConfig, experiment: "Experiment", paths: RunPaths, *,
                 round_seconds=round_seconds, clients=len(clients))
             row.update(flat)
             _run_sync(csv_manager.release(row, key=round_num))
+            released_round, released_state = round_num, state
             _run_sync(tensorboard_manager.release(
                 collections.OrderedDict((k, v) for k, v in row.items() if np.isscalar(v)), key=round_num))
             summary["rounds_completed"] = round_num
@@ -691,13 +697,18 @@ def _run(config: ExperimentConfig, experiment: "Experiment", paths: RunPaths, *,
     except (NonFiniteModelError, RoundFailedError) as error:
         summary["status"], summary["reason"] = "failed", str(error)
     except (KeyboardInterrupt, SystemExit) as interrupt:
-        if round_num > saved_round:
+        # Client states (kept on the worker or in the store) are the newest round's: save
+        # only when that round's row is written, else resume recomputes from `saved_round`.
+        if released_round == round_num and released_round > saved_round:
             _run_sync(state_manager.save(experiment.program_state(
-                state, round_num, summary["wall_seconds"]), round_num))
+                released_state, released_round, summary["wall_seconds"]), released_round))
+            saved_round = released_round
         summary["status"] = "running"
         summary["interrupted"] = True
-        summary["reason"] = (f"interrupted after round {round_num} "
-                             f"({type(interrupt).__name__}); continue with --resume")
+        summary["rounds_completed"] = saved_round
+        summary["reason"] = (f"interrupted after round {released_round}, saved round "
+                             f"{saved_round} ({type(interrupt).__name__}); continue with "
+                             f"--resume")
         write_json_atomic(paths.summary, summary)
         raise
     except BaseException as error:
@@ -730,7 +741,8 @@ def _restart_worker(error, restarts: int, state_manager, experiment, paths: RunP
     if tff_context is None or not tff_context.can_restart or restarts >= limit:
         raise error
     tff_context.restart()
-    loaded = _load_latest_state(state_manager, experiment.checkpoint_template())
+    loaded = _load_latest_state(state_manager, experiment.checkpoint_template(),
+                                _released_rounds(paths))
     if loaded is None:
         raise error
     print(f"warning: {error}; started a new TFF worker and went back to the checkpoint of "
@@ -739,12 +751,44 @@ def _restart_worker(error, restarts: int, state_manager, experiment, paths: RunP
     return loaded
 
 
+def _ranges(numbers) -> str:
+    """[1, 2, 3, 7] → "1-3, 7"."""
+    spans, start = [], None
+    for index, number in enumerate(numbers):
+        if start is None:
+            start = number
+        if index + 1 == len(numbers) or numbers[index + 1] != number + 1:
+            spans.append(f"{start}" if start == number else f"{start}-{number}")
+            start = None
+    return ", ".join(spans)
+
+
+def _metrics_rows(paths: RunPaths):
+    """The rows of metrics.csv (a DataFrame with a `round` column), or None when the file is
+    missing, empty or has no `round` column; such a file is removed (it holds no row, and
+    TFF's CSV release manager would refuse it)."""
+    if not os.path.exists(paths.metrics):
+        return None
+    try:
+        rows = pd.read_csv(paths.metrics)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+        rows = None
+    if rows is None or "round" not in rows:
+        os.unlink(paths.metrics)
+        return None
+    return rows
+
+
+def _released_rounds(paths: RunPaths) -> set[int]:
+    rows = _metrics_rows(paths)
+    return set() if rows is None else set(rows["round"].dropna().astype(int))
+
+
 def _evaluated_rows(paths: RunPaths, rounds_completed: int):
     """On resume: the evaluated metrics rows up to the checkpoint, by round (None if none)."""
-    if not os.path.exists(paths.metrics) or rounds_completed == 0:
+    rows = _metrics_rows(paths) if rounds_completed else None
+    if rows is None or "test_accuracy" not in rows:
         return None
-    import pandas as pd  # pylint: disable=import-outside-toplevel
-    rows = pd.read_csv(paths.metrics)
     rows = rows[(rows["round"] <= rounds_completed) & rows["test_accuracy"].notna()]
     return rows.sort_values("round") if len(rows) else None
 
@@ -779,14 +823,24 @@ def _merge_previous_summary(paths: RunPaths, summary: dict, resume: bool) -> Non
         summary["best_test_accuracy"] = float(rows["test_accuracy"].max())
 
 
-def _load_latest_state(manager, template):
-    """The newest readable checkpoint, or None.
+def _load_latest_state(manager, template, released: Optional[set] = None):
+    """The newest readable checkpoint whose rounds all have their metrics rows, or None.
 
     A checkpoint cut short by SIGKILL cannot be read; it is deleted (so the
-    round can be saved again) and the next older one is tried.
+    round can be saved again) and the next older one is tried. So is a
+    checkpoint of a round some of whose rows are missing from `released` (the
+    rounds in metrics.csv): going back to an older one recomputes those rounds.
     """
     versions = _run_sync(manager.get_versions()) or []
     for version in sorted(versions, reverse=True):
+        if released is not None and not set(range(1, int(version) + 1)) <= released:
+            path = manager._get_path_for_version(version)  # pylint: disable=protected-access
+            missing = sorted(set(range(1, int(version) + 1)) - released)
+            print(f"warning: metrics.csv has no row for round(s) {_ranges(missing)} of checkpoint "
+                  f"{path}; deleting it and going back further to recompute them",
+                  file=sys.stderr)
+            shutil.rmtree(path, ignore_errors=True)
+            continue
         try:
             return _run_sync(manager.load(version, template))
         except Exception as error:  # pylint: disable=broad-except
