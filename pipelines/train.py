@@ -17,6 +17,8 @@ import sys  # noqa: E402
 
 from absl import flags  # noqa: E402
 
+from tff_byz import processes  # noqa: E402  (no TensorFlow)
+
 flags.DEFINE_string("dataset", "digits", "digits (embedded, no files), mnist, fashion_mnist, "
                     "emnist, cifar10, olivetti, synthetic.")
 flags.DEFINE_string("data_dir", None, "Directory holding real datasets (e.g. ../shared/data).")
@@ -98,6 +100,12 @@ def _help_text(full: bool) -> str:
 
 
 def main(argv=None) -> int:
+    # Every Ctrl-C ends the run with 130, even one Python swallows in a __del__ (processes.py).
+    with processes.noticing_interrupts():
+        return _main(argv)
+
+
+def _main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
     # main() parses the flags itself (BUILD_NOTES: import order), so absl's app.run does not
     # define its help flags: answer them here, before anything is parsed or imported.
@@ -143,6 +151,7 @@ def main(argv=None) -> int:
             for run in runs:
                 summaries.append(training.run_experiment(
                     run, resume=FLAGS.resume, overwrite=FLAGS.overwrite, progress=FLAGS.progress))
+            processes.raise_if_interrupted()
     except ConfigError as error:  # includes missing dataset files; nothing was written
         return _error(str(error))
     except context.WorkerDiedError as error:  # the run's summary says "failed" with this reason

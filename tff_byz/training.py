@@ -41,7 +41,7 @@ from aggregators import AggregatorContext, build_aggregator
 from aggregators.base import too_few_clients_reason
 from attacks import build_attack_plan, selection
 from tff_byz import (client_inputs, client_state, client_work, datasets, fedavg, files, models,
-                     momentum)
+                     momentum, processes)
 from tff_byz import context as context_lib
 from tff_byz.config import RESUMABLE_CHANGES, ConfigError, ExperimentConfig
 from tff_byz.datasets import store as store_lib
@@ -613,6 +613,7 @@ def _run(config: ExperimentConfig, experiment: "Experiment", paths: RunPaths, *,
     try:
         round_index = start_round
         while round_index < last_round:
+            processes.raise_if_interrupted()  # a Ctrl-C swallowed in a __del__ (processes.py)
             clients = sample_clients(experiment.num_clients, config.clients_per_round, config.seed,
                                      round_index)
             t0 = time.monotonic()
@@ -693,6 +694,7 @@ def _run(config: ExperimentConfig, experiment: "Experiment", paths: RunPaths, *,
             if stopped:
                 break
             round_index += 1
+        processes.raise_if_interrupted()
         summary["status"] = "complete"
     except (NonFiniteModelError, RoundFailedError) as error:
         summary["status"], summary["reason"] = "failed", str(error)
@@ -709,6 +711,7 @@ def _run(config: ExperimentConfig, experiment: "Experiment", paths: RunPaths, *,
         summary["reason"] = (f"interrupted after round {released_round}, saved round "
                              f"{saved_round} ({type(interrupt).__name__}); continue with "
                              f"--resume")
+        processes.clear_interrupts()  # handled: the state is saved and the run stops
         write_json_atomic(paths.summary, summary)
         raise
     except BaseException as error:
