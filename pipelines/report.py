@@ -189,7 +189,7 @@ def main(argv=None) -> int:
         results, rounds = results_lib.load_results(args.directory,
                                                    diverged_score=args.diverged_score,
                                                    abort_test_loss=args.abort_test_loss)
-    except results_lib.NotAGridError as error:
+    except (results_lib.NotAGridError, results_lib.UnreadableResultError) as error:
         return _error(str(error))
 
     keys = group_keys(results)

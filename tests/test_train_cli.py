@@ -1,6 +1,7 @@
 """Every CLI error path: exit 2, one line naming the flag/value, nothing written."""
 
 import json
+import os
 
 import pytest
 
@@ -151,3 +152,65 @@ def test_help_in_process(capsys):
     assert train.main(["train", "--dataset=bogus", "--help"]) == 0  # help wins over a bad flag
     out = capsys.readouterr().out
     assert "Exit codes:" in out and "--num_clients" in out
+
+
+def _one_error_line(captured) -> str:
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+def test_an_output_dir_under_a_file_exits_2_naming_it(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    code = train.main(["train", "--progress=false", f"--output_dir={tmp_path / 'file' / 'runs'}"])
+    assert code == 2
+    assert f"{tmp_path / 'file'} is a file, not a directory" in _one_error_line(capsys.readouterr())
+
+
+def test_an_immutable_output_dir_exits_2_and_writes_nothing(capsys, tmp_path, monkeypatch):
+    import shutil  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    frozen = tmp_path / "frozen"
+    frozen.mkdir()
+    if shutil.which("chattr") is None or subprocess.run(
+            ["chattr", "+i", str(frozen)], capture_output=True, check=False).returncode:
+        pytest.skip("chattr +i is not available here (needs root on a filesystem with flags)")
+    try:
+        code = train.main(["train", "--progress=false", "--rounds=1", f"--output_dir={frozen}"])
+        assert code == 2
+        line = _one_error_line(capsys.readouterr())
+        assert f"--output_dir={frozen}: {frozen} is not writable" in line
+        # Where os.access cannot tell (e.g. root on some filesystems), the write itself fails:
+        # still exit 2 in one line, before any file of the run is written.
+        monkeypatch.setattr(os, "access", lambda *args, **kwargs: True)
+        code = train.main(["train", "--progress=false", "--rounds=1", f"--output_dir={frozen}"])
+        assert code == 2
+        line = _one_error_line(capsys.readouterr())
+        assert f"--output_dir={frozen}: cannot write there (Operation not permitted)" in line
+        assert not list(frozen.iterdir())
+    finally:
+        subprocess.run(["chattr", "-i", str(frozen)], check=True)
+
+
+def test_corrupt_dataset_files_exit_2_naming_the_file(capsys, tmp_path):
+    raw = tmp_path / "data" / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (raw / name).write_bytes(b"this is not gzip data")
+    code, captured = run_cli(capsys, tmp_path, "--dataset=mnist", f"--data_dir={tmp_path / 'data'}")
+    assert code == 2
+    line = _one_error_line(captured)
+    assert str(raw / "train-images-idx3-ubyte.gz") in line and "gzipped idx file" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"dataset": 3, "bogus_field": 1}'])
+def test_resume_with_a_garbage_config_exits_2_naming_the_file(capsys, tmp_path, content):
+    run_dir = tmp_path / "out" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(content)
+    code, captured = run_cli(capsys, tmp_path, "--run_name=r", "--resume")
+    assert code == 2
+    line = _one_error_line(captured)
+    assert f"--resume: {run_dir / 'config.json'} is not a readable run config" in line

@@ -32,7 +32,7 @@ def lock_holder(path: str | os.PathLike) -> str | None:
     (nothing is created)."""
     try:
         lock = open(path, "r", encoding="utf-8")  # pylint: disable=consider-using-with
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     with lock:
         try:

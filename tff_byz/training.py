@@ -515,6 +515,7 @@ def prepare_run_directory(config: ExperimentConfig, *, resume: bool, overwrite: 
     """Checks the run directory against the flags before anything is written (`locked`: the
     caller holds the directory's lock)."""
     paths = RunPaths(os.path.join(config.output_dir, config.run_name))
+    _check_writable(config.output_dir)
     holder = None if locked else files.lock_holder(_lock_path(config))
     if holder is not None:
         raise RunDirectoryError(f"{_in_use(paths)} (pid {holder}); wait for it to end or stop "
@@ -525,8 +526,12 @@ def prepare_run_directory(config: ExperimentConfig, *, resume: bool, overwrite: 
     if resume:
         if not exists:
             raise RunDirectoryError(f"--resume: no run to resume at {paths.root} (no config.json).")
-        with open(paths.config) as f:
-            stored = ExperimentConfig.from_dict(json.load(f))
+        try:
+            with open(paths.config) as f:
+                stored = ExperimentConfig.from_dict(json.load(f))
+        except (OSError, ValueError, TypeError, AttributeError) as error:
+            raise RunDirectoryError(f"--resume: {paths.config} is not a readable run config "
+                                    f"({str(error).splitlines()[0]})") from None
         differing = stored.differences(config)
         if differing:
             details = ", ".join(f"{k}={getattr(stored, k)!r}→{getattr(config, k)!r}" for k in differing)
@@ -536,6 +541,18 @@ def prepare_run_directory(config: ExperimentConfig, *, resume: bool, overwrite: 
         raise RunDirectoryError(f"run directory {paths.root} already holds a run; "
                                 "pass --resume to continue it or --overwrite to replace it.")
     return paths
+
+
+def _check_writable(directory: str) -> None:
+    """`--output_dir` can be created and written (its first existing ancestor is a writable
+    directory), checked before anything is loaded or written."""
+    probe = os.path.abspath(directory)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise RunDirectoryError(f"--output_dir={directory}: {probe} is a file, not a directory.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunDirectoryError(f"--output_dir={directory}: {probe} is not writable.")
 
 
 def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = False,
@@ -554,16 +571,21 @@ def run_experiment(config: ExperimentConfig, *, resume: bool = False, overwrite:
         experiment.verify_store()
     except (ValueError, FileNotFoundError, store_lib.StoreError) as error:
         raise ConfigError(str(error).splitlines()[0]) from error
-    os.makedirs(config.output_dir, exist_ok=True)
-    try:
-        with files.exclusive(_lock_path(config),
-                             _in_use(RunPaths(os.path.join(config.output_dir, config.run_name)))):
-            # Again under the lock: another run may have written the directory meanwhile.
-            paths = prepare_run_directory(config, resume=resume, overwrite=overwrite, locked=True)
-            return _run(config, experiment, paths, resume=resume, overwrite=overwrite,
-                        progress=progress, on_round=on_round)
-    except files.BusyError as error:
-        raise RunDirectoryError(str(error)) from None
+    with contextlib.ExitStack() as held:
+        try:
+            os.makedirs(config.output_dir, exist_ok=True)
+            held.enter_context(files.exclusive(
+                _lock_path(config),
+                _in_use(RunPaths(os.path.join(config.output_dir, config.run_name)))))
+        except OSError as error:  # e.g. an immutable directory, which os.access does not see
+            raise RunDirectoryError(f"--output_dir={config.output_dir}: cannot write there "
+                                    f"({error.strerror or error}).") from None
+        except files.BusyError as error:
+            raise RunDirectoryError(str(error)) from None
+        # Again under the lock: another run may have written the directory meanwhile.
+        paths = prepare_run_directory(config, resume=resume, overwrite=overwrite, locked=True)
+        return _run(config, experiment, paths, resume=resume, overwrite=overwrite,
+                    progress=progress, on_round=on_round)
 
 
 def _run(config: ExperimentConfig, experiment: "Experiment", paths: RunPaths, *, resume: bool,

@@ -199,3 +199,16 @@ def test_report_without_fedlaw_runs_writes_every_file(tmp_path, make, capsys):
     assert "wrote" in capsys.readouterr().out
     if make is not _one_failed_run:
         assert any(p.endswith(".png") for p in os.listdir(tmp_path / "report" / "plots"))
+
+
+@pytest.mark.parametrize("target, content", [("grid.json", "{broken"),
+                                             ("grid.json", '{"cells": [{"axes": {}}]}'),
+                                             ("runs/a/summary.json", "\x00\x01 garbage"),
+                                             ("runs/a/config.json", "[]"),
+                                             ("runs/a/metrics.csv", "x,y\n1,2\n")])
+def test_garbage_result_files_exit_2_naming_the_file(tmp_path, capsys, target, content):
+    _one_run(tmp_path)
+    (tmp_path / target).write_text(content)
+    assert report.main(["report", str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and str(tmp_path / target) in line

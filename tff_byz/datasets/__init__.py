@@ -29,13 +29,14 @@ from tff_byz.datasets.partition import (
     natural_partition,
     q_partition,
 )
-from tff_byz.datasets.source import DatasetNotFoundError, SourceData
+from tff_byz.datasets.source import DatasetCorruptError, DatasetNotFoundError, SourceData
 from tff_byz.datasets.synthetic import load_synthetic
 
 __all__ = [
     "ArrayClientData",
     "CACHE_ENV",
     "DATASETS",
+    "DatasetCorruptError",
     "DatasetNotFoundError",
     "FederatedDataset",
     "NATURALLY_FEDERATED",

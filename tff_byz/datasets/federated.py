@@ -14,7 +14,11 @@ olivetti) and one for the client partition. Same seed -> identical arrays.
 from __future__ import annotations
 
 import dataclasses
+import lzma
 import os
+import pickle
+import tarfile
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -131,6 +135,18 @@ def load_source(
     olivetti), whose train/test split is drawn from it.
     """
     _check_choice("name", name, DATASETS)
+    try:
+        return _load(name, data_dir=data_dir, seed=seed, only_digits=only_digits)
+    except (source.DatasetNotFoundError, source.DatasetCorruptError):
+        raise
+    except (OSError, EOFError, ValueError, KeyError, zlib.error, lzma.LZMAError, tarfile.TarError,
+            pickle.UnpicklingError) as error:
+        raise source.DatasetCorruptError(
+            f"{name}: its files under {data_dir} cannot be read ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no details'})") from None
+
+
+def _load(name, *, data_dir, seed, only_digits) -> source.SourceData:
     loaders: dict[str, Callable[[], source.SourceData]] = {
         "digits": lambda: digits.load_digits(seed=seed),
         "mnist": lambda: idx.load_mnist(data_dir),

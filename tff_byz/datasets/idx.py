@@ -11,6 +11,7 @@ import gzip
 import os
 import pathlib
 import struct
+import zlib
 
 import numpy as np
 
@@ -40,16 +41,28 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Reads a uint8 idx file (`.gz` is decompressed) into an array of its shape."""
     path = pathlib.Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as stream:
-        data = stream.read()
+    try:
+        with opener(path, "rb") as stream:
+            data = stream.read()
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, zlib.error) as error:  # e.g. gzip.BadGzipFile, a cut file
+        raise source.DatasetCorruptError(f"{path}: cannot be read as "
+                                         f"{'a gzipped ' if path.suffix == '.gz' else 'an '}idx "
+                                         f"file ({error})") from None
+    if len(data) < 4:
+        raise source.DatasetCorruptError(f"{path}: not a uint8 idx file ({len(data)} bytes)")
     zeros, type_code, ndim = struct.unpack(">HBB", data[:4])
     if zeros != 0 or type_code != _UINT8_TYPE_CODE:
-        raise ValueError(f"{path}: not a uint8 idx file (header {data[:4].hex()})")
+        raise source.DatasetCorruptError(f"{path}: not a uint8 idx file (header {data[:4].hex()})")
     header_size = 4 + 4 * ndim
+    if len(data) < header_size:
+        raise source.DatasetCorruptError(f"{path}: idx header cut short")
     shape = struct.unpack(f">{ndim}I", data[4:header_size])
     array = np.frombuffer(data, dtype=np.uint8, offset=header_size)
     if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says shape {shape} but holds {array.size} values")
+        raise source.DatasetCorruptError(
+            f"{path}: header says shape {shape} but holds {array.size} values")
     return array.reshape(shape)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from tff_byz.datasets import partition
 
 __all__ = [
+    "DatasetCorruptError",
     "DatasetNotFoundError",
     "SourceData",
     "not_found",
@@ -26,6 +27,10 @@ __all__ = [
     "stratified_split",
     "uint8_to_unit",
 ]
+
+
+class DatasetCorruptError(ValueError):
+    """A dataset file exists but cannot be decoded; the message (one line) names it."""
 
 
 class DatasetNotFoundError(FileNotFoundError):

@@ -37,7 +37,8 @@ from typing import Optional
 import pandas as pd
 
 __all__ = ["load_results", "accuracy_before_abort", "breaks_loss_limit", "find_run_dirs",
-           "heterogeneity_label", "RESULT_COLUMNS", "NotAGridError"]
+           "heterogeneity_label", "RESULT_COLUMNS", "NotAGridError",
+           "UnreadableResultError"]
 
 # Summary fields copied as columns (lists are JSON-encoded), renamed where a config
 # field has the same name.
@@ -60,6 +61,11 @@ def _is_pdmm(config) -> bool:
     return str(config.get("aggregator", "")).split(":", 1)[0] == "pdmm"
 
 
+class UnreadableResultError(ValueError):
+    """A result file (grid.json, config.json, summary.json, metrics.csv) that cannot be read;
+    the message names it."""
+
+
 class NotAGridError(ValueError):
     """The directory holds no run (CLI: exit 2)."""
 
@@ -77,10 +83,13 @@ def find_run_dirs(directory: str) -> list[tuple[str, dict]]:
     else every run below `directory` (with no labels)."""
     manifest_path = os.path.join(directory, "grid.json")
     if os.path.exists(manifest_path):
-        with open(manifest_path) as f:
-            manifest = json.load(f)
-        dirs = [(os.path.join(directory, "runs", c["run_name"]), c.get("axes", {}))
-                for c in manifest.get("cells", [])]
+        manifest = _read_json(manifest_path)
+        try:
+            dirs = [(os.path.join(directory, "runs", c["run_name"]), c.get("axes", {}))
+                    for c in manifest.get("cells", [])]
+        except (AttributeError, KeyError, TypeError):
+            raise UnreadableResultError(f"{manifest_path} is not a grid manifest (it needs "
+                                        f"cells with a run_name)") from None
         return [(d, axes) for d, axes in dirs if os.path.exists(os.path.join(d, "config.json"))]
     found = sorted(glob.glob(os.path.join(directory, "**", "config.json"), recursive=True))
     return [(os.path.dirname(path), {}) for path in found
@@ -92,8 +101,28 @@ def _axis_names(run_dirs) -> set:
 
 
 def _read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UnreadableResultError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+    if not isinstance(value, dict):
+        raise UnreadableResultError(f"{path} holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def _read_metrics(path: str) -> pd.DataFrame:
+    if not os.path.exists(path):
+        return pd.DataFrame({"round": []})
+    try:
+        metrics = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame({"round": []})
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise UnreadableResultError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+    if "round" not in metrics:
+        raise UnreadableResultError(f"{path} has no round column; it is not a metrics file")
+    return metrics
 
 
 def _last_valid(frame: pd.DataFrame, column: str) -> float:
@@ -170,8 +199,7 @@ def load_results(directory: str, *, diverged_score: Optional[float] = 0.0,
         for key, value in (summary.get("final_detection") or {}).items():
             row[f"detection_{key}"] = value
         metrics_path = os.path.join(run_dir, "metrics.csv")
-        metrics = pd.read_csv(metrics_path) if os.path.exists(metrics_path) else pd.DataFrame(
-            {"round": []})
+        metrics = _read_metrics(metrics_path)
         if len(metrics):
             metrics = metrics[metrics["round"] <= summary.get("rounds_completed", math.inf)].copy()
             metrics.insert(0, "run_name", config["run_name"])
