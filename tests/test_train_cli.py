@@ -214,3 +214,21 @@ def test_resume_with_a_garbage_config_exits_2_naming_the_file(capsys, tmp_path, 
     assert code == 2
     line = _one_error_line(captured)
     assert f"--resume: {run_dir / 'config.json'} is not a readable run config" in line
+
+
+def test_run_names_tell_every_experiment_apart_and_keep_resumable_changes():
+    """The README's examples used to collide: momentum SGD ran into FedAvg's directory."""
+    from tff_byz.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
+
+    def name(**values):
+        return ExperimentConfig(**values).resolved().run_name
+
+    fedavg = name(dataset="digits", num_clients=20, rounds=30)
+    assert fedavg == "digits_iid_n20_mean_none_f0_s0"  # default settings keep the plain name
+    momentum = name(client_work="momentum_sgd", server_lr=0.5, rounds=60)
+    assert momentum.startswith(fedavg + "_") and len(momentum) == len(fedavg) + 9
+    assert name(client_work="momentum_sgd", server_lr=0.25) != momentum
+    assert name(client_work="momentum_sgd", server_lr=0.5) == momentum  # rounds may change
+    assert name(rounds=99, eval_every=3, checkpoint_every=9, data_dir="/x") == fedavg
+    assert name(dataset="mnist", model="mlp") == name(dataset="mnist")  # the dataset's default
+    assert name(dataset="mnist", model="lenet") != name(dataset="mnist")

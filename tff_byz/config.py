@@ -9,6 +9,7 @@ one line naming the flag, the value and the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -41,6 +42,9 @@ DEFAULT_MODELS = {
 
 # Settings that may differ when a run is resumed (everything else must match).
 RESUMABLE_CHANGES = ("rounds", "tff_workers", "output_dir", "eval_every", "checkpoint_every")
+# Settings `base_run_name` spells out.
+_NAMED_FIELDS = ("dataset", "partition", "num_clients", "aggregator", "attack",
+                 "byzantine_fraction", "byzantine_selection", "topology", "seed")
 
 
 class ConfigError(ValueError):
@@ -100,8 +104,28 @@ class ExperimentConfig:
         return config
 
     def default_run_name(self) -> str:
-        """Deterministic, filesystem-safe name from the settings that define the experiment
-        (specs name only their non-default parameters; config.json has them all)."""
+        """Deterministic, filesystem-safe name from the settings that define the experiment:
+        `base_run_name()`, plus `_<hash>` of every other setting that differs from its
+        default (e.g. `--client_work=momentum_sgd --server_lr=0.5`), so two experiments
+        never share a name. config.json has every setting."""
+        extra = self.unnamed_settings()
+        if not extra:
+            return self.base_run_name()
+        digest = hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()
+        return f"{self.base_run_name()}_{digest[:8]}"
+
+    def unnamed_settings(self) -> dict[str, Any]:
+        """The settings off their default that `base_run_name` does not show (the ones a
+        resume may change, and where the data lives, do not count)."""
+        defaults = dataclasses.asdict(ExperimentConfig(dataset=self.dataset))
+        defaults["model"] = DEFAULT_MODELS.get(self.dataset)
+        return {name: value for name, value in self.to_dict().items()
+                if name not in _NAMED_FIELDS and name not in RESUMABLE_CHANGES
+                and name not in ("run_name", "data_dir") and value != defaults[name]}
+
+    def base_run_name(self) -> str:
+        """The name from the settings that define most experiments (specs name only their
+        non-default parameters)."""
         aggregator = "+".join(c.compact for c in AGGREGATORS.resolve(self.aggregator))
         attack = "+".join(c.compact for c in ATTACKS.resolve(self.attack))
         selection = "" if self.byzantine_selection == "random" else f"_{self.byzantine_selection}"

@@ -98,8 +98,9 @@ class Grid:
                 raise GridError(f"cells {seen[identity]} and {_describe(labels)} are the same "
                                 "experiment; remove the duplicate axis value.")
             seen[identity] = _describe(labels)
+            # The cell id already tells cells apart: the base name keeps grid run names stable.
             config = dataclasses.replace(config, output_dir=output_dir,
-                                         run_name=f"{config.run_name}_{identity[:8]}")
+                                         run_name=f"{config.base_run_name()}_{identity[:8]}")
             cells.append(Cell(identity, config, labels))
         return cells
 
