@@ -185,3 +185,33 @@ def test_an_invalid_grid_found_by_the_first_worker_exits_2_with_one_line(tmp_pat
                            "'medain'; valid choices: mean")
     assert not (tmp_path / "out").exists()
     assert not _grid_worker_pids() - before
+
+
+def test_an_idle_worker_whose_sigterm_went_to_another_thread_exits_when_stopped(tmp_path):
+    """The kernel may hand a process's SIGTERM to any of its threads; when a gRPC or TF
+    thread gets it, Python's handler waits for the main thread, blocked reading stdin, and
+    the idle worker lived until the 60 s reap timeout killed it. Stopping also ends its
+    input, so it exits at once."""
+    import ctypes  # pylint: disable=import-outside-toplevel
+    import os  # pylint: disable=import-outside-toplevel
+    import signal  # pylint: disable=import-outside-toplevel
+    import time  # pylint: disable=import-outside-toplevel
+    from tff_byz.grid import pool  # pylint: disable=import-outside-toplevel
+    worker = pool.Worker(threads=1)
+    try:
+        while not worker.ready:
+            assert worker.read_messages() is not None, worker.boot_output()
+        pid = worker.process.pid
+        others = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        assert libc.syscall(234, pid, others[-1], signal.SIGTERM) == 0  # tgkill
+        time.sleep(1.0)
+        assert worker.process.poll() is None  # the astray SIGTERM did not end it
+        started = time.monotonic()
+        pool.stop_workers([worker], timeout=60)
+        assert time.monotonic() - started < 20
+        assert worker.process.stdin.closed and worker.process.poll() is not None
+    finally:
+        if worker.process.poll() is None:
+            worker.process.kill()
+            worker.process.wait()

@@ -157,9 +157,23 @@ class Worker:
         except OSError:
             return ""
 
+    def retire(self) -> None:
+        """Closes the worker's input: it finishes its cell, if any, and exits."""
+        self.retiring = True
+        if not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except OSError:  # the worker is gone (broken pipe)
+                pass
+
     def stop(self) -> None:
+        """SIGTERM (a running cell saves its state), and end of input: an idle worker blocked
+        reading stdin may never see the signal when the kernel hands it to one of its
+        gRPC/TensorFlow threads (its handler runs only once the main thread's read
+        returns); the end of input returns it (that idle worker took the 60 s reap timeout)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+        self.retire()
 
     def discard_boot_log(self) -> None:
         try:

@@ -165,8 +165,7 @@ def _run_grid(cells, output_dir, *, parallel, threads, progress, grid_name, cell
             worker.retiring = True  # the worker exits after an error
         elif ((cells_per_worker and worker.cells_run >= cells_per_worker) or
               (worker_memory_mb and tree_rss_mb(worker.process.pid) > worker_memory_mb)):
-            worker.retiring = True  # a fresh process for the next cells
-            worker.process.stdin.close()
+            worker.retire()  # a fresh process for the next cells
 
     try:
         while queue or any(w.cell is not None for w in workers):
@@ -215,8 +214,7 @@ def _run_grid(cells, output_dir, *, parallel, threads, progress, grid_name, cell
                         finish(worker, message)
             if not queue:  # idle workers have nothing left to do: they exit meanwhile
                 for worker in [w for w in workers if w.cell is None and w.ready and not w.retiring]:
-                    worker.retiring = True
-                    worker.process.stdin.close()
+                    worker.retire()
         reap_workers(workers, _STOP_TIMEOUT_SECONDS)  # retired at the end: exiting side by side
         refresh()
     except BaseException:
