@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from aggregators.base import RobustAggregationFactory
+from aggregators.base import RequirementError, RobustAggregationFactory
 from aggregators.median import sorting_network_reduce
 
 __all__ = ["trimmed_mean", "weighted_trimmed_mean", "TrimmedMeanFactory"]
@@ -63,7 +63,9 @@ class TrimmedMeanFactory(RobustAggregationFactory):
     """Coordinate-wise trimmed mean as a TFF aggregation factory.
 
     `beta=None` trims f per side (f from the declared fraction each round).
-    Measurements: `non_finite_clients`, `f`, `beta`.
+    One of `beta`, `f` or `byzantine_fraction` must be given: with none the rule
+    would trim nothing and be the mean, silently (e.g. inside TFF's own
+    `clipping_factory`). Measurements: `non_finite_clients`, `f`, `beta`.
     """
 
     name = "trimmed_mean"
@@ -73,8 +75,19 @@ class TrimmedMeanFactory(RobustAggregationFactory):
         if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, np.integer))
                                  or beta < 0):
             raise ValueError(f"trimmed_mean: beta must be an integer >= 0; got {beta!r}.")
+        if beta is None and kwargs.get("f") is None and "byzantine_fraction" not in kwargs:
+            raise ValueError("trimmed_mean: say how many values to trim: beta= (per side), f= "
+                             "(declared Byzantine clients) or byzantine_fraction= (declared "
+                             "fraction); with none it would trim nothing and equal the mean.")
         self.beta = None if beta is None else int(beta)
         super().__init__(**kwargs)
+
+    def check_requirement(self, n: int, f: Optional[int] = None) -> None:
+        if self.beta is None:
+            super().check_requirement(n, f)
+        elif n < 2 * self.beta + 1:
+            raise RequirementError(f"{self.name} needs {self.requirement}; got n={n}, "
+                                   f"beta={self.beta} (needs n >= {2 * self.beta + 1}).")
 
     def _beta(self, f):
         return f if self.beta is None else self.beta + 0 * f

@@ -141,3 +141,19 @@ def test_requirement_at_build():
         TrimmedMeanFactory(beta=2, expected_clients=4)
     with pytest.raises(ValueError, match="beta must be an integer >= 0; got -1"):
         TrimmedMeanFactory(beta=-1)
+
+
+def test_a_trimmed_mean_must_be_told_how_much_to_trim():
+    """`TrimmedMeanFactory()` in one's own TFF code used to trim nothing (f from a declared
+    fraction of 0) and equal the mean, silently; the registry always passes the fraction."""
+    with pytest.raises(ValueError, match=r"^trimmed_mean: say how many values to trim: beta= "):
+        TrimmedMeanFactory()
+    with pytest.raises(ValueError, match="say how many values to trim"):
+        TrimmedMeanFactory(weighted=True)
+    TrimmedMeanFactory(f=1)  # any one of the three will do
+    TrimmedMeanFactory(byzantine_fraction=0.0)  # an explicit 0 is a choice
+
+
+def test_the_requirement_error_names_beta_when_beta_is_set():
+    with pytest.raises(RequirementError, match=r"got n=4, beta=2 \(needs n >= 5\)"):
+        TrimmedMeanFactory(beta=2, expected_clients=4)
