@@ -132,12 +132,15 @@ def build_attacked_client_work(
     mark_groups: bool = False,
     message: str = "delta",
     inputs: client_inputs.ClientInputs | None = None,
+    colluding: Sequence[Any] = (),
 ) -> tff.learning.templates.ClientWorkProcess:
     """`honest` with the Byzantine clients' local attacks applied (module doc).
 
     State: `OrderedDict(inner=<honest state>, attack=OrderedDict(seed, round))`.
     Measurements: the honest work's, plus `attacked_clients` (Byzantine clients
-    whose attack was active this round).
+    whose attack was active this round: the local `attacks` and the `colluding`
+    schedules, anything with `group` and `start`, whose attack the aggregator
+    wrapper carries out).
 
     `message="model"` makes the attacks corrupt the uploaded model θ + Δ_i
     instead of the delta Δ_i (the record still carries a delta: θ is added
@@ -215,7 +218,7 @@ def build_attacked_client_work(
 
     @tff.tensorflow.computation(info_type, attack_state_type)
     def is_attacking(info, attack_state):
-        flags = [_is_active(a, info, attack_state["round"]) for a in attacks]
+        flags = [_is_active(a, info, attack_state["round"]) for a in [*attacks, *colluding]]
         return tf.cast(tf.reduce_any(tf.stack(flags)), tf.int32) if flags else tf.constant(0)
 
     @tff.tensorflow.computation(attack_state_type)

@@ -96,7 +96,7 @@ class AttackPlan:
             return honest
         return build_attacked_client_work(honest, transforms, seed=seed,
                                           mark_groups=bool(self.collusions), message=message,
-                                          inputs=inputs)
+                                          inputs=inputs, colluding=self.collusions)
 
     def aggregator(self, inner, *, seed: int):
         """`inner` wrapped with the colluding attacks (unchanged when there are none)."""

@@ -142,7 +142,7 @@ attack("weight_lying", lambda name, **v: definitions.weight_lying(name, **_loss(
        count=Param(float, 1e6, "reported example count", check=_positive))
 attack("label_flip", lambda name, label_map, **v: definitions.label_flip(
     name, label_map=label_map.replace(";", ","), **_loss(v)),
-       "data poisoning: every training label l → L−1−l, or `map=a:b;c:d`.", "data",
+       "data poisoning: every training label l → L−1−l, or `label_map=a:b;c:d`.", "data",
        label_map=Param(str, "", "explicit label map a:b;c:d (identity elsewhere); empty: L−1−l"))
 attack("backdoor", None,  # bound per dataset in build_attack_plan
        "data poisoning: stamp a k×k trigger patch and relabel; reports the attack success rate "

@@ -410,7 +410,10 @@ class Experiment:
                                         (names[1], clean_accuracy - triggered)])
 
     def detection_metrics(self, weights: np.ndarray):
-        """FedLAW detection (fedlaw.md §7): flagged iff w_i <= 1e-4, against the true ids."""
+        """FedLAW detection (fedlaw.md §7): flagged iff w_i <= 1e-4, against the true ids;
+        none without Byzantine clients (precision and recall mean nothing then)."""
+        if not np.any(self.byzantine):
+            return collections.OrderedDict()
         from fedlaw import math as fedlaw_math  # pylint: disable=import-outside-toplevel
         found = fedlaw_math.detection_metrics(weights, self.byzantine)
         return collections.OrderedDict(
@@ -673,7 +676,9 @@ def _run(config: ExperimentConfig, experiment: "Experiment", paths: RunPaths, *,
             if learned is not None:
                 detection = experiment.detection_metrics(learned)
                 flat.update(detection)
-                summary["final_detection"] = {k.split("/", 1)[1]: v for k, v in detection.items()}
+                if detection:
+                    summary["final_detection"] = {k.split("/", 1)[1]: v
+                                                  for k, v in detection.items()}
                 if weights_manager is None:
                     weights_manager = tff.program.CSVFileReleaseManager(
                         paths.weights, key_fieldname="round")

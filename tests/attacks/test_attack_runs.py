@@ -99,3 +99,12 @@ def test_data_poisoning_starts_at_its_round(tmp_path, tff_context, attack, start
     x, y = data(honest, 0)
     for round_index in range(1, 5):
         np.testing.assert_array_equal(data(honest, round_index)[1], y)
+
+
+@pytest.mark.parametrize("attack", ["lie", "sign_flip+lie"])
+def test_attacked_clients_counts_colluding_clients_too(tmp_path, tff_context, attack):
+    """`client_work/attacked_clients` was always 0 under colluding attacks (the aggregator
+    wrapper carries them out, so the client work did not count them)."""
+    summary, metrics = run(tmp_path, attack, name=attack.replace("+", "_"), rounds=2)
+    assert summary["status"] == "complete"
+    assert (metrics["client_work/attacked_clients"] == len(summary["byzantine_ids"])).all()

@@ -137,3 +137,14 @@ def test_too_few_finite_clients_keep_the_weights_and_the_model(tmp_path, tff_con
     pd.testing.assert_series_equal(weights.loc[2], weights.loc[1], check_names=False)
     pd.testing.assert_series_equal(weights.loc[3], weights.loc[1], check_names=False)
     assert metrics.loc[3, "test_accuracy"] == metrics.loc[1, "test_accuracy"]
+
+
+def test_no_detection_figures_without_byzantine_clients(tmp_path, tff_context):
+    """Detection precision and recall mean nothing when nobody is Byzantine (the report
+    showed a precision of 0.333 ± 0.471 for attack=none): not reported at all."""
+    summary = run(tmp_path, "clean", 2, aggregator="fedlaw", attack="none",
+                  byzantine_fraction=0.0)
+    assert summary["status"] == "complete" and "final_detection" not in summary
+    metrics = pd.read_csv(tmp_path / "clean" / "metrics.csv")
+    assert not [c for c in metrics.columns if c.startswith("detection/")]
+    assert (tmp_path / "clean" / "weights.csv").exists()  # the learned weights still are
