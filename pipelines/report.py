@@ -127,7 +127,8 @@ def build_tables(results: pd.DataFrame, *, rows, columns, metric, baseline, conf
             if results["diverged"].any() and metric == "final_accuracy" else "")
     for label, group in stats.facet_groups(results, facets):
         suffix = f" ({label})" if label else ""
-        summary = stats.summarize(group, rows + columns, metric, confidence=confidence)
+        summary = stats.summarize(group, rows + columns, metric, confidence=confidence,
+                                  bounds=stats.bounds_of(metric))
         higher = metric != "final_attack_success_rate"
         for style, what in (("std", "mean ± std"), ("ci", f"mean [{confidence:.0%} CI]")):
             text, best = stats.pivot(summary, rows, columns, style=style, digits=digits,
@@ -155,7 +156,8 @@ def build_tables(results: pd.DataFrame, *, rows, columns, metric, baseline, conf
                                     ("final_attack_success_rate", False)):
             if extra != metric and extra in group and group[extra].notna().any():
                 present = group.dropna(subset=[extra])
-                extra_summary = stats.summarize(present, rows + columns, extra, confidence=confidence)
+                extra_summary = stats.summarize(present, rows + columns, extra, confidence=confidence,
+                                                bounds=stats.bounds_of(extra))
                 text, best = stats.pivot(extra_summary, rows, columns, style="std", digits=digits,
                                          higher_is_better=higher_extra)
                 tables.append(render.Table(f"{extra}, mean ± std over seeds{suffix}", text, best))

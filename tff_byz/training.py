@@ -703,10 +703,7 @@ def _run(config: ExperimentConfig, experiment: "Experiment", paths: RunPaths, *,
                 stopped = True
                 _mark_stopped(summary, round_num, test_loss, config.stop_test_loss)
             if not finite:
-                raise NonFiniteModelError(
-                    f"model became non-finite at round {round_num} (aggregate non-finite: "
-                    f"{flat.get('finalizer/update_non_finite', '?')}); the aggregator "
-                    f"{config.aggregator!r} let a NaN/Inf update through.")
+                raise NonFiniteModelError(_non_finite_reason(round_num, flat, config.aggregator))
             if round_num % config.checkpoint_every == 0 or round_num == config.rounds or stopped:
                 with _signals_deferred():  # Ctrl-C never half-writes a checkpoint
                     _run_sync(state_manager.save(experiment.program_state(
@@ -750,6 +747,21 @@ def _run(config: ExperimentConfig, experiment: "Experiment", paths: RunPaths, *,
     summary.pop("interrupted", None)
     write_json_atomic(paths.summary, summary)
     return summary
+
+
+def _non_finite_reason(round_num: int, flat: dict, aggregator: str) -> str:
+    """Why the model became non-finite: clients sent NaN/Inf that the aggregator let
+    through, or finite updates overflowed float32 in the aggregate or the model."""
+    counts = [v for k, v in flat.items() if k.split("/")[-1] == "non_finite_clients"]
+    sent = int(np.nansum(counts)) if counts else None
+    if sent == 0:
+        return (f"model became non-finite at round {round_num}: every client's update was "
+                f"finite, but the aggregator {aggregator!r} or the model step overflowed "
+                f"float32 (updates too large, e.g. a scaling attack)")
+    what = "" if sent is None else f"{sent} client(s) sent NaN/Inf and "
+    return (f"model became non-finite at round {round_num}: {what}the aggregator "
+            f"{aggregator!r} let a NaN/Inf update through (aggregate non-finite: "
+            f"{flat.get('finalizer/update_non_finite', '?')})")
 
 
 # How often one run replaces a TFF worker that died under it before giving up

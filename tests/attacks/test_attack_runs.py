@@ -108,3 +108,17 @@ def test_attacked_clients_counts_colluding_clients_too(tmp_path, tff_context, at
     summary, metrics = run(tmp_path, attack, name=attack.replace("+", "_"), rounds=2)
     assert summary["status"] == "complete"
     assert (metrics["client_work/attacked_clients"] == len(summary["byzantine_ids"])).all()
+
+
+@pytest.mark.parametrize("attack, reason", [
+    ("scaling:scale=1e38", "every client's update was finite, but the aggregator 'mean:weighted"
+                           "=true' or the model step overflowed float32"),
+    ("nan", "3 client(s) sent NaN/Inf and the aggregator 'mean:weighted=true' let a NaN/Inf "
+            "update through"),
+])
+def test_the_mean_says_why_the_model_became_non_finite(tmp_path, tff_context, attack, reason):
+    """Huge finite updates that overflow are not NaN/Inf sent by clients (the reason said so)."""
+    summary, _ = run(tmp_path, attack, rounds=2)
+    assert summary["status"] == "failed"
+    assert summary["reason"].startswith("model became non-finite at round 1: ")
+    assert reason in summary["reason"]

@@ -128,3 +128,18 @@ def test_facet_groups_label_each_setting_in_frame_order():
     assert groups == [("q=0.9, attack=lie", [1]), ("q=0.5, attack=lie", [2]),
                       ("q=0.9, attack=none", [3])]
     assert [(label, len(g)) for label, g in stats.facet_groups(data, [])] == [("", 3)]
+
+
+def test_intervals_of_rates_are_clipped_to_their_range():
+    """Two seeds at 0.90 and 0.94: mean 0.92, t-interval [0.666, 1.174]; as a rate the table
+    shows [0.666, 1] (it showed 1.174, while the plots clipped)."""
+    frame = pd.DataFrame(dict(aggregator=["mean", "mean"], final_accuracy=[0.90, 0.94]))
+    free = stats.summarize(frame, ["aggregator"], "final_accuracy")
+    assert free["ci_high"].iloc[0] == pytest.approx(0.92 + 12.706 * 0.02, abs=1e-3)
+    clipped = stats.summarize(frame, ["aggregator"], "final_accuracy",
+                              bounds=stats.bounds_of("final_accuracy"))
+    assert clipped["ci_high"].iloc[0] == 1.0
+    assert clipped["ci_low"].iloc[0] == pytest.approx(free["ci_low"].iloc[0])
+    assert stats.bounds_of("detection_recall") == (0.0, 1.0)
+    assert stats.bounds_of("final_attack_success_rate") == (0.0, 1.0)
+    assert stats.bounds_of("difference") is None and stats.bounds_of("wall_seconds") is None

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,12 +41,24 @@ def facet_groups(frame: pd.DataFrame, facets: Sequence[str]):
         yield ", ".join(f"{f}={_label(v)}" for f, v in zip(facets, key)), group
 
 
+_RATE_WORDS = ("accuracy", "precision", "recall", "f1", "success_rate")
+
+
+def bounds_of(metric: str) -> Optional[tuple[float, float]]:
+    """(0, 1) for a rate (accuracies, detection precision/recall/F1, attack success), else
+    None: the range a confidence interval of `metric` is clipped to."""
+    return (0.0, 1.0) if any(word in metric for word in _RATE_WORDS) else None
+
+
 def summarize(frame: pd.DataFrame, by: Sequence[str], value: str, *,
-              confidence: float = 0.95) -> pd.DataFrame:
+              confidence: float = 0.95,
+              bounds: Optional[tuple[float, float]] = None) -> pd.DataFrame:
     """One row per group of `by`: n, mean, std, sem, ci_low, ci_high, diverged.
 
-    The interval is mean ± t_{(1+c)/2, n−1} · std/√n (NaN when n < 2); NaN values are
-    left out (n counts the rest). `diverged` counts rows with `diverged` True.
+    The interval is mean ± t_{(1+c)/2, n−1} · std/√n (NaN when n < 2), clipped to
+    `bounds` when given (a rate's interval past 1 says only that 2 seeds are few, as the
+    plots' clipped bands do); NaN values are left out (n counts the rest). `diverged`
+    counts rows with `diverged` True.
     """
     by = list(by)
     values = frame.dropna(subset=[value])
@@ -65,6 +77,8 @@ def summarize(frame: pd.DataFrame, by: Sequence[str], value: str, *,
             low = high = mean
         else:
             low = high = math.nan
+        if bounds is not None and not math.isnan(low):
+            low, high = max(low, bounds[0]), min(high, bounds[1])
         diverged = int(group["diverged"].sum()) if "diverged" in group else 0
         rows.append(dict(zip(by, key), n=n, mean=mean, std=std, sem=sem, ci_low=float(low),
                          ci_high=float(high), diverged=diverged))
