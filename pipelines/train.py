@@ -102,7 +102,11 @@ def _help_text(full: bool) -> str:
 def main(argv=None) -> int:
     # Every Ctrl-C ends the run with 130, even one Python swallows in a __del__ (processes.py).
     with processes.noticing_interrupts():
-        return _main(argv)
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:  # during start-up (the run's own handler saves its state)
+            print("\ninterrupted before the run started; nothing was written", file=sys.stderr)
+            return 130
 
 
 def _main(argv=None) -> int:
@@ -158,12 +162,10 @@ def _main(argv=None) -> int:
         print(f"error: {error}; checkpoints are kept: rerun with --resume", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\ninterrupted: state saved; continue with --resume (run {resolved.run_name})",
-              file=sys.stderr)
+        print(f"\ninterrupted: {_saved(runs[len(summaries)])}", file=sys.stderr)
         return 130
     except SystemExit as exit_request:
-        print(f"\nterminated: state saved; continue with --resume (run {resolved.run_name})",
-              file=sys.stderr)
+        print(f"\nterminated: {_saved(runs[len(summaries)])}", file=sys.stderr)
         return exit_request.code if isinstance(exit_request.code, int) else 143
 
     code = 0
@@ -183,6 +185,19 @@ def _main(argv=None) -> int:
     if len(runs) > 1:
         print(side_by_side(runs, summaries))
     return code
+
+
+def _saved(run) -> str:
+    """What an interrupted run kept, from its summary.json."""
+    import json  # pylint: disable=import-outside-toplevel
+    try:
+        with open(os.path.join(run.output_dir, run.run_name, "summary.json")) as f:
+            saved = int(json.load(f).get("rounds_completed") or 0)
+    except (OSError, ValueError):
+        saved = 0
+    if saved:
+        return f"state saved at round {saved}; continue with --resume (run {run.run_name})"
+    return f"no round was saved yet (run {run.run_name}); rerun to start it"
 
 
 def baseline_config(config, aggregator: str):

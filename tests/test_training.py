@@ -452,3 +452,28 @@ def test_a_ctrl_c_swallowed_in_a_del_still_stops_the_run(tmp_path, tff_context, 
     summary = json.loads((tmp_path / "swallowed" / "run" / "summary.json").read_text())
     assert summary["interrupted"] and summary["rounds_completed"] == 2
     assert training.run_experiment(config, resume=True, progress=False)["status"] == "complete"
+
+
+def test_a_sigint_during_start_up_exits_130_and_says_nothing_was_saved(tmp_path, tff_context):
+    """Ctrl-C while TensorFlow is still importing or the process is being built."""
+    process = cli("--dataset=digits", f"--output_dir={tmp_path}", "--run_name=run")
+    time.sleep(2.0)  # inside the imports or the experiment's construction
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last in ("interrupted before the run started; nothing was written",
+                    "interrupted: no round was saved yet (run run); rerun to start it"), stderr
+
+
+def test_resume_removes_temporary_checkpoint_directories(tmp_path, tff_context):
+    """SIGKILL during a checkpoint leaves TFF's `program_state_N_tempNNNN` directory."""
+    config = small_config(tmp_path, rounds=2)
+    training.run_experiment(config, progress=False)
+    stale = tmp_path / "run" / "state" / "program_state_3_temp4321"
+    stale.mkdir()
+    (stale / "half.pb").write_bytes(b"x")
+    training.run_experiment(small_config(tmp_path, rounds=3), resume=True, progress=False)
+    assert not stale.exists()
+    assert sorted(os.listdir(tmp_path / "run" / "state")) == ["program_state_2",
+                                                              "program_state_3"]

@@ -21,6 +21,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -599,6 +600,10 @@ def _run(config: ExperimentConfig, experiment: "Experiment", paths: RunPaths, *,
     os.makedirs(paths.root, exist_ok=True)
     write_json_atomic(paths.config, config.to_dict())
 
+    # A checkpoint cut short by SIGKILL leaves its temporary directory (TFF writes
+    # `<version>_tempNNNN` and renames it); this run holds the directory's lock.
+    for temporary in glob.glob(os.path.join(paths.state, "*_temp[0-9]*")):
+        shutil.rmtree(temporary, ignore_errors=True)
     state_manager = tff.program.FileProgramStateManager(paths.state, keep_total=2, keep_first=False)
     released = _released_rounds(paths) if resume else set()  # (removes an unusable metrics.csv)
     csv_manager = tff.program.CSVFileReleaseManager(paths.metrics, key_fieldname="round")
