@@ -88,15 +88,19 @@ def main(argv):
             return collections.namedtuple("Out", "loss")(loss_fn(batch["y"], logits))
 
     from tff_byz.client_work import local_sgd_update  # pylint: disable=import-outside-toplevel
-    update = tf.function(local_sgd_update)
     forward = _Forward()
+
+    @tf.function
+    def update(x, y, seed):
+        return local_sgd_update(forward, direct_model.trainable_variables,
+                                client_inputs.ClientExamples.from_tensors(x, y), seed, epochs=1,
+                                batch_size=batch, learning_rate=lr)
 
     def direct_round():
         for i, (cx, cy) in enumerate(client_tensors):
             for v, w in zip(direct_model.trainable_variables, initial.trainable):
                 v.assign(w)
-            update(forward, direct_model.trainable_variables, cx, cy,
-                   tf.constant([0, i], tf.int64), epochs=1, batch_size=batch, learning_rate=lr)
+            update(cx, cy, tf.constant([0, i], tf.int64))
 
     direct_seconds = _time(direct_round, rounds)
 
