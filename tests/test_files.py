@@ -48,3 +48,18 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 def test_umask_mode(umask_027):
     assert files.umask_mode() == 0o640 and files.umask_mode(0o777) == 0o750
+
+
+def test_exclusive_holds_one_holder_names_it_and_removes_its_file(tmp_path):
+    path = tmp_path / ".run.lock"
+    assert files.lock_holder(path) is None
+    with files.exclusive(path, "the directory is in use"):
+        assert path.read_text() == str(os.getpid())
+        assert files.lock_holder(path) == str(os.getpid())
+        with pytest.raises(files.BusyError, match=rf"^the directory is in use \(pid "
+                                                   rf"{os.getpid()}\); wait for it to end"):
+            with files.exclusive(path, "the directory is in use"):
+                pass
+    assert not path.exists() and files.lock_holder(path) is None
+    with files.exclusive(path, "again"):  # free again
+        pass

@@ -45,29 +45,45 @@ def lock_holder(path: str | os.PathLike) -> str | None:
 
 @contextlib.contextmanager
 def exclusive(path: str | os.PathLike, in_use: str) -> Iterator[None]:
-    """Holds an `flock` on the file `path` (created if missing) for the block.
+    """Holds an `flock` on the file `path` (created for the block, removed after it).
 
     The kernel drops the lock when its holder dies, so a killed run never leaves
-    a stale lock. The holder writes its pid into the file; a second process gets
-    `BusyError(f"{in_use} (pid N); ...")` at once, before it writes anything.
+    a stale lock (at most a lock file nobody holds, which the next holder takes).
+    The holder writes its pid into the file; a second process gets
+    `BusyError(f"{in_use} (pid N); ...")` at once, before it writes anything. The
+    file is removed while still locked, and a new holder checks that the file it
+    locked is still the one at `path`, so two holders never coexist.
     """
     path = os.fspath(path)
-    with open(os.open(path, os.O_RDWR | os.O_CREAT, umask_mode()), "r+", encoding="utf-8") as lock:
+    while True:
+        lock = open(os.open(path, os.O_RDWR | os.O_CREAT, umask_mode()), "r+",  # pylint: disable=consider-using-with
+                    encoding="utf-8")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = lock.read().strip() or "unknown"
+            lock.close()
             raise BusyError(f"{in_use} (pid {holder}); wait for it to end or stop it, "
                             "then rerun") from None
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(lock.fileno()).st_ino:
+            break
+        lock.close()  # the previous holder removed this file as we opened it: again
+    try:
         lock.seek(0)
         lock.truncate()
         lock.write(str(os.getpid()))
         lock.flush()
+        yield
+    finally:
         try:
-            yield
-        finally:
-            lock.seek(0)
-            lock.truncate()
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        lock.close()
 
 
 def umask_mode(mode: int = 0o666) -> int:

@@ -49,7 +49,7 @@ def test_unweighted_equals_stacked_geometric_median_and_uses_no_stacking(tff_con
     values = random_nested(rng, 7)
     process = helpers.build_process(RFAFactory(), values[0])
     output = helpers.run_once(None, values, process=process)
-    expected = unflat(geometric_median(flat(values)).numpy())
+    expected = unflat(geometric_median(flat(values), start="mean").numpy())  # RFA's start
     np.testing.assert_allclose(output.result["a"], expected[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(output.result["b"], expected[1], rtol=1e-5, atol=1e-6)
     assert dict(output.measurements) == dict(non_finite_clients=0, f=0)
@@ -78,7 +78,7 @@ def test_weighted_client_records_with_non_finite_clients(tff_context):
     output = helpers.run_once(factory, values + bad, weights=list(weights) + [1e6, 1e6])
     assert output.measurements["non_finite_clients"] == 2
     assert output.measurements["f"] == 1  # ⌈0.3·10⌉ = 3, minus the 2 excluded
-    expected = unflat(geometric_median(flat(values), weights, iterations=5).numpy())
+    expected = unflat(geometric_median(flat(values), weights, iterations=5, start="mean").numpy())
     np.testing.assert_allclose(output.result["a"], expected[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(output.result["b"], expected[1], rtol=1e-5, atol=1e-6)
 
@@ -91,7 +91,8 @@ def test_plain_values_unweighted_signature_and_rescale(tff_context):
     # ||mean|| / ||v|| = 23.2 / 6.16 lies in [0.25, 4]: rescaled to the mean's norm.
     np.testing.assert_allclose(out.result, [23.2], rtol=1e-5)
     np.testing.assert_allclose(
-        geometric_median(np.array(DISAGREE, np.float32)[:, None], rescale=True), [23.2], rtol=1e-5)
+        geometric_median(np.array(DISAGREE, np.float32)[:, None], rescale=True, start="mean"),
+        [23.2], rtol=1e-5)
 
 
 def test_requirement_checked_at_build_and_each_round(tff_context):

@@ -89,10 +89,11 @@ def test_a_second_run_on_a_busy_directory_exits_2_and_writes_nothing(tmp_path, c
     (line,) = captured.err.strip().splitlines()
     assert line == (f"error: {out} is in use by another grid run (pid {os.getpid()}); "
                     "wait for it to end or stop it, then rerun")
-    assert sorted(os.listdir(out)) == [runner.LOCK_FILE]
+    assert not os.listdir(out)  # nothing written (the holder's lock file went with its lock)
     assert not _grid_worker_pids() - before
     with runner.exclusive(str(out)):  # released: the next run takes it
         assert (out / runner.LOCK_FILE).read_text() == str(os.getpid())
+    assert not os.listdir(out)  # and the lock file goes with the lock
 
 
 def test_tree_rss_counts_a_process_and_its_descendants():

@@ -119,7 +119,8 @@ def test_report_numbers_equal_hand_computed_from_run_files(finished, capsys):
         rows = results[(results["aggregator"] == aggregator) & (results["attack"] == attack)]
         assert sorted(rows["final_accuracy"]) == sorted(accuracies)
         assert f"{mean:.3f} ± {std:.3f}" in markdown
-        assert f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]" in markdown
+        low, high = max(0.0, mean - half), min(1.0, mean + half)  # accuracy CIs clipped to [0, 1]
+        assert f"{mean:.3f} [{low:.3f}, {high:.3f}]" in markdown
     # Paired by seed: median − mean under sign_flip.
     diffs = []
     for seed in (0, 1):
