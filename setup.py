@@ -7,7 +7,8 @@ setuptools.setup(
     version="0.1.0",
     description="Byzantine-robust aggregation, attacks, FedLAW and PDMM for TFF",
     packages=setuptools.find_packages(
-        include=["tff_byz", "tff_byz.*", "aggregators", "aggregators.*",
+        include=["orchestration", "orchestration.*", "algorithms", "algorithms.*",
+                 "tff_byz", "tff_byz.*", "aggregators", "aggregators.*",
                  "attacks", "attacks.*", "fedlaw", "fedlaw.*", "pdmm", "pdmm.*",
                  "pipelines", "pipelines.*", "benchmarks", "benchmarks.*",
                  "examples", "examples.*"]),

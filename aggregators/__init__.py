@@ -1,8 +1,8 @@
 """Aggregation rules as TFF aggregation factories, and their name registry.
 
 `AGGREGATORS.resolve("mean:weighted=false")` → resolved components;
-`build_aggregator(spec, context)` → a TFF aggregation factory. Later issues add
-the robust rules, pre-aggregators, `fedlaw` and `pdmm` here.
+`build_aggregator(spec, context)` → a TFF aggregation factory. The training
+algorithms that `--aggregator` also names (`fedlaw`, `pdmm`) are in `algorithms`.
 """
 
 from aggregators.registry import AGGREGATORS, AggregatorContext, build_aggregator

@@ -10,7 +10,6 @@ settings fail before a run starts.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import tensorflow_federated as tff
 
@@ -29,7 +28,8 @@ from aggregators.nnm import NearestNeighborMixing
 from aggregators.rfa import RFAFactory
 from aggregators.trimmed_mean import TrimmedMeanFactory
 from tff_byz.aggregation import NonFiniteCountingFactory
-from tff_byz.registry import Entry, Param, Registry, SpecError
+from tff_byz.registry import (Entry, Param, Registry, SpecError, at_least_one, non_negative,
+                              positive)
 
 __all__ = ["AGGREGATORS", "AggregatorContext", "build_aggregator"]
 
@@ -46,20 +46,11 @@ class AggregatorContext:
 AGGREGATORS = Registry("--aggregator")
 
 
-def _non_negative(value) -> Optional[str]:
-    return None if value >= 0 else "must be >= 0"
 
-
-def _positive(value) -> Optional[str]:
-    return None if value > 0 else "must be > 0"
-
-
-def _at_least_one(value) -> Optional[str]:
-    return None if value >= 1 else "must be >= 1"
 
 
 F_PARAM = Param(int, None, "declared Byzantine count (default ⌈byzantine_fraction·n⌉)",
-                check=_non_negative)
+                check=non_negative)
 WEIGHTED_PARAM = Param(bool, False, "weight clients by their example counts")
 
 
@@ -111,34 +102,34 @@ rule("median", MedianFactory, "coordinate-wise median (Yin et al. 2018); needs f
                 choices=("mean", "lower")))
 rule("trimmed_mean", TrimmedMeanFactory,
      "coordinate-wise trimmed mean (Yin et al. 2018): drop beta per side; needs 2·beta < n.",
-     beta=Param(int, None, "values trimmed per side (default f)", check=_non_negative))
+     beta=Param(int, None, "values trimmed per side (default f)", check=non_negative))
 rule("krum", KrumFactory, "Krum (Blanchard et al. 2017): the value with the smallest sum of "
      "squared distances to its n−f−2 nearest; needs n >= 2f+3; unweighted.", weighted=False)
 rule("multi_krum", MultiKrumFactory, "Multi-Krum: mean of the m best Krum scores; needs n >= 2f+3; "
      "unweighted.", weighted=False,
-     m=Param(int, None, "values averaged (default n − f)", check=_at_least_one))
+     m=Param(int, None, "values averaged (default n − f)", check=at_least_one))
 rule("bulyan", BulyanFactory, "Bulyan (El Mhamdi et al. 2018): repeated Krum selection, then a "
      "trimmed average around the median; needs n >= 4f+3; unweighted.", weighted=False,
      variant=Param(str, "textbook", "textbook, or fedlaw (the FedLAW authors' implementation)",
                    choices=("textbook", "fedlaw")),
-     b=Param(int, None, "pool parameter of variant=fedlaw (default f)", check=_non_negative))
+     b=Param(int, None, "pool parameter of variant=fedlaw (default f)", check=non_negative))
 rule("geometric_median", GeometricMedianFactory,
      "geometric median by smoothed Weiszfeld (RFA, Pillutla et al. 2022); needs f < n/2. "
      "R iterations are not a converged median: from start=mean a finite outlier of 1e15 "
      "(scaling, bit_flip) still moves the result by ~1e14 after 3; start=median (default) "
      "begins inside the honest range.",
-     nu=Param(float, 1e-6, "smoothing ν", check=_positive),
-     iterations=Param(int, 3, "Weiszfeld iterations R", check=_at_least_one),
+     nu=Param(float, 1e-6, "smoothing ν", check=positive),
+     iterations=Param(int, 3, "Weiszfeld iterations R", check=at_least_one),
      rescale=Param(bool, False, "rescale to the mean's norm (FedLAW authors' variant)"),
      start=Param(str, "median", "first iterate: the coordinate-wise median or the weighted "
                  "mean (the paper's)", choices=("median", "mean")))
 rule("centered_clipping", CenteredClippingFactory,
      "centered clipping (Karimireddy et al. 2021), centred at the previous aggregate; f < n/2.",
-     tau=Param(float, 10.0, "clipping radius τ", check=_positive),
-     iterations=Param(int, 1, "clipping iterations L", check=_at_least_one))
+     tau=Param(float, 10.0, "clipping radius τ", check=positive),
+     iterations=Param(int, 1, "clipping iterations L", check=at_least_one))
 rule("huber", HuberFactory, "Huber-loss aggregation (Zhao et al. 2024); f < n/2.",
-     tau=Param(float, 0.2, "Huber threshold τ (absolute, on deltas)", check=_positive),
-     max_iterations=Param(int, 50, "iteration cap", check=_at_least_one))
+     tau=Param(float, 0.2, "Huber threshold τ (absolute, on deltas)", check=positive),
+     max_iterations=Param(int, 50, "iteration cap", check=at_least_one))
 
 
 def _rfa(context: AggregatorContext, *, composed: bool = False, **values):
@@ -155,8 +146,8 @@ AGGREGATORS.register(Entry(
     name="rfa", build=_rfa, kind="rule",
     help="RFA geometric median from repeated federated means only (secure-aggregation "
          "friendly, no stacking; R extra round trips); f < n/2.",
-    params={"nu": Param(float, 1e-6, "smoothing ν", check=_positive),
-            "iterations": Param(int, 3, "Weiszfeld iterations R", check=_at_least_one),
+    params={"nu": Param(float, 1e-6, "smoothing ν", check=positive),
+            "iterations": Param(int, 3, "Weiszfeld iterations R", check=at_least_one),
             "rescale": Param(bool, False, "rescale to the mean's norm"),
             "f": F_PARAM, "weighted": WEIGHTED_PARAM}))
 
@@ -177,94 +168,24 @@ def _clip(*, c: float, adaptive: bool):
 pre_aggregator("bucketing", _bucketing,
                "random buckets of s averaged per round (Karimireddy et al. 2022); the rule then "
                "sees ⌈n/s⌉ values.",
-               s=Param(int, 2, "bucket size", check=_at_least_one),
+               s=Param(int, 2, "bucket size", check=at_least_one),
                variant=Param(str, "mean", "mean: bucket means; split: rule inside s groups "
                              "(FedLAW authors' variant)", choices=("mean", "split")))
 pre_aggregator("nnm", NearestNeighborMixing,
                "nearest-neighbour mixing (Allouah et al. 2023): each value → mean of its n−f "
                "nearest; needs f < n/2.")
 pre_aggregator("clip", _clip, "norm clipping to c, or TFF's adaptive quantile clipping.",
-               c=Param(float, 1.0, "static clipping norm C", check=_positive),
+               c=Param(float, 1.0, "static clipping norm C", check=positive),
                adaptive=Param(bool, False, "TFF quantile-based adaptive norm (initial 1.0, target "
                               "quantile 0.8, learning rate 0.2) instead of c"))
 pre_aggregator("arc", ARC, "adaptive robust clipping (Allouah et al. 2024): clip the "
                "⌊2(f/n)(n−f)⌋ largest norms; needs f < n/2.")
 
 
-def _fedlaw(context: AggregatorContext, **values):
-    del context
-    from fedlaw.process import FedLAWOptions  # pylint: disable=import-outside-toplevel
-    return FedLAWOptions(**values)
-
-
-def _cap(value) -> Optional[str]:
-    return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
-
-
-AGGREGATORS.register(Entry(
-    name="fedlaw", build=_fedlaw, kind="algorithm",
-    help="FedLAW (Parsa et al., arXiv 2511.03529): learnable sparse client weights, two client "
-         "passes per learning round; a training algorithm, not a rule (no pre-aggregators).",
-    params={
-        "beta": Param(float, 1e-3, "weight step β", check=_positive),
-        "s_start": Param(int, None, "last round of s = n (default round(0.04·rounds))",
-                         check=_non_negative),
-        "s_end": Param(int, None, "first round of s = n − f (default round(0.5·rounds))",
-                       check=_non_negative),
-        "cap": Param(float, None, "weight cap t (default 1/(s_final − ⌈0.05n⌉))", check=_cap),
-        "freeze": Param(int, None, "learn w in rounds 0..K−1, then aggregate with frozen w",
-                        check=_at_least_one),
-        "weight_step": Param(str, "full", "full, or bsum (loss-only ablation)",
-                             choices=("full", "bsum")),
-        "clip": Param(bool, False, "ablation: clip deltas to the median norm"),
-        "loss_filter": Param(bool, False, "ablation: MAD pre-filter on the pass-B losses"),
-        "loss": Param(str, "last_epoch", "reported loss: last_epoch (mean of the last local "
-                      "epoch), start / end (whole local set before / after training)",
-                      choices=("last_epoch", "start", "end")),
-        "f": F_PARAM,
-    }))
-
-
-def _pdmm(context: AggregatorContext, **values):
-    del context
-    from pdmm.process import PDMMOptions  # pylint: disable=import-outside-toplevel
-    return PDMMOptions(**values)
-
-
-def _theta(value) -> Optional[str]:
-    return None if 0.0 < value <= 1.0 else "must be in (0, 1] (1 plain PDMM, 0.5 averaged)"
-
-
-AGGREGATORS.register(Entry(
-    name="pdmm", build=_pdmm, kind="algorithm",
-    help="PDMM (Xia, Yu & Li, arXiv 2503.10792): primal-dual consensus; the server is a data-less "
-         "PDMM node, clients keep (w, v, u) between rounds and send only y = 2w − v; "
-         "--topology=ring|complete|rgg runs it decentralized. A training algorithm, not a rule.",
-    params={
-        "c": Param(float, 0.4, "penalty c (sets the speed, not the fixed point)", check=_positive),
-        "theta": Param(float, 1.0, "relaxation θ: 1 plain PDMM (FedSplit), 0.5 averaged",
-                       check=_theta),
-        "local_steps": Param(int, None, "SGD steps K of the inexact prox (default --local_steps "
-                             "if set, else 10)", check=_at_least_one),
-        "init": Param(str, "consensus", "consensus (w = v = u = w_0) or zero (v = u = 0)",
-                      choices=("consensus", "zero")),
-    }))
-
-
 def build_aggregator(spec: str, context: AggregatorContext):
-    """A TFF aggregation factory for `spec` (validated; raises SpecError/ValueError).
-
-    For a training algorithm (`fedlaw`, `pdmm`) it returns the algorithm's options instead,
-    which the training loop turns into its own process.
-    """
+    """A TFF aggregation factory for `spec` (validated; raises SpecError/ValueError)."""
     components = AGGREGATORS.resolve(spec)
     *pres, last = components
-    algorithms = [c.name for c in components if c.entry.kind == "algorithm"]
-    if algorithms:
-        if pres:
-            raise SpecError(f"--aggregator={spec!r}: {algorithms[0]} is a training algorithm "
-                            "and cannot be composed with '+'.")
-        return last.entry.build(context, **last.params)
     if last.entry.kind != "rule":
         raise SpecError(f"--aggregator={spec!r}: the last component must be a rule; "
                         f"{last.name} is a {last.entry.kind}.")

@@ -77,11 +77,6 @@ class AttackPlan:
         doors = [c.backdoor for c in self.components if c.backdoor is not None]
         return doors[0] if doors else None
 
-    @property
-    def needs_local_sgd(self) -> bool:
-        """Gradient ascent reaches into the project's local SGD client work."""
-        return any(a.attack.ascent for a in self.local_attacks)
-
     def ascent(self):
         """The predicate for `build_local_sgd_client_work(ascent=...)`, or None."""
         return ascent_predicate(self.local_attacks)

@@ -19,19 +19,13 @@ from typing import Optional
 
 from attacks import definitions, perturbations
 from attacks.plan import AttackComponent, AttackPlan
-from tff_byz.registry import Entry, Param, Registry, SpecError
+from tff_byz.registry import Entry, Param, Registry, SpecError, non_negative, positive
 
 __all__ = ["ATTACKS", "build_attack_plan"]
 
 ATTACKS = Registry("--attack")
 
 
-def _non_negative(value) -> Optional[str]:
-    return None if value >= 0 else "must be >= 0"
-
-
-def _positive(value) -> Optional[str]:
-    return None if value > 0 else "must be > 0"
 
 
 def _finite(value) -> Optional[str]:
@@ -72,7 +66,7 @@ def _mimic_target(value) -> Optional[str]:
 
 
 START = Param(int, 0, "first round index (0-based) in which the attack is active",
-              check=_non_negative)
+              check=non_negative)
 LOSS = Param(str, "auto", "reported loss: auto|honest|value:x|mean_minus_rho_std:rho|"
              "mean_plus_z_std:z", check=definitions.check_loss)
 STATS = Param(str, "honest", "reference set: the honest vectors (omniscient) or the Byzantine "
@@ -112,14 +106,14 @@ attack("sign_flip", lambda name, **v: definitions.sign_flip(name, **_loss(v)),
        "u → −λu after honest training (mode=final), or gradient ascent during local training "
        "(mode=ascent, Blades' sign flip; local_sgd only).", "local",
        aliases=("inverse_gradient",),
-       scale=Param(float, 1.0, "λ (final mode)", check=_positive),
+       scale=Param(float, 1.0, "λ (final mode)", check=positive),
        mode=Param(str, "final", "final or ascent", choices=("final", "ascent")))
 attack("scaling", _leaf(lambda u, seed, scale: perturbations.scaling(u, scale)),
        "boosting: u → λu.", "local", scale=Param(float, 10.0, "λ", check=_finite))
 attack("gaussian", _leaf(lambda u, seed, sigma, mu, mode: perturbations.gaussian(
     u, seed, sigma=sigma, mu=mu, mode=mode)),
        "u → N(μ, σ²I) (mode=replace) or u + N(0, σ²I) (mode=add).", "local",
-       sigma=Param(float, 1.0, "σ", check=_non_negative),
+       sigma=Param(float, 1.0, "σ", check=non_negative),
        mu=Param(float, 0.0, "μ (replace mode)", check=_finite),
        mode=Param(str, "replace", "replace or add", choices=("replace", "add")))
 attack("bit_flip", _leaf(lambda u, seed, p, bits: perturbations.bit_flip(
@@ -136,10 +130,10 @@ attack("nan", _leaf(lambda u, seed: perturbations.constant(u, math.nan)), "u →
 attack("random_params", lambda name, **v: definitions.random_params(name, **_loss(v)),
        "global-parameter attack: train from θ + ε, ε ~ N(ν1·mean θ, (ν2·std θ)²); report ψ − θ.",
        "local", nu1=Param(float, -5.0, "ν1", check=_finite),
-       nu2=Param(float, 1.5, "ν2", check=_non_negative))
+       nu2=Param(float, 1.5, "ν2", check=non_negative))
 attack("weight_lying", lambda name, **v: definitions.weight_lying(name, **_loss(v)),
        "report `count` training examples (affects weighted rules only).", "local",
-       count=Param(float, 1e6, "reported example count", check=_positive))
+       count=Param(float, 1e6, "reported example count", check=positive))
 attack("label_flip", lambda name, label_map, **v: definitions.label_flip(
     name, label_map=label_map.replace(";", ","), **_loss(v)),
        "data poisoning: every training label l → L−1−l, or `label_map=a:b;c:d`.", "data",
@@ -147,9 +141,9 @@ attack("label_flip", lambda name, label_map, **v: definitions.label_flip(
 attack("backdoor", None,  # bound per dataset in build_attack_plan
        "data poisoning: stamp a k×k trigger patch and relabel; reports the attack success rate "
        "on triggered test images each evaluation round.", "data",
-       size=Param(int, None, "patch size k (default min(8, min(H, W)//2))", check=_positive),
-       row=Param(int, None, "patch top row (default centred)", check=_non_negative),
-       col=Param(int, None, "patch left column (default centred)", check=_non_negative),
+       size=Param(int, None, "patch size k (default min(8, min(H, W)//2))", check=positive),
+       row=Param(int, None, "patch top row (default centred)", check=non_negative),
+       col=Param(int, None, "patch left column (default centred)", check=non_negative),
        value=Param(float, 0.0, "patch value in raw pixels [0, 1]", check=_probability),
        target=Param(str, "random", "random (per example) or a fixed label", check=_target),
        fraction=Param(float, 1.0, "share of each Byzantine client's examples poisoned",
@@ -172,7 +166,7 @@ attack("ipm", lambda name, **v: definitions.ipm(name, **_loss(v)),
        eps=Param(float, 0.1, "ε", check=_finite), stats=STATS)
 _SEARCH = dict(p=Param(str, "std", "perturbation: std (σ), unit (μ/‖μ‖) or sign (sign μ)",
                        choices=("std", "unit", "sign")),
-               gamma0=Param(float, 10.0, "initial γ of the search", check=_positive),
+               gamma0=Param(float, 10.0, "initial γ of the search", check=positive),
                stats=STATS)
 attack("min_max", lambda name, **v: definitions.min_max(name, **_loss(v)),
        "min-max (Shejwalkar & Houmansadr 2021): μ − γp, the largest γ whose max distance to "
@@ -188,14 +182,14 @@ attack("mimic", None,  # needs the run seed: bound in build_attack_plan
        target=Param(str, "random", "random|max_variance|<client id>", check=_mimic_target))
 attack("mimic_misaligned", lambda name, **v: definitions.mimic_misaligned(name, **_loss(v)),
        "FedLAW appendix: −u_j + η e_j (random unit e_j), loss μ_f − ρσ_f of the honest losses.",
-       "local", eta=Param(float, 0.1, "η (absolute norm)", check=_non_negative),
+       "local", eta=Param(float, 0.1, "η (absolute norm)", check=non_negative),
        rho=Param(float, 0.3, "ρ of the default loss forgery", check=_finite))
 ATTACKS.register(Entry(
     name="double", build=None, kind="preset",
     help="FedLAW paper: a seeded half of the Byzantine clients runs sign_flip from round "
          "first_start, the other half random_params from second_start.",
-    params={"first_start": Param(int, 2, "sign_flip start round", check=_non_negative),
-            "second_start": Param(int, 5, "random_params start round", check=_non_negative)}))
+    params={"first_start": Param(int, 2, "sign_flip start round", check=non_negative),
+            "second_start": Param(int, 5, "random_params start round", check=non_negative)}))
 
 
 def _expand(components):

@@ -21,7 +21,7 @@ Modes, each measured in its own fresh process so memory is its own:
 - `value`: the library's by-value path, as the pipelines ran before clients
   went by reference: `make_client_input` datasets into every call, models with
   random initializers, client states through Python every round.
-- `reference`: the pipelines' path (`tff_byz.training.Experiment`): client ids,
+- `reference`: the pipelines' path (`orchestration.experiment.Experiment`): client ids,
   rows read from the store in the worker, client states kept on the worker
   while the same clients return.
 
@@ -116,7 +116,7 @@ class TreePeak:
 
 
 def _config(workload: str, **overrides):
-    from tff_byz.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
+    from orchestration.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
     values = dict(WORKLOADS[workload], data_dir=FLAGS.data_dir, seed=0, rounds=10**6,
                   output_dir=tempfile.mkdtemp(prefix="client_data-"), run_name="bench")
     values.update(overrides)
@@ -161,15 +161,15 @@ def _by_value_round(config):
 
 
 def _by_reference_round(config):
-    from tff_byz import training  # pylint: disable=import-outside-toplevel
-    experiment = training.Experiment(config)
+    from orchestration import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
+    experiment = experiment_lib.Experiment(config)
     experiment.verify_store()
     import numpy as np  # pylint: disable=import-outside-toplevel
     clients = np.arange(experiment.num_clients)
 
     def run(state):
-        return experiment.next(state, clients)[0]
-    return run, experiment.process.initialize(), experiment, clients
+        return experiment.algorithm.next(state, clients)[0]
+    return run, experiment.algorithm.initialize(), experiment, clients
 
 
 def _timed(run, state, worker_pid, rounds, warmup):
@@ -260,9 +260,10 @@ def _direct_fedavg(experiment, clients, repeats=3):
 
 
 def _long_run(config) -> dict:
-    """`config` through `tff_byz.training.run_experiment` (the pipeline's loop, which also
+    """`config` through `orchestration.training.run_experiment` (the pipeline's loop, which also
     replaces a worker that dies), with the worker's RSS after every round."""
-    from tff_byz import context, training  # pylint: disable=import-outside-toplevel
+    from tff_byz import context  # pylint: disable=import-outside-toplevel
+    from orchestration import training  # pylint: disable=import-outside-toplevel
     rss, seconds = [], []
 
     def on_round(round_num, row):
@@ -364,7 +365,7 @@ def side_by_side(workload: str) -> dict:
 
 
 def store_cost() -> dict:
-    from tff_byz import training  # pylint: disable=import-outside-toplevel
+    from orchestration import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
     from tff_byz.datasets import CACHE_ENV, load_federated_dataset  # pylint: disable=import-outside-toplevel
     figures = {}
     for name in FLAGS.store_datasets:
@@ -377,10 +378,10 @@ def store_cost() -> dict:
             data = load_federated_dataset(name, data_dir=config.data_dir, num_clients=200, seed=0)
             os.environ[CACHE_ENV] = cache
             t0 = time.perf_counter()
-            store = training._client_store(config, data)  # pylint: disable=protected-access
+            store = experiment_lib.client_store(config, data)
             write = time.perf_counter() - t0
             t0 = time.perf_counter()
-            training._client_store(config, data)  # pylint: disable=protected-access
+            experiment_lib.client_store(config, data)
             reopen = time.perf_counter() - t0
             size = sum(os.path.getsize(os.path.join(store.directory, f))
                        for f in os.listdir(store.directory))

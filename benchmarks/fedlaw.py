@@ -3,7 +3,7 @@
 1. Round time, side by side in one run on the same data, model and clients:
    FedAvg with TFF's mean (`mean`), FedLAW learning rounds (`fedlaw`, two client
    passes) and FedLAW frozen rounds (`fedlaw:freeze=1`, the rounds after the
-   first). Each is built as `tff_byz.training.Experiment` builds it (full
+   first). Each is built as `orchestration.experiment.Experiment` builds it (full
    participation, no attack). Rounds are interleaved (one of each per
    repetition, so load from other processes hits all three alike); medians over
    `--rounds` timed rounds after `--warmup` rounds (tracing excluded), with the
@@ -66,8 +66,8 @@ FLAGS = flags.FLAGS
 
 def round_times():
     from tff_byz import context  # pylint: disable=import-outside-toplevel
-    from tff_byz.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
-    from tff_byz.training import Experiment  # pylint: disable=import-outside-toplevel
+    from orchestration.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
+    from orchestration.experiment import Experiment  # pylint: disable=import-outside-toplevel
     total = 1 + FLAGS.warmup + FLAGS.rounds  # the schedule's T (frozen: one learning round first)
     with context.ExecutionContext() as tff_context:
         pid = tff_context.worker_pid
@@ -86,18 +86,19 @@ def round_times():
                 local_epochs=FLAGS.local_epochs, local_steps=FLAGS.local_steps,
                 batch_size=FLAGS.batch_size).resolved())
             clients = np.arange(experiment.num_clients)
-            state = experiment.process.initialize()
+            state = experiment.algorithm.initialize()
             if spec.endswith("freeze=1"):  # round 0 learns; the timed rounds are frozen ones
-                state, _ = experiment.next(state, clients)
+                state, _ = experiment.algorithm.next(state, clients)
             for _ in range(FLAGS.warmup):
-                state, _ = experiment.next(state, clients)
+                state, _ = experiment.algorithm.next(state, clients)
             runs[name] = dict(experiment=experiment, clients=clients, state=state, seconds=[],
                               worker_cpu=[], worker_peak_mb=[])
         for _ in range(FLAGS.rounds):
             for run in runs.values():
                 cpu_start, start = procstat.cpu_seconds(pid), time.perf_counter()
                 with procstat.PeakRss(pid) as rss:
-                    run["state"], _ = run["experiment"].next(run["state"], run["clients"])
+                    run["state"], _ = run["experiment"].algorithm.next(run["state"],
+                                                                       run["clients"])
                 run["seconds"].append(time.perf_counter() - start)
                 cpu_end = procstat.cpu_seconds(pid)
                 if cpu_start is not None and cpu_end is not None:

@@ -2,12 +2,12 @@
 
 Side by side in one run on the same data, model, clients, K local steps,
 batch and learning rate: FedAvg with TFF's mean (`--local_steps=K`) and
-centralized PDMM (`pdmm`), each built as `tff_byz.training.Experiment` builds
+centralized PDMM (`pdmm`), each built as `orchestration.experiment.Experiment` builds
 it (full participation, no attack). Rounds are interleaved (one of each per
 repetition, so load from other processes hits both alike); medians over
 `--rounds` timed rounds after `--warmup` rounds (tracing excluded). A PDMM round
 includes moving the participants' states out of and back into the
-`ClientStateStore`, which `Experiment.next` does. Goal: PDMM ≤ 1.2× FedAvg.
+`ClientStateStore`, which `Algorithm.next` does. Goal: PDMM ≤ 1.2× FedAvg.
 
     python -m benchmarks.pdmm                                   # digits, 10 clients
     python -m benchmarks.pdmm --dataset=mnist --data_dir=../shared/data --model=wide_mlp
@@ -42,8 +42,8 @@ FLAGS = flags.FLAGS
 
 def measure():
     from tff_byz import context  # pylint: disable=import-outside-toplevel
-    from tff_byz.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
-    from tff_byz.training import Experiment  # pylint: disable=import-outside-toplevel
+    from orchestration.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
+    from orchestration.experiment import Experiment  # pylint: disable=import-outside-toplevel
     total = FLAGS.warmup + FLAGS.rounds
     with context.ExecutionContext():
         runs = {}
@@ -54,18 +54,18 @@ def measure():
                 local_steps=FLAGS.local_steps, batch_size=FLAGS.batch_size,
                 client_lr=0.05).resolved())
             clients = np.arange(experiment.num_clients)
-            state = experiment.process.initialize()
+            state = experiment.algorithm.initialize()
             for _ in range(FLAGS.warmup):
-                state, _ = experiment.next(state, clients)
+                state, _ = experiment.algorithm.next(state, clients)
             runs[spec] = [experiment, clients, state, []]
         for _ in range(FLAGS.rounds):
             for run in runs.values():
                 experiment, clients, state, times = run
                 start = time.perf_counter()
-                run[2], _ = experiment.next(state, clients)
+                run[2], _ = experiment.algorithm.next(state, clients)
                 times.append(time.perf_counter() - start)
         first = runs[FLAGS.algorithms[0]][0]
-        stores = {spec: run[0].client_states for spec, run in runs.items()}
+        stores = {spec: run[0].algorithm.client_states for spec, run in runs.items()}
         figures = dict(dataset=FLAGS.dataset, model=first.config.model,
                        parameters=first.num_parameters, clients=first.num_clients,
                        local_steps=FLAGS.local_steps, batch_size=FLAGS.batch_size,

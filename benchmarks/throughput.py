@@ -49,7 +49,7 @@ def _time(fn, repeats):
 
 def main(argv):
     FLAGS(argv)
-    from tff_byz.config import DEFAULT_MODELS  # pylint: disable=import-outside-toplevel
+    from orchestration.config import DEFAULT_MODELS  # pylint: disable=import-outside-toplevel
     data = datasets.load_federated_dataset(FLAGS.dataset, data_dir=FLAGS.data_dir,
                                            num_clients=FLAGS.num_clients, seed=0)
     model_name = FLAGS.model or DEFAULT_MODELS[FLAGS.dataset]

@@ -20,8 +20,8 @@ from absl import app, flags
 
 # TFF (and with it Keras) must be imported before `app.run` parses flags: imported
 # inside `main`, Keras later fails to build models with a Normalization layer.
-from tff_byz import training
-from tff_byz.config import ExperimentConfig
+from orchestration import training
+from orchestration.config import ExperimentConfig
 from tff_byz.context import managed_execution_context
 
 flags.DEFINE_string("output_dir", "runs/attack_table", "Parent directory of the runs.")

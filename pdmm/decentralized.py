@@ -23,9 +23,11 @@ analogue z_{i|j} = −c B_{i|j} w_0 (`init=consensus`, default). All nodes take
 part in every round. Colluding attacks are not defined per edge here and are
 rejected; local message attacks (sign flip, Gaussian, bit flip, ...) apply.
 
-There is no server model: `get_model_weights` is absent, and evaluation uses
-the honest nodes' mean model (`tff_byz.training`), each honest node's accuracy
-and the consensus gap.
+There is no server model: `get_model_weights` returns the initial weights w_0
+that every round broadcasts as the nodes' reference (non-trainable variables
+and the shapes), not a trained model. Runs evaluate the honest nodes' mean
+model, each honest node's own model and the consensus gap
+(`algorithms.pdmm.DecentralizedPDMM`).
 """
 
 from __future__ import annotations

@@ -103,7 +103,6 @@ def build_pdmm_process(
     attacks: Sequence[ScheduledAttack] = (),
     mark_groups: bool = False,
     wrap_aggregator: Callable = lambda factory: factory,
-    message_aggregator=None,
     inputs: client_inputs.ClientInputs | None = None,
 ) -> StatefulClientsProcess:
     """Centralized PDMM (module doc).
@@ -118,8 +117,6 @@ def build_pdmm_process(
         clients' message y; `mark_groups` adds the attack group to the record
         for a colluding-attack wrapper.
       wrap_aggregator: wraps the message collection (colluding attacks).
-      message_aggregator: the factory computing Agg(y) with full participation
-        (default: the unweighted mean, reporting `non_finite_clients`).
       inputs: how clients arrive (`tff_byz.client_inputs`; default `ByValue()`).
 
     Returns a `StatefulClientsProcess`:
@@ -180,10 +177,9 @@ def build_pdmm_process(
     if partial:
         collector = wrap_aggregator(StackedRecordsFactory())
     else:
-        if message_aggregator is None:
-            message_aggregator = aggregation.NonFiniteCountingFactory(
-                tff.aggregators.MeanFactory())
-        collector = wrap_aggregator(message_aggregator)
+        # Agg(y): the unweighted mean, reporting `non_finite_clients`.
+        collector = wrap_aggregator(aggregation.NonFiniteCountingFactory(
+            tff.aggregators.MeanFactory()))
     update_aggregator = aggregation.build_update_aggregator(collector, record_type)
 
     unflatten, flatten = packing.unpack, packing.pack

@@ -5,11 +5,11 @@
     --dry_run             print the cells and their status; run and write nothing
     --progress / --noprogress
 
-Thin: start the worker processes (`tff_byz.grid.pool`); the first one reads the
-grid (`tff_byz.grid.spec`) and expands and validates every cell once its own
+Thin: start the worker processes (`orchestration.grid.pool`); the first one reads the
+grid (`orchestration.grid.spec`) and expands and validates every cell once its own
 TensorFlow import is done, so this process never imports TensorFlow (an invalid
 grid stops the workers again; `--dry_run` reads the grid here); then
-`tff_byz.grid.runner.run_grid`. Each cell is a run directory under DIR/runs
+`orchestration.grid.runner.run_grid`. Each cell is a run directory under DIR/runs
 (pipelines.train's layout); DIR/grid.json records the cells and their outcomes.
 Rerunning the same command skips done cells and resumes partial ones. Exit codes:
 0 every cell has a result (complete, or failed by the run's own verdict such as a
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         args = _parser().parse_args(argv[1:])
     except ValueError as error:
         return _error(str(error))
-    from tff_byz.grid import pool  # pylint: disable=import-outside-toplevel  (no TensorFlow)
+    from orchestration.grid import pool  # pylint: disable=import-outside-toplevel  (no TensorFlow)
 
     cores = pool.available_cores()
     parallel = cores if args.parallel is None else args.parallel
@@ -109,14 +109,14 @@ def main(argv=None) -> int:
 
 
 def _run(args, parallel: int, threads: int, started) -> int:
-    from tff_byz.grid import runner  # pylint: disable=import-outside-toplevel  (no TensorFlow)
-    from tff_byz.grid.cells import CellRecord  # pylint: disable=import-outside-toplevel
+    from orchestration.grid import runner  # pylint: disable=import-outside-toplevel  (no TensorFlow)
+    from orchestration.grid.cells import CellRecord  # pylint: disable=import-outside-toplevel
 
     resolved = started[0].read_grid() if started and started[0].resolves else None
     if resolved is None:
         # Here (imports TensorFlow): --dry_run, a caller that has it already, or a worker that
         # could not answer (an unexpected exception is then raised here, with its traceback).
-        from tff_byz.grid import spec  # pylint: disable=import-outside-toplevel
+        from orchestration.grid import spec  # pylint: disable=import-outside-toplevel
         resolved = spec.resolve_grid(args.grid, args.runs_dir)
     if "error" in resolved:
         return _error(resolved["error"])

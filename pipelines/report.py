@@ -10,7 +10,7 @@
                                          NaN, and scores the accuracy of the one before
                                          (runs trained with --stop_test_loss: by default)
 
-Reads only the run files (`tff_byz.report.results`) and writes
+Reads only the run files (`orchestration.report.results`) and writes
 DIR/results.csv + .parquet (one row per run: config columns + final metrics),
 DIR/rounds.csv + .parquet (one row per run and round), and under --output:
 report.md, report.html, tables.tex (mean ± std and mean [95 % CI] over seeds, best
@@ -31,7 +31,7 @@ import sys
 import pandas as pd
 
 from tff_byz import files
-from tff_byz.report import plots, render, results as results_lib, stats
+from orchestration.report import plots, render, results as results_lib, stats
 
 # Columns that never define a group: they say where or which run, not what was run.
 _NOT_KEYS = {"seed", "run_name", "output_dir", "data_dir", "tff_workers", "run_dir"}

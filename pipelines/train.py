@@ -1,6 +1,6 @@
 """Runs one experiment: `python -m pipelines.train --dataset=digits --aggregator=mean ...`.
 
-Thin: parse flags → validated `ExperimentConfig` → `tff_byz.training.run_experiment`
+Thin: parse flags → validated `ExperimentConfig` → `orchestration.training.run_experiment`
 inside a managed TFF execution context → print a short summary. Exit codes:
 0 complete, 1 failed (e.g. the model became non-finite), 2 invalid flags or run
 directory (one line on stderr, nothing written), 130/143 interrupted by
@@ -124,17 +124,18 @@ def _main(argv=None) -> int:
     if len(remaining) > 1:
         return _error(f"unexpected positional arguments {remaining[1:]}; all settings are --flags.")
 
-    from aggregators import AGGREGATORS  # pylint: disable=import-outside-toplevel
+    from algorithms import AGGREGATOR_CHOICES  # pylint: disable=import-outside-toplevel
     from attacks import ATTACKS  # pylint: disable=import-outside-toplevel
     if FLAGS.list_aggregators or FLAGS.list_attacks:
         if FLAGS.list_aggregators:
-            print(AGGREGATORS.describe())
+            print(AGGREGATOR_CHOICES.describe())
         if FLAGS.list_attacks:
             print(ATTACKS.describe())
         return 0
 
-    from tff_byz import context, training  # pylint: disable=import-outside-toplevel
-    from tff_byz.config import ConfigError, ExperimentConfig  # pylint: disable=import-outside-toplevel
+    from tff_byz import context  # pylint: disable=import-outside-toplevel
+    from orchestration import run_directory, training  # pylint: disable=import-outside-toplevel
+    from orchestration.config import ConfigError, ExperimentConfig  # pylint: disable=import-outside-toplevel
 
     config = ExperimentConfig(**{name: getattr(FLAGS, name) for name in _CONFIG_FLAGS})
     try:
@@ -143,7 +144,7 @@ def _main(argv=None) -> int:
         if FLAGS.baseline is not None:
             runs.append(baseline_config(resolved, FLAGS.baseline))
         for run in runs:
-            training.prepare_run_directory(run, resume=FLAGS.resume, overwrite=FLAGS.overwrite)
+            run_directory.prepare_run_directory(run, resume=FLAGS.resume, overwrite=FLAGS.overwrite)
         workers = context.parse_worker_addresses(resolved.tff_workers) if resolved.tff_workers else ()
     except (ConfigError, ValueError) as error:
         return _error(str(error))
@@ -203,10 +204,10 @@ def _saved(run) -> str:
 def baseline_config(config, aggregator: str):
     """The same run settings with another aggregator (centralized), in its own run directory."""
     import dataclasses  # pylint: disable=import-outside-toplevel
-    from aggregators import AGGREGATORS  # pylint: disable=import-outside-toplevel
+    from algorithms import AGGREGATOR_CHOICES  # pylint: disable=import-outside-toplevel
     from pdmm.process import DEFAULT_LOCAL_STEPS  # pylint: disable=import-outside-toplevel
     local_steps = config.local_steps
-    main = AGGREGATORS.resolve(config.aggregator)[0]
+    main = AGGREGATOR_CHOICES.resolve(config.aggregator)[0]
     if main.name == "pdmm" and not local_steps:  # FedAvg takes PDMM's K local steps too
         local_steps = main.params.get("local_steps") or DEFAULT_LOCAL_STEPS
     baseline = dataclasses.replace(config, aggregator=aggregator, topology="star",
@@ -215,7 +216,7 @@ def baseline_config(config, aggregator: str):
         baseline.run_name = f"{FLAGS.run_name}_baseline"
     baseline = baseline.resolved()
     if baseline.run_name == config.run_name:
-        from tff_byz.config import ConfigError  # pylint: disable=import-outside-toplevel
+        from orchestration.config import ConfigError  # pylint: disable=import-outside-toplevel
         raise ConfigError(f"--baseline={aggregator!r} is the run's own --aggregator.")
     return baseline
 

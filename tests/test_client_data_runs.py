@@ -8,8 +8,10 @@ import pandas as pd
 import portpicker
 import pytest
 
-from tff_byz import context, training
-from tff_byz.config import ConfigError, ExperimentConfig
+from tff_byz import context
+from orchestration import training
+from orchestration.experiment import Experiment
+from orchestration.config import ConfigError, ExperimentConfig
 from tff_byz.datasets import store as store_lib
 
 COMPARED = ["round", "test_accuracy", "test_loss", "train_loss", "client_work/num_examples"]
@@ -48,7 +50,7 @@ def test_a_corrupt_store_is_rebuilt_before_the_run(tmp_path, monkeypatch, tff_co
 def test_a_worker_that_maps_other_bytes_fails_in_one_line(tmp_path, monkeypatch, tff_context):
     """What a remote worker with a stale copy of the store would read."""
     monkeypatch.setenv("TFF_BYZ_CACHE", str(tmp_path / "cache"))
-    experiment = training.Experiment(config(tmp_path, "a").resolved())
+    experiment = Experiment(config(tmp_path, "a").resolved())
     experiment.verify_store()
     with open(experiment.store.x_path, "r+b") as f:
         f.write(b"\x01")
@@ -99,7 +101,7 @@ def test_verify_store_errors_are_config_errors(tmp_path, monkeypatch, tff_contex
     def broken(self):
         raise store_lib.StoreError("client-data store /x/y.bin is broken")
 
-    monkeypatch.setattr(training.Experiment, "verify_store", broken)
+    monkeypatch.setattr(Experiment, "verify_store", broken)
     with pytest.raises(ConfigError, match="y.bin is broken"):
         training.run_experiment(config(tmp_path, "a"), progress=False)
     assert not (tmp_path / "a").exists()

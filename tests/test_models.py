@@ -32,10 +32,11 @@ def test_keras_mlp_is_glorot_with_zero_biases_for_comparison():
     assert not any(b.any() for b in weights[1::2])
 
 
-def test_same_seed_same_initial_model():
-    first, second = (models.build_keras_model("mlp_torch", *MNIST, seed=4).get_weights()
-                     for _ in range(2))
+def test_the_seed_and_only_the_seed_fixes_the_initial_model():
+    first, second, other = (models.build_keras_model("mlp_torch", *MNIST, seed=seed).get_weights()
+                            for seed in (4, 4, 5))
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert not np.array_equal(first[0], other[0])  # a builder ignoring the seed fails here
 
 
 CIFAR = ((32, 32, 3), 10, ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)))

@@ -8,8 +8,8 @@ import sys
 import zipfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-PACKAGES = {"tff_byz", "aggregators", "attacks", "fedlaw", "pdmm", "pipelines", "benchmarks",
-            "examples"}
+PACKAGES = {"orchestration", "algorithms", "tff_byz", "aggregators", "attacks", "fedlaw", "pdmm",
+            "pipelines", "benchmarks", "examples"}
 
 
 def test_the_wheel_holds_every_package_and_the_example_grids(tmp_path):

@@ -112,7 +112,7 @@ def test_missing_dataset_files_name_file_and_directory(capsys, tmp_path):
 def test_existing_run_needs_resume_or_overwrite_and_resume_checks_settings(capsys, tmp_path):
     run_dir = tmp_path / "out" / "r"
     run_dir.mkdir(parents=True)
-    from tff_byz.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
+    from orchestration.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
     stored = ExperimentConfig(output_dir=str(tmp_path / "out"), run_name="r").resolved()
     (run_dir / "config.json").write_text(json.dumps(stored.to_dict()))
     before = sorted(p.name for p in run_dir.iterdir())
@@ -218,7 +218,7 @@ def test_resume_with_a_garbage_config_exits_2_naming_the_file(capsys, tmp_path, 
 
 def test_run_names_tell_every_experiment_apart_and_keep_resumable_changes():
     """The README's examples used to collide: momentum SGD ran into FedAvg's directory."""
-    from tff_byz.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
+    from orchestration.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
 
     def name(**values):
         return ExperimentConfig(**values).resolved().run_name

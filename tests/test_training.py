@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tff_byz import processes, training
-from tff_byz.config import ExperimentConfig
+from tff_byz import processes
+from orchestration import evaluation, experiment, training
+from orchestration.config import ExperimentConfig
 
 from tests.workers import wait_until_gone, worker_pids
 
@@ -94,7 +95,7 @@ def test_runs_are_deterministic_and_resume_extends_exactly(tmp_path, tff_context
 def test_stop_test_loss_ends_the_run_at_the_first_evaluation_above_it(tmp_path, tff_context):
     """Mean under a scaled sign flip climbs in loss; the limit between rounds 3 and 4 ends
     the run at 4, exactly as the unlimited run went, and a resume does not continue it."""
-    from tff_byz.report import results  # pylint: disable=import-outside-toplevel
+    from orchestration.report import results  # pylint: disable=import-outside-toplevel
     attacked = dict(attack="sign_flip:scale=3", byzantine_fraction=0.4)
     training.run_experiment(small_config(tmp_path / "a", **attacked), progress=False)
     whole = pd.read_csv(tmp_path / "a" / "run" / "metrics.csv")
@@ -125,10 +126,10 @@ def test_clients_per_round_samples_deterministically(tmp_path, tff_context):
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert (metrics["clients"] == 4).all()
     assert summary["status"] == "complete"
-    rounds = [training.sample_clients(10, 4, 3, r) for r in range(3)]
+    rounds = [experiment.sample_clients(10, 4, 3, r) for r in range(3)]
     assert all(len(set(r)) == 4 and list(r) == sorted(r) for r in rounds)
     assert not np.array_equal(rounds[0], rounds[1])
-    np.testing.assert_array_equal(rounds[0], training.sample_clients(10, 4, 3, 0))
+    np.testing.assert_array_equal(rounds[0], experiment.sample_clients(10, 4, 3, 0))
 
 
 def _default_sigint():
@@ -299,7 +300,7 @@ def test_evaluator_equals_numpy_over_uneven_batches():
     y = np.array([0, 1, 2, 1, 0, 2, 2], dtype=np.int32)
     kernel = rng.normal(size=(4, 3)).astype(np.float32)
     bias = np.array([0.1, -0.2, 0.3], dtype=np.float32)
-    evaluator = training._Evaluator(  # pylint: disable=protected-access
+    evaluator = evaluation.Evaluator(
         lambda: tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3)]),
         x, y, batch_size=3)
     weights = collections.namedtuple("Weights", "trainable non_trainable")([kernel, bias], [])

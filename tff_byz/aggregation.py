@@ -24,7 +24,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 __all__ = ["ClientRecordAggregationFactory", "NonFiniteCountingFactory", "build_update_aggregator",
-           "is_weighted", "build_measurement_merger", "build_stateless_process"]
+           "build_measurement_merger", "build_stateless_process"]
 
 
 def build_measurement_merger(measurements_type, name: str, extra_type, *, first: bool = False):
@@ -70,10 +70,6 @@ def build_stateless_process(record_type, weight_type, aggregate
             state, aggregate(records, weights), tff.federated_value((), tff.SERVER))
 
     return tff.templates.AggregationProcess(init_fn, next_fn)
-
-
-def is_weighted(factory) -> bool:
-    return isinstance(factory, tff.aggregators.WeightedAggregationFactory)
 
 
 def build_update_aggregator(factory, record_type, weight_type=np.float32

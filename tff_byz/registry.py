@@ -18,11 +18,32 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
-__all__ = ["SpecError", "Param", "Entry", "Resolved", "Registry", "parse_spec"]
+__all__ = ["SpecError", "Param", "Entry", "Resolved", "Registry", "parse_spec", "non_negative",
+           "positive", "at_least_one", "in_unit_interval"]
 
 
 class SpecError(ValueError):
     """A bad component spec (CLI: exit 2)."""
+
+
+def non_negative(value) -> Optional[str]:
+    """A `Param.check`: value >= 0."""
+    return None if value >= 0 else "must be >= 0"
+
+
+def positive(value) -> Optional[str]:
+    """A `Param.check`: value > 0."""
+    return None if value > 0 else "must be > 0"
+
+
+def at_least_one(value) -> Optional[str]:
+    """A `Param.check`: value >= 1."""
+    return None if value >= 1 else "must be >= 1"
+
+
+def in_unit_interval(value) -> Optional[str]:
+    """A `Param.check`: 0 < value <= 1."""
+    return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +148,17 @@ class Registry:
         self.flag = flag
         self._entries: dict[str, Entry] = collections.OrderedDict()
         self._aliases: dict[str, str] = {}
+
+    @classmethod
+    def union(cls, flag: str, *registries: "Registry", entries: Sequence[Entry] = ()) -> "Registry":
+        """One registry for `flag` holding every entry of `registries`, then `entries`."""
+        merged = cls(flag)
+        for registry in registries:
+            for name in registry.names:
+                merged.register(registry.entry(name))
+        for entry in entries:
+            merged.register(entry)
+        return merged
 
     def register(self, entry: Entry) -> Entry:
         for name in (entry.name, *entry.aliases):

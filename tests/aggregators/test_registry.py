@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from aggregators import AGGREGATORS, AggregatorContext, build_aggregator
+from algorithms import AGGREGATOR_CHOICES
 from tff_byz.registry import SpecError
 from tests.aggregators import helpers
 
@@ -23,14 +24,16 @@ STRUCT = [collections.OrderedDict(w=np.full([2, 3], v, np.float32), b=np.array([
           for v in np.linspace(-1.0, 2.0, 12)]
 
 
-# Every factory (`fedlaw` is a training algorithm with its own process: tests/fedlaw).
-FACTORY_NAMES = [n for n in AGGREGATORS.names if AGGREGATORS.entry(n).kind != "algorithm"]
+FACTORY_NAMES = AGGREGATORS.names
 
 
-def test_fedlaw_and_pdmm_are_the_only_algorithms():
-    assert [n for n in AGGREGATORS.names if n not in FACTORY_NAMES] == ["fedlaw", "pdmm"]
+def test_the_aggregator_flag_names_every_factory_and_the_two_algorithms():
+    assert {AGGREGATORS.entry(n).kind for n in AGGREGATORS.names} == {"rule", "pre-aggregator"}
+    assert AGGREGATOR_CHOICES.names == AGGREGATORS.names + ["fedlaw", "pdmm"]
     for name in ("fedlaw", "pdmm"):
-        assert AGGREGATORS.entry(name).kind == "algorithm"
+        assert AGGREGATOR_CHOICES.entry(name).kind == "algorithm"
+        with pytest.raises(SpecError, match=f"unknown name '{name}'"):
+            build_aggregator(name, CONTEXT)  # not a factory: `algorithms` builds its process
 
 
 @pytest.mark.parametrize("name", FACTORY_NAMES)
@@ -73,9 +76,9 @@ def test_invalid_specs(spec, message):
 def test_composition_order_errors():
     with pytest.raises(SpecError, match="only pre-aggregators may come before"):
         build_aggregator("median+trimmed_mean", CONTEXT)
-    if "bucketing" in AGGREGATORS:
-        with pytest.raises(SpecError, match="last component must be a rule"):
-            build_aggregator("bucketing", CONTEXT)
+    with pytest.raises(SpecError, match="last component must be a rule; bucketing is a "
+                                        "pre-aggregator"):
+        build_aggregator("bucketing", CONTEXT)
 
 
 def test_requirements_fail_at_build_with_rule_n_and_f():
@@ -83,9 +86,7 @@ def test_requirements_fail_at_build_with_rule_n_and_f():
         build_aggregator("median", AggregatorContext(0.5, 4))
     with pytest.raises(ValueError, match="trimmed_mean needs 2\\*beta < n; got n=6"):
         build_aggregator("trimmed_mean:beta=3", AggregatorContext(0.0, 6))
-    if "bulyan" in AGGREGATORS:
-        with pytest.raises(ValueError, match="bulyan.*n=10, f=2"):
-            build_aggregator("bulyan", AggregatorContext(0.2, 10))
-    if "krum" in AGGREGATORS:
-        with pytest.raises(ValueError, match="krum.*n=6, f=2"):
-            build_aggregator("krum", AggregatorContext(0.3, 6))
+    with pytest.raises(ValueError, match="bulyan.*n=10, f=2"):
+        build_aggregator("bulyan", AggregatorContext(0.2, 10))
+    with pytest.raises(ValueError, match="krum.*n=6, f=2"):
+        build_aggregator("krum", AggregatorContext(0.3, 6))

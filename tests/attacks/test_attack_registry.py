@@ -5,7 +5,7 @@ import re
 import pytest
 
 from attacks import ATTACKS, build_attack_plan
-from tff_byz.config import ConfigError, ExperimentConfig
+from orchestration.config import ConfigError, ExperimentConfig
 from tff_byz.registry import SpecError
 
 STABLE_NAMES = ["none", "sign_flip", "gaussian", "bit_flip", "scaling", "zero", "constant", "inf",
@@ -42,7 +42,8 @@ def test_composition_and_what_each_part_needs():
     assert plan.data_poisoning(seed=0, num_classes=10) is not None
     assert build_attack_plan("lie").data_poisoning(seed=0, num_classes=10) is None
     assert [c.group for c in plan.collusions] == [1]
-    assert build_attack_plan("sign_flip:mode=ascent").needs_local_sgd
+    assert build_attack_plan("sign_flip:mode=ascent").ascent() is not None
+    assert build_attack_plan("sign_flip").ascent() is None
     assert build_attack_plan("none").is_noop
 
 

@@ -9,8 +9,8 @@ import json
 import pandas as pd
 import pytest
 
-from tff_byz import training
-from tff_byz.config import ExperimentConfig
+from orchestration import training
+from orchestration.config import ExperimentConfig
 
 SETTINGS = dict(dataset="digits", num_clients=20, local_epochs=3, batch_size=16, client_lr=0.05,
                 byzantine_fraction=0.3, seed=0, eval_every=1)

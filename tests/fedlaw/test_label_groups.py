@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tff_byz import training
-from tff_byz.config import ExperimentConfig
+from orchestration import training
+from orchestration.experiment import Experiment
+from orchestration.config import ExperimentConfig
 
 SETTINGS = dict(dataset="digits", partition="q", q=0.9, num_clients=20,
                 byzantine_selection="label_groups", byzantine_fraction=0.3, local_epochs=3,
@@ -50,13 +51,13 @@ def config(out, name, aggregator, attack):
 
 def honest_clients_accuracy(out) -> float:
     """Mean aggregation over the honest clients only, every round (Byzantine groups absent)."""
-    experiment = training.Experiment(config(out, "honest_clients", "mean", "none").resolved())
+    experiment = Experiment(config(out, "honest_clients", "mean", "none").resolved())
     honest = np.flatnonzero(~np.asarray(experiment.byzantine))
     assert len(honest) == 14
-    state = experiment.process.initialize()
+    state = experiment.algorithm.initialize()
     for _ in range(SETTINGS["rounds"]):
-        state, _ = experiment.next(state, honest)
-    return experiment.evaluator(experiment.model_weights(state))[1]
+        state, _ = experiment.algorithm.next(state, honest)
+    return experiment.evaluator(experiment.algorithm.model_weights(state))[1]
 
 
 @pytest.fixture(scope="module")

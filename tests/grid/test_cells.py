@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tff_byz.grid import cells
+from orchestration.grid import cells
 
 
 def make_run(tmp_path, summary=None, config=True):

@@ -55,7 +55,7 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys):
 def _grid_worker_pids() -> set[int]:
     """This test session's grid workers (other jobs' are ignored)."""
     from tests.workers import session_pids  # pylint: disable=import-outside-toplevel
-    return session_pids("-m tff_byz.grid.worker")
+    return session_pids("-m orchestration.grid.worker")
 
 
 def test_invalid_grid_stops_the_workers_started_early(tmp_path, capsys):
@@ -78,7 +78,7 @@ def test_invalid_grid_stops_the_workers_started_early(tmp_path, capsys):
 def test_a_second_run_on_a_busy_directory_exits_2_and_writes_nothing(tmp_path, capsys):
     """Two runs on one DIR would run the same cells twice into the same run directories."""
     import os  # pylint: disable=import-outside-toplevel
-    from tff_byz.grid import runner  # pylint: disable=import-outside-toplevel
+    from orchestration.grid import runner  # pylint: disable=import-outside-toplevel
     path = tmp_path / "grid.toml"
     path.write_text(GRID)
     out = tmp_path / "out"
@@ -102,7 +102,7 @@ def test_tree_rss_counts_a_process_and_its_descendants():
     import subprocess  # pylint: disable=import-outside-toplevel
     import sys  # pylint: disable=import-outside-toplevel
     import time  # pylint: disable=import-outside-toplevel
-    from tff_byz.grid import pool  # pylint: disable=import-outside-toplevel
+    from orchestration.grid import pool  # pylint: disable=import-outside-toplevel
     grandchild = ("import time; b = b'\\x01' * (300 * 2**20); print(1, flush=True); "
                   "time.sleep(60)")
     child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}])"
@@ -137,8 +137,8 @@ def test_the_grid_parent_process_never_imports_tensorflow():
     everything `pipelines.compare` runs outside `--dry_run` is TensorFlow-free."""
     import subprocess  # pylint: disable=import-outside-toplevel
     import sys  # pylint: disable=import-outside-toplevel
-    code = ("import sys, pipelines.compare, tff_byz.grid.runner, tff_byz.grid.pool, "
-            "tff_byz.grid.cells, tff_byz.files; "
+    code = ("import sys, pipelines.compare, orchestration.grid.runner, orchestration.grid.pool, "
+            "orchestration.grid.cells, tff_byz.files; "
             "print(sorted(m for m in sys.modules if m.split('.')[0].startswith('tensorflow')))")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True).stdout
@@ -148,8 +148,8 @@ def test_the_grid_parent_process_never_imports_tensorflow():
 def test_the_first_worker_resolves_the_grid_as_this_process_does(tmp_path):
     """`Worker(resolve=...)` answers with the cells `spec.resolve_grid` gives here (ids,
     run names, configs), then becomes ready: no message is lost in between."""
-    from tff_byz.grid import pool, spec  # pylint: disable=import-outside-toplevel
-    from tff_byz.grid.cells import CellRecord  # pylint: disable=import-outside-toplevel
+    from orchestration.grid import pool, spec  # pylint: disable=import-outside-toplevel
+    from orchestration.grid.cells import CellRecord  # pylint: disable=import-outside-toplevel
     path = tmp_path / "grid.toml"
     path.write_text(GRID)
     runs = str(tmp_path / "out" / "runs")
@@ -197,7 +197,7 @@ def test_an_idle_worker_whose_sigterm_went_to_another_thread_exits_when_stopped(
     import os  # pylint: disable=import-outside-toplevel
     import signal  # pylint: disable=import-outside-toplevel
     import time  # pylint: disable=import-outside-toplevel
-    from tff_byz.grid import pool  # pylint: disable=import-outside-toplevel
+    from orchestration.grid import pool  # pylint: disable=import-outside-toplevel
     worker = pool.Worker(threads=1)
     try:
         while not worker.ready:

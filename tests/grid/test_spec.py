@@ -8,9 +8,8 @@ import tomllib
 import pytest
 
 from aggregators import AGGREGATORS
-from tff_byz.config import ExperimentConfig
-from tff_byz.grid import spec
-from tff_byz.registry import SpecError
+from orchestration.config import ExperimentConfig
+from orchestration.grid import spec
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 
@@ -156,10 +155,6 @@ def test_pdmm_mnist_example_parses():
     aggregators = [value["aggregator"] for value in grid.axes["algorithm"]]
     assert aggregators == ["pdmm", "pdmm:theta=0.5", "mean", "median"]
     assert set(grid.axes["attack"]) == {"sign_flip", "bit_flip", "gaussian"}
-    try:
-        AGGREGATORS.resolve("pdmm")
-    except SpecError:
-        pytest.skip("the pdmm aggregator is not registered yet: the file is parsed, not expanded")
     cells = grid.cells("runs")
     assert {c.config.dataset for c in cells} == {"mnist"}
     assert {c.config.num_clients for c in cells} == {10}

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from pipelines import train
-from tff_byz import training
-from tff_byz.config import ExperimentConfig
+from orchestration import training
+from orchestration.config import ExperimentConfig
 
 COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "test_accuracy_honest_mean",
            "consensus_gap_honest", "client_work/num_examples", "clients"]

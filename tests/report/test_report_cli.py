@@ -9,7 +9,7 @@ import pytest
 
 from pipelines import report
 from tests.report.helpers import write_manifest, write_run
-from tff_byz.report import render
+from orchestration.report import render
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from tests.report.helpers import write_manifest, write_run
-from tff_byz.report import results
+from orchestration.report import results
 
 
 def test_results_one_row_per_run_with_config_summary_and_final_values(tmp_path):

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from tff_byz.report import stats
+from orchestration.report import stats
 
 # Student t quantiles t_{0.975, df} (tables): df = 1, 2.
 T1, T2 = 12.706204736, 4.302652730

@@ -1,6 +1,6 @@
 """A grid worker process: runs the cells its parent sends, one at a time, in one TFF context.
 
-    python -m tff_byz.grid.worker [--resolve GRID RUNS_DIR]   (started by `tff_byz.grid.pool`)
+    python -m orchestration.grid.worker [--resolve GRID RUNS_DIR]   (started by `orchestration.grid.pool`)
 
 Importing TensorFlow Federated and starting its worker takes seconds, often more
 than a small cell's training, so a worker process serves many cells. Protocol:
@@ -10,7 +10,7 @@ With `--resolve`, the first line the worker writes, before `{"ready"}`, is the
 grid resolved for the runner: `{"grid": {"name", "cells"}}`, `{"grid": {"error"}}`
 for an invalid grid, or `{"grid": null}` after an unexpected exception (printed to
 the boot log; the parent then resolves the grid itself and shows it);
-`{"log"}` alone (sent once, see `tff_byz.grid.pool`) moves the worker's own
+`{"log"}` alone (sent once, see `orchestration.grid.pool`) moves the worker's own
 output from its temporary boot log to that file. While
 a cell runs, file descriptors 1 and 2 (Python, TensorFlow's C++ logs and the
 progress bar alike) go to the cell's log file, so nothing can write into the
@@ -18,7 +18,7 @@ protocol pipe. Outcomes: `complete`; `failed` (the run's own verdict, e.g. a
 non-finite model); `invalid` (settings rejected when the experiment is built,
 e.g. Krum with too few clients; nothing written); `error` (any other exception:
 the worker then exits so the next cell gets a fresh process). SIGTERM/SIGHUP
-save the running cell's state (`tff_byz.training`) and end the process; the
+save the running cell's state (`orchestration.training`) and end the process; the
 parent sets PR_SET_PDEATHSIG so a worker never outlives it.
 """
 
@@ -34,9 +34,10 @@ import sys  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 
-from tff_byz import context, processes, training  # noqa: E402
-from tff_byz.grid import pool  # noqa: E402
-from tff_byz.config import ConfigError, ExperimentConfig  # noqa: E402
+from tff_byz import context, processes  # noqa: E402
+from orchestration import training  # noqa: E402
+from orchestration.grid import pool  # noqa: E402
+from orchestration.config import ConfigError, ExperimentConfig  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -102,7 +103,7 @@ def run_cell(request: dict) -> dict:
 
 def resolve_grid(path: str, runs_dir: str) -> dict:
     """The `{"grid": ...}` message for the parent (see the module docstring)."""
-    from tff_byz.grid import spec  # pylint: disable=import-outside-toplevel
+    from orchestration.grid import spec  # pylint: disable=import-outside-toplevel
 
     try:
         return dict(grid=spec.resolve_grid(path, runs_dir))

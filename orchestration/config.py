@@ -15,9 +15,13 @@ import math
 import re
 from typing import Any, Optional
 
-from aggregators import AGGREGATORS
+from algorithms import AGGREGATOR_CHOICES, algorithm_class
 from attacks import ATTACKS
+from attacks.selection import SelectionError, parse_selection
+from pdmm.graphs import TOPOLOGIES
 from tff_byz import datasets
+from tff_byz.context import parse_worker_addresses
+from tff_byz.errors import ConfigError
 from tff_byz.models import MODELS
 from tff_byz.registry import SpecError
 
@@ -45,10 +49,6 @@ RESUMABLE_CHANGES = ("rounds", "tff_workers", "output_dir", "eval_every", "check
 # Settings `base_run_name` spells out.
 _NAMED_FIELDS = ("dataset", "partition", "num_clients", "aggregator", "attack",
                  "byzantine_fraction", "byzantine_selection", "topology", "seed")
-
-
-class ConfigError(ValueError):
-    """An invalid setting (CLI: exit 2)."""
 
 
 @dataclasses.dataclass
@@ -97,7 +97,7 @@ class ExperimentConfig:
             config.model = DEFAULT_MODELS[config.dataset]
         if config.checkpoint_every == 0:
             config.checkpoint_every = config.eval_every
-        config.aggregator = "+".join(c.canonical for c in AGGREGATORS.resolve(config.aggregator))
+        config.aggregator = "+".join(c.canonical for c in AGGREGATOR_CHOICES.resolve(config.aggregator))
         config.attack = "+".join(c.canonical for c in ATTACKS.resolve(config.attack))
         if config.run_name is None:
             config.run_name = config.default_run_name()
@@ -126,7 +126,7 @@ class ExperimentConfig:
     def base_run_name(self) -> str:
         """The name from the settings that define most experiments (specs name only their
         non-default parameters)."""
-        aggregator = "+".join(c.compact for c in AGGREGATORS.resolve(self.aggregator))
+        aggregator = "+".join(c.compact for c in AGGREGATOR_CHOICES.resolve(self.aggregator))
         attack = "+".join(c.compact for c in ATTACKS.resolve(self.attack))
         selection = "" if self.byzantine_selection == "random" else f"_{self.byzantine_selection}"
         if self.topology != "star":
@@ -171,7 +171,6 @@ class ExperimentConfig:
         if self.declared_byzantine_fraction is not None:
             number("declared_byzantine_fraction", self.declared_byzantine_fraction, 0.0, 1.0,
                    high_open=True)
-        from attacks.selection import SelectionError, parse_selection  # pylint: disable=import-outside-toplevel
         try:
             parse_selection(self.byzantine_selection)
         except SelectionError as error:
@@ -179,7 +178,6 @@ class ExperimentConfig:
         integer("rounds", self.rounds, 1)
         integer("local_epochs", self.local_epochs, 1)
         integer("local_steps", self.local_steps, 0)
-        from pdmm.graphs import TOPOLOGIES  # pylint: disable=import-outside-toplevel
         choice("topology", self.topology, TOPOLOGIES)
         choice("attack_message", self.attack_message, ATTACK_MESSAGES)
         integer("batch_size", self.batch_size, 1)
@@ -196,41 +194,20 @@ class ExperimentConfig:
         if self.run_name is not None and (not self.run_name or "/" in self.run_name
                                           or self.run_name in (".", "..")):
             raise ConfigError(f"--run_name must be a non-empty name without '/'; got {self.run_name!r}.")
-        for flag, registry, spec in (("aggregator", AGGREGATORS, self.aggregator),
+        for flag, registry, spec in (("aggregator", AGGREGATOR_CHOICES, self.aggregator),
                                      ("attack", ATTACKS, self.attack)):
             try:
                 registry.resolve(spec)
             except SpecError as error:
                 raise ConfigError(str(error)) from None
-        if any(c.name == "fedlaw" for c in AGGREGATORS.resolve(self.aggregator)):
-            if self.client_work != "local_sgd":
-                raise ConfigError(f"--aggregator=fedlaw needs --client_work=local_sgd; got "
-                                  f"--client_work={self.client_work}.")
-            if self.server_lr != 1.0:
-                raise ConfigError(f"--aggregator=fedlaw steps θ + Σ w_i Δ_i (its server step is "
-                                  f"the client lr α); --server_lr must be 1; got {self.server_lr}.")
-        pdmm = any(c.name == "pdmm" for c in AGGREGATORS.resolve(self.aggregator))
-        if pdmm:
-            if self.client_work != "local_sgd":
-                raise ConfigError(f"--aggregator=pdmm runs its own client work (K prox steps); "
-                                  f"--client_work must stay local_sgd; got {self.client_work}.")
-            if self.server_lr != 1.0:
-                raise ConfigError(f"--aggregator=pdmm has no server learning rate (w_s is the "
-                                  f"mean of the messages); --server_lr must be 1; got "
-                                  f"{self.server_lr}.")
-        elif self.topology != "star":
-            raise ConfigError(f"--topology={self.topology} needs --aggregator=pdmm (decentralized "
-                              f"PDMM); got --aggregator={self.aggregator!r}.")
+        algorithm_class(AGGREGATOR_CHOICES.resolve(self.aggregator), self.client_work,
+                        self.topology).validate(self)
         attacked = ATTACKS.resolve(self.attack)[0].name != "none"
-        if attacked and self.client_work != "local_sgd":
-            raise ConfigError(f"--attack={self.attack!r} needs --client_work=local_sgd (attacks "
-                              f"transform its client work); got --client_work={self.client_work}.")
         if attacked and self.byzantine_fraction == 0.0 and \
                 not self.byzantine_selection.startswith("ids:"):
             raise ConfigError(f"--attack={self.attack!r} needs Byzantine clients: set "
                               "--byzantine_fraction > 0 or --byzantine_selection=ids:...")
         if self.tff_workers:
-            from tff_byz.context import parse_worker_addresses  # pylint: disable=import-outside-toplevel
             try:
                 parse_worker_addresses(self.tff_workers)
             except ValueError as error:

@@ -78,7 +78,7 @@ def thread_environment(threads: int) -> dict[str, str]:
 
 
 class Worker:
-    """One `tff_byz.grid.worker` process and what the parent knows about it.
+    """One `orchestration.grid.worker` process and what the parent knows about it.
 
     Must be created from the main thread: PR_SET_PDEATHSIG fires when the *thread*
     that forked the child exits.
@@ -92,7 +92,7 @@ class Worker:
         env = dict(os.environ, **thread_environment(threads))
         env[BOOT_LOG_ENV] = self.boot_log
         self.resolves = resolve is not None
-        command = [sys.executable, "-m", "tff_byz.grid.worker"]
+        command = [sys.executable, "-m", "orchestration.grid.worker"]
         if resolve is not None:
             command += ["--resolve", *resolve]
         with os.fdopen(fd, "ab") as stderr:
@@ -139,7 +139,7 @@ class Worker:
 
     def read_grid(self) -> Optional[dict]:
         """The answer of a worker started with `resolve=`: `{"name", "cells"}` (see
-        `tff_byz.grid.spec.resolve_grid`) or `{"error"}` for an invalid grid; None if
+        `orchestration.grid.spec.resolve_grid`) or `{"error"}` for an invalid grid; None if
         the worker exited or could not resolve it (its boot log has the traceback)."""
         while True:
             messages = self.read_messages()

@@ -36,8 +36,8 @@ import tomllib
 import typing
 from typing import Any, Mapping, Optional
 
-from tff_byz.config import ConfigError, ExperimentConfig
-from tff_byz.grid.cells import CellRecord
+from orchestration.config import ConfigError, ExperimentConfig
+from orchestration.grid.cells import CellRecord
 
 __all__ = ["Grid", "Cell", "GridError", "load_grid", "parse_grid", "resolve_grid", "cell_id", "NON_IDENTITY_FIELDS"]
 

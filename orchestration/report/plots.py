@@ -31,7 +31,7 @@ import pandas as pd  # noqa: E402
 from scipy import stats as scipy_stats  # noqa: E402
 
 from tff_byz import files  # noqa: E402
-from tff_byz.report import stats  # noqa: E402
+from orchestration.report import stats  # noqa: E402
 
 __all__ = ["accuracy_curves", "heatmaps", "fedlaw_figures", "backdoor_curves", "mean_band"]
 

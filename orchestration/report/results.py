@@ -53,7 +53,7 @@ RESULT_COLUMNS = ("final_accuracy", "aborted_round", "final_accuracy_honest_mean
                   "final_test_accuracy", "best_test_accuracy", "final_test_loss",
                   "detection_precision", "detection_recall", "detection_f1", "detection_accuracy",
                   "final_attack_success_rate", "wall_seconds")
-# A non-finite model is the run's own verdict (tff_byz.training.NonFiniteModelError).
+# A non-finite model is the run's own verdict (orchestration.training.NonFiniteModelError).
 _DIVERGED_MARK = "non-finite"
 
 

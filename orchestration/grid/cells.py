@@ -34,9 +34,9 @@ class CellRecord:
     """A resolved cell as the runner needs it: plain JSON values, no TensorFlow.
 
     The grid is resolved where TensorFlow is imported anyway (the first worker
-    process, see `tff_byz.grid.pool.Worker`), so the parent process never imports it.
+    process, see `orchestration.grid.pool.Worker`), so the parent process never imports it.
     """
-    id: str                    # hash of the resolved config (`tff_byz.grid.spec.cell_id`)
+    id: str                    # hash of the resolved config (`orchestration.grid.spec.cell_id`)
     run_name: str
     rounds: int
     axes: Mapping[str, Any]    # the axis values that define the cell

@@ -1,8 +1,8 @@
 """Runs a grid's cells in N worker processes, resumably, with a progress bar.
 
-`run_grid(cells, output_dir, parallel=N)` skips done cells (`tff_byz.grid.cells`),
+`run_grid(cells, output_dir, parallel=N)` skips done cells (`orchestration.grid.cells`),
 resumes partial ones from their program state and hands the rest, in grid order,
-to N `tff_byz.grid.worker` processes (`tff_byz.grid.pool`: started from the main
+to N `orchestration.grid.worker` processes (`orchestration.grid.pool`: started from the main
 thread, in their own session, killed by the kernel if this process dies, with
 TensorFlow limited to `threads` intra-/inter-op threads so N workers share the
 cores instead of oversubscribing them; some may have been started before the
@@ -26,9 +26,9 @@ from typing import Optional, Sequence
 import tqdm
 
 from tff_byz import files
-from tff_byz.grid import cells as cell_files
-from tff_byz.grid.cells import CellRecord, CellStatus
-from tff_byz.grid.pool import (Worker, available_cores, reap_workers, stop_workers,
+from orchestration.grid import cells as cell_files
+from orchestration.grid.cells import CellRecord, CellStatus
+from orchestration.grid.pool import (Worker, available_cores, reap_workers, stop_workers,
                                thread_environment, tree_rss_mb)
 
 __all__ = ["run_grid", "GridOutcome", "GridBusyError", "plan", "available_cores",
@@ -52,7 +52,7 @@ class GridOutcome:
 
 
 def plan(cells: Sequence[CellRecord], output_dir: str) -> list[tuple[CellRecord, str]]:
-    """Each cell with its status on disk (see `tff_byz.grid.cells.cell_status`)."""
+    """Each cell with its status on disk (see `orchestration.grid.cells.cell_status`)."""
     manifest = cell_files.read_manifest(output_dir)
     last = {c["id"]: c.get("outcome") for c in manifest.get("cells", [])}
     return [(cell, cell_files.cell_status(cell_files.run_dir(output_dir, cell.run_name),
@@ -86,7 +86,7 @@ def run_grid(cells: Sequence[CellRecord], output_dir: str, *, parallel: int, thr
              started: Sequence[Worker] = ()) -> GridOutcome:
     """Runs every cell not done yet; returns each cell's status. Interrupts propagate
     after the workers have saved and stopped. `started`: workers already starting
-    (`tff_byz.grid.pool.start_workers`, with `threads`), used before new ones.
+    (`orchestration.grid.pool.start_workers`, with `threads`), used before new ones.
     A worker is replaced by a fresh process after `cells_per_worker` cells, or after
     a cell that leaves it (with its TFF `worker_binary`) above `worker_memory_mb`
     resident: TFF's worker keeps memory from cell to cell (~1.5 GB per MNIST cell).

@@ -1,0 +1,91 @@
+"""FedLAW as a training algorithm: `--aggregator=fedlaw:...` (fedlaw.md)."""
+
+from __future__ import annotations
+
+import collections
+from aggregators.registry import F_PARAM
+from algorithms.base import Algorithm, RoundReport
+from fedlaw import math as fedlaw_math
+from fedlaw.process import FedLAWOptions, build_fedlaw_process
+from tff_byz import client_work
+from tff_byz.errors import ConfigError
+from tff_byz.registry import Entry, Param, at_least_one, in_unit_interval, non_negative, positive
+
+__all__ = ["FEDLAW", "FedLAW"]
+
+
+
+
+
+
+FEDLAW = Entry(
+    name="fedlaw", build=FedLAWOptions, kind="algorithm",
+    help="FedLAW (Parsa et al., arXiv 2511.03529): learnable sparse client weights, two client "
+         "passes per learning round; a training algorithm, not a rule (no pre-aggregators).",
+    params={
+        "beta": Param(float, 1e-3, "weight step β", check=positive),
+        "s_start": Param(int, None, "last round of s = n (default round(0.04·rounds))",
+                         check=non_negative),
+        "s_end": Param(int, None, "first round of s = n − f (default round(0.5·rounds))",
+                       check=non_negative),
+        "cap": Param(float, None, "weight cap t (default 1/(s_final − ⌈0.05n⌉))", check=in_unit_interval),
+        "freeze": Param(int, None, "learn w in rounds 0..K−1, then aggregate with frozen w",
+                        check=at_least_one),
+        "weight_step": Param(str, "full", "full, or bsum (loss-only ablation)",
+                             choices=("full", "bsum")),
+        "clip": Param(bool, False, "ablation: clip deltas to the median norm"),
+        "loss_filter": Param(bool, False, "ablation: MAD pre-filter on the pass-B losses"),
+        "loss": Param(str, "last_epoch", "reported loss: last_epoch (mean of the last local "
+                      "epoch), start / end (whole local set before / after training)",
+                      choices=("last_epoch", "start", "end")),
+        "f": F_PARAM,
+    })
+
+
+class FedLAW(Algorithm):
+    """Learned sparse client weights: θ ← θ + Σ w_i Δ_i, w learned by a look-ahead pass.
+
+    Reports the learned weights (weights.csv) and, when the run has Byzantine clients,
+    how well small weights detect them (fedlaw.md §7)."""
+
+    @classmethod
+    def validate(cls, config) -> None:
+        Algorithm.validate(config)
+        if config.client_work != "local_sgd":
+            raise ConfigError(f"--aggregator=fedlaw needs --client_work=local_sgd; got "
+                              f"--client_work={config.client_work}.")
+        if config.server_lr != 1.0:
+            raise ConfigError(f"--aggregator=fedlaw steps θ + Σ w_i Δ_i (its server step is "
+                              f"the client lr α); --server_lr must be 1; got {config.server_lr}.")
+
+    @property
+    def options(self) -> FedLAWOptions:
+        return FedLAWOptions(**self.setting.aggregator[0].params)
+
+    def build_process(self):
+        setting = self.setting
+        config, plan, options = setting.config, setting.attack_plan, self.options
+        honest = client_work.build_local_sgd_client_work(
+            setting.model_fn, epochs=config.local_epochs, batch_size=config.batch_size,
+            learning_rate=config.client_lr, seed=config.seed, ascent=plan.ascent(),
+            loss_at=options.loss, steps=config.local_steps, inputs=setting.inputs)
+        return build_fedlaw_process(
+            setting.model_fn, setting.initial_weights,
+            plan.client_work(honest, seed=config.seed, inputs=setting.inputs),
+            options=options, num_clients=setting.num_clients, rounds=config.rounds,
+            declared_fraction=setting.declared_byzantine_fraction, alpha=config.client_lr,
+            wrap_collector=lambda factory: plan.aggregator(factory, seed=config.seed),
+            inputs=setting.inputs)
+
+    def report(self, state, evaluator) -> RoundReport:
+        weights = self.process.client_weights(state)
+        report = RoundReport(client_weights=weights)
+        byzantine = self.setting.byzantine
+        if byzantine.any():  # precision and recall mean nothing without Byzantine clients
+            found = fedlaw_math.detection_metrics(weights, byzantine)
+            detection = collections.OrderedDict(
+                (key, float(found[key])) for key in ("precision", "recall", "f1", "accuracy")
+                if key in found)
+            report.metrics.update((f"detection/{key}", value) for key, value in detection.items())
+            report.summary["final_detection"] = detection
+        return report
