@@ -9,20 +9,15 @@ one line naming the flag, the value and the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import re
+import types
 from typing import Any, Optional
 
-from algorithms import AGGREGATOR_CHOICES, algorithm_class
-from attacks import ATTACKS
-from attacks.selection import SelectionError, parse_selection
-from pdmm.graphs import TOPOLOGIES
-from tff_byz import datasets
-from tff_byz.context import parse_worker_addresses
 from tff_byz.errors import ConfigError
-from tff_byz.models import MODELS
 from tff_byz.registry import SpecError
 
 __all__ = ["ExperimentConfig", "ConfigError", "CLIENT_WORKS", "ATTACK_MESSAGES", "DEFAULT_MODELS",
@@ -51,43 +46,81 @@ _NAMED_FIELDS = ("dataset", "partition", "num_clients", "aggregator", "attack",
                  "byzantine_fraction", "byzantine_selection", "topology", "seed")
 
 
+@functools.cache
+def _names() -> types.SimpleNamespace:
+    """What a config is checked against: the registries and every valid name. Imported on
+    first use, not with this module, so `python -m pipelines.train --help` and flag-syntax
+    errors answer without TensorFlow (its import takes ~5 s)."""
+    # pylint: disable=import-outside-toplevel  (start-up time: these import TensorFlow)
+    from algorithms import AGGREGATOR_CHOICES, algorithm_class
+    from attacks import ATTACKS
+    from attacks.selection import SelectionError, parse_selection
+    from pdmm.graphs import TOPOLOGIES
+    from tff_byz import datasets
+    from tff_byz.context import parse_worker_addresses
+    from tff_byz.models import MODELS
+    return types.SimpleNamespace(
+        aggregators=AGGREGATOR_CHOICES, algorithm_class=algorithm_class, attacks=ATTACKS,
+        selection_error=SelectionError, parse_selection=parse_selection, topologies=TOPOLOGIES,
+        datasets=datasets.DATASETS, partitions=datasets.PARTITIONS, models=tuple(MODELS),
+        parse_worker_addresses=parse_worker_addresses)
+
+
+def _setting(default, help: str):  # pylint: disable=redefined-builtin
+    """A config field; `help` is its `--flag` help (`pipelines.cli.add_dataclass_flags`)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass
 class ExperimentConfig:
-    dataset: str = "digits"
-    data_dir: Optional[str] = None
-    partition: str = "iid"
-    q: float = 0.5
-    q_mode: str = "sample"
-    alpha: float = 0.5
-    num_clients: int = 20
-    clients_per_round: int = 0  # 0: every client, every round
-    model: Optional[str] = None  # None: DEFAULT_MODELS[dataset]
-    aggregator: str = "mean"
-    attack: str = "none"
-    byzantine_fraction: float = 0.0
-    byzantine_selection: str = "random"  # random | label_groups | ids:3,17,...
-    declared_byzantine_fraction: Optional[float] = None  # None: the actual fraction
-    rounds: int = 30
-    local_epochs: int = 1
-    local_steps: int = 0  # local_sgd: K mini-batch steps per round instead of epochs (0: epochs)
-    batch_size: int = 32
-    client_lr: float = 0.1
-    client_work: str = "local_sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    server_lr: float = 1.0
-    eval_every: int = 1
-    checkpoint_every: int = 0  # 0: same as eval_every
-    # End the run at the first evaluation whose test loss exceeds this or is NaN (the
-    # FedLAW authors' evaluation raises at 9); None: never.
-    stop_test_loss: Optional[float] = None
-    seed: int = 0
-    topology: str = "star"  # pdmm: star (centralized) or a decentralized graph
-    # FedAvg: local attacks corrupt the delta Δ_i or the model θ + Δ_i (PDMM: always its y).
-    attack_message: str = "delta"
-    output_dir: str = "runs"
-    run_name: Optional[str] = None  # None: derived from the settings
-    tff_workers: str = ""
+    """Every setting of one run; each field is a `python -m pipelines.train` flag."""
+    dataset: str = _setting("digits", "digits (embedded, no files), mnist, fashion_mnist, emnist, "
+                            "cifar10, olivetti, synthetic.")
+    data_dir: Optional[str] = _setting(None, "Directory holding real datasets (e.g. "
+                                       "../shared/data).")
+    partition: str = _setting("iid", "iid, q (label groups), dirichlet, natural (emnist writers).")
+    q: float = _setting(0.5, "q-split: probability an example goes to its label's group.")
+    q_mode: str = _setting("sample", "q-split mode: sample (paper) or exact (authors' code).")
+    alpha: float = _setting(0.5, "Dirichlet concentration for --partition=dirichlet.")
+    num_clients: int = _setting(20, "Number of clients (writers to keep for emnist; 0 = all).")
+    clients_per_round: int = _setting(0, "Clients sampled per round (0 = all).")
+    model: Optional[str] = _setting(None, "mlp, mlp_torch, small_mlp, wide_mlp, emnist_cnn, "
+                                    "lenet, cifar_cnn (default: per dataset).")
+    aggregator: str = _setting("mean", "NAME[:key=value,...]: a robust rule (chained after "
+                               "pre-aggregators with +), or the algorithm fedlaw or pdmm; see "
+                               "--list_aggregators.")
+    attack: str = _setting("none", "NAME[:key=value,...]; see --list_attacks.")
+    byzantine_fraction: float = _setting(0.0, "Fraction of Byzantine clients (random and "
+                                         "label_groups selection).")
+    byzantine_selection: str = _setting("random", "Who is Byzantine: random, label_groups (whole "
+                                        "label groups of --partition=q) or ids:3,17,...")
+    declared_byzantine_fraction: Optional[float] = _setting(
+        None, "Fraction declared to defences (default: the actual fraction of Byzantine "
+        "clients).")
+    rounds: int = _setting(30, "Number of rounds.")
+    local_epochs: int = _setting(1, "Local epochs per round (local_sgd).")
+    local_steps: int = _setting(0, "Local SGD steps per round on each client's example stream "
+                                "instead of --local_epochs (0 = epochs); PDMM's K by default.")
+    batch_size: int = _setting(32, "Client mini-batch size.")
+    client_lr: float = _setting(0.1, "Client SGD learning rate (local_sgd).")
+    client_work: str = _setting("local_sgd", "local_sgd (FedAvg) or momentum_sgd.")
+    momentum: float = _setting(0.9, "Client momentum β (momentum_sgd).")
+    weight_decay: float = _setting(0.0, "Weight decay (momentum_sgd).")
+    server_lr: float = _setting(1.0, "Server learning rate: θ ← θ + server_lr · Agg(Δ).")
+    eval_every: int = _setting(1, "Evaluate on the test set every k rounds (and at the end).")
+    checkpoint_every: int = _setting(0, "Save program state every k rounds (0 = eval_every).")
+    stop_test_loss: Optional[float] = _setting(
+        None, "End the run at the first evaluation whose test loss exceeds this or is NaN (the "
+        "FedLAW authors' code stops at 9).")
+    seed: int = _setting(0, "Run seed: data split, initial model, sampling, shuffles.")
+    topology: str = _setting("star", "PDMM: star (centralized, server as a PDMM node), ring, "
+                             "complete or rgg (decentralized).")
+    attack_message: str = _setting("delta", "FedAvg: local attacks corrupt the delta or the "
+                                   "uploaded model (model-sized message, as PDMM's y).")
+    output_dir: str = _setting("runs", "Parent directory of run directories.")
+    run_name: Optional[str] = _setting(None, "Run directory name (default: derived from the "
+                                       "settings).")
+    tff_workers: str = _setting("", "Remote TFF workers host:port,... (default: a local worker).")
 
     def resolved(self) -> "ExperimentConfig":
         """A validated copy with every default made explicit (canonical specs)."""
@@ -97,8 +130,8 @@ class ExperimentConfig:
             config.model = DEFAULT_MODELS[config.dataset]
         if config.checkpoint_every == 0:
             config.checkpoint_every = config.eval_every
-        config.aggregator = "+".join(c.canonical for c in AGGREGATOR_CHOICES.resolve(config.aggregator))
-        config.attack = "+".join(c.canonical for c in ATTACKS.resolve(config.attack))
+        config.aggregator = "+".join(c.canonical for c in _names().aggregators.resolve(config.aggregator))
+        config.attack = "+".join(c.canonical for c in _names().attacks.resolve(config.attack))
         if config.run_name is None:
             config.run_name = config.default_run_name()
         return config
@@ -126,8 +159,8 @@ class ExperimentConfig:
     def base_run_name(self) -> str:
         """The name from the settings that define most experiments (specs name only their
         non-default parameters)."""
-        aggregator = "+".join(c.compact for c in AGGREGATOR_CHOICES.resolve(self.aggregator))
-        attack = "+".join(c.compact for c in ATTACKS.resolve(self.attack))
+        aggregator = "+".join(c.compact for c in _names().aggregators.resolve(self.aggregator))
+        attack = "+".join(c.compact for c in _names().attacks.resolve(self.attack))
         selection = "" if self.byzantine_selection == "random" else f"_{self.byzantine_selection}"
         if self.topology != "star":
             aggregator += f"_{self.topology}"
@@ -154,12 +187,12 @@ class ExperimentConfig:
                 interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
                 raise ConfigError(f"--{flag} must be in {interval}; got {value!r}.")
 
-        choice("dataset", self.dataset, datasets.DATASETS)
-        choice("partition", self.partition, datasets.PARTITIONS)
+        choice("dataset", self.dataset, _names().datasets)
+        choice("partition", self.partition, _names().partitions)
         choice("q_mode", self.q_mode, ("sample", "exact"))
         choice("client_work", self.client_work, CLIENT_WORKS)
         if self.model is not None:
-            choice("model", self.model, tuple(MODELS))
+            choice("model", self.model, _names().models)
         number("q", self.q, 0.0, 1.0)
         number("alpha", self.alpha, 0.0, math.inf, low_open=True, high_open=True)
         integer("num_clients", self.num_clients, 1)
@@ -172,13 +205,13 @@ class ExperimentConfig:
             number("declared_byzantine_fraction", self.declared_byzantine_fraction, 0.0, 1.0,
                    high_open=True)
         try:
-            parse_selection(self.byzantine_selection)
-        except SelectionError as error:
+            _names().parse_selection(self.byzantine_selection)
+        except _names().selection_error as error:
             raise ConfigError(str(error)) from None
         integer("rounds", self.rounds, 1)
         integer("local_epochs", self.local_epochs, 1)
         integer("local_steps", self.local_steps, 0)
-        choice("topology", self.topology, TOPOLOGIES)
+        choice("topology", self.topology, _names().topologies)
         choice("attack_message", self.attack_message, ATTACK_MESSAGES)
         integer("batch_size", self.batch_size, 1)
         number("client_lr", self.client_lr, 0.0, math.inf, low_open=True, high_open=True)
@@ -194,22 +227,23 @@ class ExperimentConfig:
         if self.run_name is not None and (not self.run_name or "/" in self.run_name
                                           or self.run_name in (".", "..")):
             raise ConfigError(f"--run_name must be a non-empty name without '/'; got {self.run_name!r}.")
-        for flag, registry, spec in (("aggregator", AGGREGATOR_CHOICES, self.aggregator),
-                                     ("attack", ATTACKS, self.attack)):
+        for flag, registry, spec in (("aggregator", _names().aggregators, self.aggregator),
+                                     ("attack", _names().attacks, self.attack)):
             try:
                 registry.resolve(spec)
             except SpecError as error:
                 raise ConfigError(str(error)) from None
-        algorithm_class(AGGREGATOR_CHOICES.resolve(self.aggregator), self.client_work,
-                        self.topology).validate(self)
-        attacked = ATTACKS.resolve(self.attack)[0].name != "none"
+        names = _names()
+        names.algorithm_class(names.aggregators.resolve(self.aggregator), self.client_work,
+                              self.topology).validate(self)
+        attacked = _names().attacks.resolve(self.attack)[0].name != "none"
         if attacked and self.byzantine_fraction == 0.0 and \
                 not self.byzantine_selection.startswith("ids:"):
             raise ConfigError(f"--attack={self.attack!r} needs Byzantine clients: set "
                               "--byzantine_fraction > 0 or --byzantine_selection=ids:...")
         if self.tff_workers:
             try:
-                parse_worker_addresses(self.tff_workers)
+                _names().parse_worker_addresses(self.tff_workers)
             except ValueError as error:
                 raise ConfigError(str(error)) from None
 

@@ -24,76 +24,69 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import argparse  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 
+from orchestration.grid import pool, runner, spec  # noqa: E402  (no TensorFlow)
+from orchestration.grid.cells import CellRecord  # noqa: E402
+from pipelines import cli  # noqa: E402
+from tff_byz import processes  # noqa: E402
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise ValueError(message)
 
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m pipelines.compare", add_help=True)
+def _parser() -> cli.Parser:
+    parser = cli.Parser("python -m pipelines.compare",
+                        usage="GRID.toml --output_dir=DIR [--flag=value ...]")
     parser.add_argument("grid", help="grid TOML file")
     parser.add_argument("--output_dir", required=True, help="directory of the grid's runs")
-    parser.add_argument("--parallel", type=int, default=None,
+    parser.add_argument("--parallel", type=cli.integer, default=None,
                         help="worker processes (default: the number of cores)")
-    parser.add_argument("--threads_per_cell", type=int, default=None,
+    parser.add_argument("--threads_per_cell", type=cli.integer, default=None,
                         help="TensorFlow intra/inter-op threads per worker (default: cores // parallel)")
-    parser.add_argument("--cells_per_worker", type=int, default=0,
+    parser.add_argument("--cells_per_worker", type=cli.integer, default=0,
                         help="restart a worker process after this many cells (0: never)")
-    parser.add_argument("--worker_memory_mb", type=float, default=None,
+    parser.add_argument("--worker_memory_mb", type=cli.number, default=None,
                         help="restart a worker process after a cell leaves it (with its TFF "
                              "worker) above this resident memory (default: half the RAM / "
                              "parallel; 0: never)")
-    parser.add_argument("--dry_run", action="store_true", help="print the cells and exit")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--noprogress", dest="progress", action="store_false")
+    cli.add_switch(parser, "dry_run", False, "print the cells and their status, and exit")
+    cli.add_switch(parser, "progress", True, "a progress bar on stderr")
     return parser
-
-
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
-def _raise_system_exit(signum, frame):  # pylint: disable=unused-argument
-    raise SystemExit(128 + signum)
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    parser = _parser()
+    if cli.wants_help(argv[1:]):
+        print(parser.help_text(__doc__), end="")
+        return 0
     try:
-        args = _parser().parse_args(argv[1:])
-    except ValueError as error:
-        return _error(str(error))
-    from orchestration.grid import pool  # pylint: disable=import-outside-toplevel  (no TensorFlow)
+        args = parser.parse(argv[1:])
+    except cli.UsageError as error:
+        return cli.error(str(error))
 
     cores = pool.available_cores()
     parallel = cores if args.parallel is None else args.parallel
     if parallel < 1:
-        return _error(f"--parallel must be an integer >= 1; got {parallel}.")
+        return cli.error(f"--parallel must be an integer >= 1; got {parallel}.")
     threads = max(1, cores // parallel) if args.threads_per_cell is None else args.threads_per_cell
     if threads < 1:
-        return _error(f"--threads_per_cell must be an integer >= 1; got {threads}.")
+        return cli.error(f"--threads_per_cell must be an integer >= 1; got {threads}.")
     if args.cells_per_worker < 0:
-        return _error(f"--cells_per_worker must be an integer >= 0; got {args.cells_per_worker}.")
+        return cli.error(f"--cells_per_worker must be an integer >= 0; got {args.cells_per_worker}.")
     memory = (pool.default_worker_memory_mb(parallel) if args.worker_memory_mb is None
               else args.worker_memory_mb)
     if not memory >= 0:  # also NaN
-        return _error(f"--worker_memory_mb must be a number >= 0; got {args.worker_memory_mb}.")
+        return cli.error(f"--worker_memory_mb must be a number >= 0; got {args.worker_memory_mb}.")
     args.worker_memory_mb = memory
     if not os.path.isfile(args.grid):
-        return _error(f"grid file not found: {args.grid}")
+        return cli.error(f"grid file not found: {args.grid}")
     # The first worker resolves the grid after importing TensorFlow Federated (seconds),
     # unless this process has it already (called from Python); the workers are stopped
     # again if the grid turns out invalid.
     args.runs_dir = os.path.join(args.output_dir, "runs")
     resolve = None if "tensorflow_federated" in sys.modules else (args.grid, args.runs_dir)
     started = [] if args.dry_run else pool.start_workers(parallel, threads, resolve=resolve)
-    previous = {s: signal.signal(s, _raise_system_exit) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {s: signal.signal(s, cli.raise_system_exit) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return _run(args, parallel, threads, started)
     except KeyboardInterrupt:
@@ -109,20 +102,16 @@ def main(argv=None) -> int:
 
 
 def _run(args, parallel: int, threads: int, started) -> int:
-    from orchestration.grid import runner  # pylint: disable=import-outside-toplevel  (no TensorFlow)
-    from orchestration.grid.cells import CellRecord  # pylint: disable=import-outside-toplevel
-
     resolved = started[0].read_grid() if started and started[0].resolves else None
     if resolved is None:
         # Here (imports TensorFlow): --dry_run, a caller that has it already, or a worker that
         # could not answer (an unexpected exception is then raised here, with its traceback).
-        from orchestration.grid import spec  # pylint: disable=import-outside-toplevel
         resolved = spec.resolve_grid(args.grid, args.runs_dir)
     if "error" in resolved:
-        return _error(resolved["error"])
+        return cli.error(resolved["error"])
     cells = [CellRecord.from_dict(cell) for cell in resolved["cells"]]
     if not cells:
-        return _error(f"{args.grid}: the grid has no cells (every combination is excluded).")
+        return cli.error(f"{args.grid}: the grid has no cells (every combination is excluded).")
     # Cells are resolved with output_dir = DIR/runs; the runner keeps files relative to DIR.
 
     if args.dry_run:
@@ -141,7 +130,7 @@ def _run(args, parallel: int, threads: int, started) -> int:
                                   cells_per_worker=args.cells_per_worker,
                                   worker_memory_mb=args.worker_memory_mb, started=started)
     except runner.GridBusyError as error:
-        return _error(str(error))
+        return cli.error(str(error))
 
     counts = {s: outcome.count(s) for s in ("complete", "failed", "invalid", "error")}
     print(f"{resolved['name']}: {len(cells)} cells: {counts['complete']} complete, {counts['failed']} failed "
@@ -156,5 +145,4 @@ def _run(args, parallel: int, threads: int, started) -> int:
 
 if __name__ == "__main__":
     exit_code = main()
-    from tff_byz import processes  # pylint: disable=import-outside-toplevel  (no TensorFlow)
     processes.exit_now(exit_code)  # workers have stopped; skip TensorFlow's teardown

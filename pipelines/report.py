@@ -23,48 +23,37 @@ written; 2 bad flag or no runs in DIR (one line on stderr).
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import sys
 
 import pandas as pd
 
-from tff_byz import files
 from orchestration.report import plots, render, results as results_lib, stats
+from pipelines import cli
+from tff_byz import files
 
 # Columns that never define a group: they say where or which run, not what was run.
 _NOT_KEYS = {"seed", "run_name", "output_dir", "data_dir", "tff_workers", "run_dir"}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise ValueError(message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m pipelines.report")
+def _parser() -> cli.Parser:
+    parser = cli.Parser("python -m pipelines.report", usage="DIR [--flag=value ...]")
     parser.add_argument("directory", help="a pipelines.compare --output_dir")
     parser.add_argument("--output", default=None, help="report directory (default: DIR/report)")
     parser.add_argument("--rows", default="aggregator")
     parser.add_argument("--columns", default=None)
     parser.add_argument("--metric", default="final_accuracy")
     parser.add_argument("--baseline", default=None, help="COLUMN=VALUE (default: aggregator=mean)")
-    parser.add_argument("--confidence", type=float, default=0.95)
-    parser.add_argument("--digits", type=int, default=3)
-    parser.add_argument("--diverged_score", type=float, default=0.0,
+    parser.add_argument("--confidence", type=cli.number, default=0.95)
+    parser.add_argument("--digits", type=cli.integer, default=3)
+    parser.add_argument("--diverged_score", type=cli.number, default=0.0,
                         help="final accuracy given to a run whose model became non-finite")
-    parser.add_argument("--abort_test_loss", type=float, default=None,
+    parser.add_argument("--abort_test_loss", type=cli.number, default=None,
                         help="score each run by its last test accuracy before the first "
                              "evaluation whose test loss exceeds this or is NaN")
-    parser.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--noplots", dest="plots", action="store_false")
+    cli.add_switch(parser, "plots", True, "write the plots")
     return parser
-
-
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
 
 
 def _write_atomic(frame: pd.DataFrame, path: str) -> None:
@@ -177,22 +166,26 @@ def _curve_hue(results, rows, keys, panels):
 
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    parser = _parser()
+    if cli.wants_help(argv[1:]):
+        print(parser.help_text(__doc__), end="")
+        return 0
     try:
-        args = _parser().parse_args(argv[1:])
-    except ValueError as error:
-        return _error(str(error))
+        args = parser.parse(argv[1:])
+    except cli.UsageError as error:
+        return cli.error(str(error))
     if not 0 < args.confidence < 1:
-        return _error(f"--confidence must be in (0, 1); got {args.confidence}.")
+        return cli.error(f"--confidence must be in (0, 1); got {args.confidence}.")
     if args.digits < 0:
-        return _error(f"--digits must be >= 0; got {args.digits}.")
+        return cli.error(f"--digits must be >= 0; got {args.digits}.")
     if args.abort_test_loss is not None and not args.abort_test_loss > 0:
-        return _error(f"--abort_test_loss must be a positive loss; got {args.abort_test_loss}.")
+        return cli.error(f"--abort_test_loss must be a positive loss; got {args.abort_test_loss}.")
     try:
         results, rounds = results_lib.load_results(args.directory,
                                                    diverged_score=args.diverged_score,
                                                    abort_test_loss=args.abort_test_loss)
     except (results_lib.NotAGridError, results_lib.UnreadableResultError) as error:
-        return _error(str(error))
+        return cli.error(str(error))
 
     keys = group_keys(results)
     valid = ", ".join(keys) or "(no setting varies)"
@@ -204,21 +197,21 @@ def main(argv=None) -> int:
     for flag, names in (("rows", rows), ("columns", columns)):
         for name in names:
             if name not in results.columns:
-                return _error(f"--{flag}: unknown column {name!r}; settings that vary: {valid}.")
+                return cli.error(f"--{flag}: unknown column {name!r}; settings that vary: {valid}.")
     if not rows:
-        return _error(f"--rows: give at least one column; settings that vary: {valid}.")
+        return cli.error(f"--rows: give at least one column; settings that vary: {valid}.")
     metrics = [c for c in results_lib.RESULT_COLUMNS if results[c].notna().any()]
     if args.metric not in results.columns or args.metric not in metrics:
-        return _error(f"--metric: invalid value {args.metric!r}; valid choices: {', '.join(metrics)}.")
+        return cli.error(f"--metric: invalid value {args.metric!r}; valid choices: {', '.join(metrics)}.")
     baseline = None
     if args.baseline is not None:
         column, sep, value = args.baseline.partition("=")
         if not sep or column not in results.columns:
-            return _error(f"--baseline must be COLUMN=VALUE with a column of results.csv, e.g. "
+            return cli.error(f"--baseline must be COLUMN=VALUE with a column of results.csv, e.g. "
                           f"aggregator=mean; got {args.baseline!r}.")
         present = list(dict.fromkeys(results[column].astype(str)))
         if value not in present:
-            return _error(f"--baseline: {column}={value!r} matches no run; valid values: "
+            return cli.error(f"--baseline: {column}={value!r} matches no run; valid values: "
                           f"{', '.join(present)}.")
         baseline = {column: results[column][results[column].astype(str) == value].iloc[0]}
     elif "aggregator" in rows and results["aggregator"].nunique() > 1:

@@ -9,94 +9,34 @@ SIGINT/SIGTERM (state saved; continue with --resume).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported: hide CUDA-probe noise
 
 import sys  # noqa: E402
 
-from absl import flags  # noqa: E402
-
+from orchestration.config import ConfigError, ExperimentConfig  # noqa: E402  (no TensorFlow)
+from pipelines import cli  # noqa: E402  (no TensorFlow)
 from tff_byz import processes  # noqa: E402  (no TensorFlow)
 
-flags.DEFINE_string("dataset", "digits", "digits (embedded, no files), mnist, fashion_mnist, "
-                    "emnist, cifar10, olivetti, synthetic.")
-flags.DEFINE_string("data_dir", None, "Directory holding real datasets (e.g. ../shared/data).")
-flags.DEFINE_string("partition", "iid", "iid, q (label groups), dirichlet, natural (emnist writers).")
-flags.DEFINE_float("q", 0.5, "q-split: probability an example goes to its label's group.")
-flags.DEFINE_string("q_mode", "sample", "q-split mode: sample (paper) or exact (authors' code).")
-flags.DEFINE_float("alpha", 0.5, "Dirichlet concentration for --partition=dirichlet.")
-flags.DEFINE_integer("num_clients", 20, "Number of clients (writers to keep for emnist; 0 = all).")
-flags.DEFINE_integer("clients_per_round", 0, "Clients sampled per round (0 = all).")
-flags.DEFINE_string("model", None, "mlp, small_mlp, wide_mlp, emnist_cnn, lenet, cifar_cnn "
-                    "(default: per dataset).")
-flags.DEFINE_string("aggregator", "mean", "NAME[:key=value,...]; see --list_aggregators.")
-flags.DEFINE_string("attack", "none", "NAME[:key=value,...]; see --list_attacks.")
-flags.DEFINE_float("byzantine_fraction", 0.0, "Fraction of Byzantine clients (random and "
-                   "label_groups selection).")
-flags.DEFINE_string("byzantine_selection", "random", "Who is Byzantine: random, label_groups "
-                    "(whole label groups of --partition=q) or ids:3,17,...")
-flags.DEFINE_float("declared_byzantine_fraction", None, "Fraction declared to defences "
-                   "(default: the actual fraction of Byzantine clients).")
-flags.DEFINE_integer("rounds", 30, "Number of rounds.")
-flags.DEFINE_integer("local_epochs", 1, "Local epochs per round (local_sgd).")
-flags.DEFINE_integer("local_steps", 0, "Local SGD steps per round on each client's example "
-                     "stream instead of --local_epochs (0 = epochs); PDMM's K by default.")
-flags.DEFINE_integer("batch_size", 32, "Client mini-batch size.")
-flags.DEFINE_float("client_lr", 0.1, "Client SGD learning rate (local_sgd).")
-flags.DEFINE_string("client_work", "local_sgd", "local_sgd (FedAvg) or momentum_sgd.")
-flags.DEFINE_float("momentum", 0.9, "Client momentum β (momentum_sgd).")
-flags.DEFINE_float("weight_decay", 0.0, "Weight decay (momentum_sgd).")
-flags.DEFINE_float("server_lr", 1.0, "Server learning rate: θ ← θ + server_lr · Agg(Δ).")
-flags.DEFINE_integer("eval_every", 1, "Evaluate on the test set every k rounds (and at the end).")
-flags.DEFINE_integer("checkpoint_every", 0, "Save program state every k rounds (0 = eval_every).")
-flags.DEFINE_float("stop_test_loss", None, "End the run at the first evaluation whose test loss "
-                   "exceeds this or is NaN (the FedLAW authors' code stops at 9).")
-flags.DEFINE_string("topology", "star", "PDMM: star (centralized, server as a PDMM node), "
-                    "ring, complete or rgg (decentralized).")
-flags.DEFINE_string("attack_message", "delta", "FedAvg: local attacks corrupt the delta or the "
-                    "uploaded model (model-sized message, as PDMM's y).")
-flags.DEFINE_integer("seed", 0, "Run seed: data split, initial model, sampling, shuffles.")
-flags.DEFINE_string("output_dir", "runs", "Parent directory of run directories.")
-flags.DEFINE_string("run_name", None, "Run directory name (default: derived from the settings).")
-flags.DEFINE_bool("resume", False, "Continue the run in --output_dir/--run_name from its state.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing run directory.")
-flags.DEFINE_string("tff_workers", "", "Remote TFF workers host:port,... (default: a local worker).")
-flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
-flags.DEFINE_string("baseline", None, "Also run the same settings with this --aggregator "
-                    "(e.g. mean) and print both results side by side.")
-flags.DEFINE_bool("list_aggregators", False, "Print every aggregator with its parameters and exit.")
-flags.DEFINE_bool("list_attacks", False, "Print every attack with its parameters and exit.")
 
-FLAGS = flags.FLAGS
-
-_CONFIG_FLAGS = ("dataset", "data_dir", "partition", "q", "q_mode", "alpha", "num_clients",
-                 "clients_per_round", "model", "aggregator", "attack", "byzantine_fraction",
-                 "byzantine_selection", "declared_byzantine_fraction",
-                 "rounds", "local_epochs", "local_steps", "batch_size", "client_lr", "client_work",
-                 "momentum", "weight_decay", "server_lr", "eval_every", "checkpoint_every",
-                 "stop_test_loss", "seed",
-                 "topology", "attack_message", "output_dir", "run_name", "tff_workers")
-
-
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
-_HELP = ("-h", "-?", "--help", "-help", "--helpshort", "-helpshort")
-_HELP_FULL = ("--helpfull", "-helpfull")
-
-
-def _help_text(full: bool) -> str:
-    """This program's usage and flags (`full`: also absl's own flags)."""
-    if full:
-        flag_help = FLAGS.get_help()
-    elif __name__ == "__main__":  # `python -m`: absl files the flags under the script's path
-        flag_help = FLAGS.main_module_help()
-    else:
-        flag_help = FLAGS.module_help(sys.modules[__name__])
-    return f"{__doc__.strip()}\n\nflags:\n{flag_help}\n"
+def _parser() -> tuple[cli.Parser, list[str]]:
+    """The flags: one per `ExperimentConfig` field, then the run's own; and the field names."""
+    parser = cli.Parser("python -m pipelines.train")
+    names = cli.add_dataclass_flags(parser, ExperimentConfig)
+    parser.add_argument("--baseline", default=None, help="Also run the same settings with this "
+                        "--aggregator (e.g. mean) and print both results side by side.")
+    cli.add_switch(parser, "resume", False, "Continue the run in --output_dir/--run_name from "
+                   "its state.")
+    cli.add_switch(parser, "overwrite", False, "Replace an existing run directory.")
+    cli.add_switch(parser, "progress", True, "Show a progress bar on stderr.")
+    cli.add_switch(parser, "list_aggregators", False, "Print every aggregator with its "
+                   "parameters and exit.")
+    cli.add_switch(parser, "list_attacks", False, "Print every attack with its parameters and "
+                   "exit.")
+    return parser, names
 
 
 def main(argv=None) -> int:
@@ -111,43 +51,40 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    # main() parses the flags itself (BUILD_NOTES: import order), so absl's app.run does not
-    # define its help flags: answer them here, before anything is parsed or imported.
-    if any(arg in _HELP + _HELP_FULL for arg in argv[1:]):
-        print(_help_text(full=any(arg in _HELP_FULL for arg in argv[1:])), end="")
+    parser, config_names = _parser()
+    if cli.wants_help(argv[1:]):  # help wins over anything else on the line
+        print(parser.help_text(__doc__), end="")
         return 0
-    FLAGS.unparse_flags()  # main() may be called repeatedly in one process (tests)
     try:
-        remaining = FLAGS(argv)
-    except flags.Error as error:
-        return _error(str(error).splitlines()[0])
-    if len(remaining) > 1:
-        return _error(f"unexpected positional arguments {remaining[1:]}; all settings are --flags.")
+        flags = parser.parse(argv[1:])
+    except cli.UsageError as error:
+        return cli.error(str(error))
 
-    from algorithms import AGGREGATOR_CHOICES  # pylint: disable=import-outside-toplevel
-    from attacks import ATTACKS  # pylint: disable=import-outside-toplevel
-    if FLAGS.list_aggregators or FLAGS.list_attacks:
-        if FLAGS.list_aggregators:
+    # Start-up time: --help and flag errors above answer without importing TensorFlow (~5 s).
+    # pylint: disable=import-outside-toplevel
+    from algorithms import AGGREGATOR_CHOICES
+    from attacks import ATTACKS
+    from orchestration import run_directory, training
+    from tff_byz import context
+    # pylint: enable=import-outside-toplevel
+    if flags.list_aggregators or flags.list_attacks:
+        if flags.list_aggregators:
             print(AGGREGATOR_CHOICES.describe())
-        if FLAGS.list_attacks:
+        if flags.list_attacks:
             print(ATTACKS.describe())
         return 0
 
-    from tff_byz import context  # pylint: disable=import-outside-toplevel
-    from orchestration import run_directory, training  # pylint: disable=import-outside-toplevel
-    from orchestration.config import ConfigError, ExperimentConfig  # pylint: disable=import-outside-toplevel
-
-    config = ExperimentConfig(**{name: getattr(FLAGS, name) for name in _CONFIG_FLAGS})
+    config = ExperimentConfig(**{name: getattr(flags, name) for name in config_names})
     try:
         resolved = config.resolved()
         runs = [resolved]
-        if FLAGS.baseline is not None:
-            runs.append(baseline_config(resolved, FLAGS.baseline))
+        if flags.baseline is not None:
+            runs.append(baseline_config(resolved, flags.baseline, flags.run_name))
         for run in runs:
-            run_directory.prepare_run_directory(run, resume=FLAGS.resume, overwrite=FLAGS.overwrite)
+            run_directory.prepare_run_directory(run, resume=flags.resume, overwrite=flags.overwrite)
         workers = context.parse_worker_addresses(resolved.tff_workers) if resolved.tff_workers else ()
     except (ConfigError, ValueError) as error:
-        return _error(str(error))
+        return cli.error(str(error))
 
     summaries = []
     try:
@@ -155,10 +92,10 @@ def _main(argv=None) -> int:
                 workers, log_path=os.environ.get("TFF_BYZ_WORKER_LOG")):
             for run in runs:
                 summaries.append(training.run_experiment(
-                    run, resume=FLAGS.resume, overwrite=FLAGS.overwrite, progress=FLAGS.progress))
+                    run, resume=flags.resume, overwrite=flags.overwrite, progress=flags.progress))
             processes.raise_if_interrupted()
     except ConfigError as error:  # includes missing dataset files; nothing was written
-        return _error(str(error))
+        return cli.error(str(error))
     except context.WorkerDiedError as error:  # the run's summary says "failed" with this reason
         print(f"error: {error}; checkpoints are kept: rerun with --resume", file=sys.stderr)
         return 1
@@ -190,7 +127,6 @@ def _main(argv=None) -> int:
 
 def _saved(run) -> str:
     """What an interrupted run kept, from its summary.json."""
-    import json  # pylint: disable=import-outside-toplevel
     try:
         with open(os.path.join(run.output_dir, run.run_name, "summary.json")) as f:
             saved = int(json.load(f).get("rounds_completed") or 0)
@@ -201,22 +137,21 @@ def _saved(run) -> str:
     return f"no round was saved yet (run {run.run_name}); rerun to start it"
 
 
-def baseline_config(config, aggregator: str):
-    """The same run settings with another aggregator (centralized), in its own run directory."""
-    import dataclasses  # pylint: disable=import-outside-toplevel
-    from algorithms import AGGREGATOR_CHOICES  # pylint: disable=import-outside-toplevel
-    from pdmm.process import DEFAULT_LOCAL_STEPS  # pylint: disable=import-outside-toplevel
+def baseline_config(config, aggregator: str, run_name=None):
+    """The same run settings with another aggregator (centralized), in its own run directory
+    (`run_name`: the run's --run_name, if given)."""
+    from algorithms import AGGREGATOR_CHOICES  # pylint: disable=import-outside-toplevel  (start-up time)
+    from pdmm.process import DEFAULT_LOCAL_STEPS  # pylint: disable=import-outside-toplevel  (start-up time)
     local_steps = config.local_steps
     main = AGGREGATOR_CHOICES.resolve(config.aggregator)[0]
     if main.name == "pdmm" and not local_steps:  # FedAvg takes PDMM's K local steps too
         local_steps = main.params.get("local_steps") or DEFAULT_LOCAL_STEPS
     baseline = dataclasses.replace(config, aggregator=aggregator, topology="star",
                                    local_steps=local_steps, run_name=None)
-    if FLAGS.run_name is not None:
-        baseline.run_name = f"{FLAGS.run_name}_baseline"
+    if run_name is not None:
+        baseline.run_name = f"{run_name}_baseline"
     baseline = baseline.resolved()
     if baseline.run_name == config.run_name:
-        from orchestration.config import ConfigError  # pylint: disable=import-outside-toplevel
         raise ConfigError(f"--baseline={aggregator!r} is the run's own --aggregator.")
     return baseline
 

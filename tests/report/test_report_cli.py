@@ -141,7 +141,7 @@ def test_abort_test_loss_scores_the_last_accuracy_before_the_loss_limit(tmp_path
     (["--baseline=mean"], "--baseline must be COLUMN=VALUE"),
     (["--baseline=aggregator=krum"], "--baseline: aggregator='krum' matches no run; valid values: mean, fedlaw"),
     (["--confidence=95"], "--confidence must be in (0, 1); got 95.0"),
-    (["--digits=x"], "argument --digits: invalid int value: 'x'"),
+    (["--digits=x"], "--digits: expected an integer; got 'x'"),
 ])
 def test_bad_flags_exit_2_with_one_line(grid, capsys, args, expected):
     assert report.main(["report", str(grid), *args]) == 2
