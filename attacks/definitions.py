@@ -102,11 +102,10 @@ def _loss_collusion(name: str, loss: Optional[LossForgery]) -> Optional[Collusio
 
 def local_update_attack(name: str, leaf_fn, *, start: int, loss: Optional[LossForgery]):
     """An attack `u → leaf_fn(u, seed)` on each leaf of the Byzantine clients' deltas."""
-    transform = None
-    if leaf_fn is not None:
-        def transform(record, weight, ctx):
-            return _map_delta(record, weight, leaf_fn, ctx)
-    local = LocalAttack(name, transform=_with_local_loss(transform, loss))
+    def transform(record, weight, ctx):
+        return _map_delta(record, weight, leaf_fn, ctx)
+    local = LocalAttack(name, transform=_with_local_loss(
+        transform if leaf_fn is not None else None, loss))
     return AttackComponent(name, start=start, local=local, collusion=_loss_collusion(name, loss))
 
 

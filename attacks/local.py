@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_byz import client_inputs
+from tff_byz import client_inputs, rounds
 from tff_byz.aggregation import build_measurement_merger
 from tff_byz.client_work import client_seed
 
@@ -158,15 +158,10 @@ def build_attacked_client_work(
     weights_type = honest.next.type_signature.parameter[1].member
     data_type = honest.next.type_signature.parameter[2].member
     result_type = honest.next.type_signature.result.result.member
-    attack_state_type = tff.StructWithPythonType([("seed", np.int64), ("round", np.int64)],
-                                                 collections.OrderedDict)
+    counter = rounds.round_counter(seed)
+    attack_state_type = rounds.ROUND_TYPE
     info_type = tff.types.tensorflow_to_type(client_inputs.INFO_SPEC)
     perturbing = [(k, a) for k, a in enumerate(attacks) if a.attack.perturb_weights is not None]
-
-    @tff.tensorflow.computation
-    def attack_init():
-        return collections.OrderedDict(seed=tf.constant(seed, tf.int64),
-                                       round=tf.constant(0, tf.int64))
 
     @tff.tensorflow.computation(data_type)
     def read_info(data):
@@ -221,10 +216,6 @@ def build_attacked_client_work(
         flags = [_is_active(a, info, attack_state["round"]) for a in [*attacks, *colluding]]
         return tf.cast(tf.reduce_any(tf.stack(flags)), tf.int32) if flags else tf.constant(0)
 
-    @tff.tensorflow.computation(attack_state_type)
-    def advance(attack_state):
-        return collections.OrderedDict(seed=attack_state["seed"], round=attack_state["round"] + 1)
-
     inner_measurements_type = honest.next.type_signature.result.measurements.member
 
     merge = build_measurement_merger(inner_measurements_type, "attacked_clients", np.int32)
@@ -232,7 +223,7 @@ def build_attacked_client_work(
     @tff.federated_computation
     def init_fn():
         return tff.federated_zip(collections.OrderedDict(
-            inner=honest.initialize(), attack=tff.federated_eval(attack_init, tff.SERVER)))
+            inner=honest.initialize(), attack=tff.federated_eval(counter.initial, tff.SERVER)))
 
     @tff.federated_computation(
         tff.FederatedType(tff.StructWithPythonType(
@@ -250,7 +241,7 @@ def build_attacked_client_work(
         results = tff.federated_map(transform, (output.result, weights, info, attack_state))
         count = tff.federated_sum(tff.federated_map(is_attacking, (info, attack_state)))
         new_state = tff.federated_zip(collections.OrderedDict(
-            inner=output.state, attack=tff.federated_map(advance, state.attack)))
+            inner=output.state, attack=tff.federated_map(counter.advance, state.attack)))
         return tff.templates.MeasuredProcessOutput(
             state=new_state, result=results,
             measurements=tff.federated_map(merge, (output.measurements, count)))

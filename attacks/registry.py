@@ -44,7 +44,7 @@ def _bits(value) -> Optional[str]:
     parts = value.split("|") if value else []
     valid = ("all", "sign", "exponent", "mantissa")
     return None if parts and all(p in valid for p in parts) else \
-        f"must be all, sign, exponent, mantissa or a |-combination such as sign|exponent"
+        "must be all, sign, exponent, mantissa or a |-combination such as sign|exponent"
 
 
 def _target(value) -> Optional[str]:

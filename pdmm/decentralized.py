@@ -45,7 +45,7 @@ from pdmm import math as pdmm_math
 from pdmm.graphs import Graph
 from tff_byz.packing import Packing, pack_numpy
 from pdmm.process import PDMMOptions
-from tff_byz import aggregation, client_inputs, fedavg
+from tff_byz import aggregation, client_inputs, fedavg, rounds
 from tff_byz import client_work as client_work_lib
 from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
 
@@ -98,7 +98,6 @@ def build_decentralized_pdmm_process(
     data_type, _ = client_work_lib.client_input_types(model_fn, inputs)
     init_weights = fedavg.initial_weights_fn(initial_weights)
     weights_type = init_weights.type_signature.result
-    trainable_type = weights_type.trainable
     packing = Packing(initial_weights.trainable)
     shapes, sizes, dimension = packing.shapes, packing.sizes, packing.dimension
     dual_type = tff.StructWithPythonType(
@@ -109,8 +108,8 @@ def build_decentralized_pdmm_process(
         [("client_id", np.int32), ("wz", tff.TensorType(np.float32, [1 + width, dimension])),
          ("steps", np.int64)], collections.OrderedDict)
     record_type = client_work_lib.client_record_type(dual_type)
-    round_type = tff.StructWithPythonType([("seed", np.int64), ("round", np.int64)],
-                                          collections.OrderedDict)
+    counter = rounds.round_counter(seed)
+    train_metrics = rounds.build_train_metrics(record_type)
 
     w0 = [np.asarray(t, np.float32) for t in initial_weights.trainable]
 
@@ -132,19 +131,10 @@ def build_decentralized_pdmm_process(
     stacked_type = collector.next.type_signature.result.result.member
 
     @tff.tensorflow.computation
-    def initial_round_info():
-        return collections.OrderedDict(seed=tf.constant(seed, tf.int64),
-                                       round=tf.constant(0, tf.int64))
-
-    @tff.tensorflow.computation(round_type)
-    def advance(round_info):
-        return collections.OrderedDict(seed=round_info["seed"], round=round_info["round"] + 1)
-
-    @tff.tensorflow.computation
     def server_init():
         return init_weights()
 
-    @tff.tensorflow.computation(round_type, weights_type, data_type, node_state_type)
+    @tff.tensorflow.computation(rounds.ROUND_TYPE, weights_type, data_type, node_state_type)
     def node_step(round_info, reference_weights, client_input, node_state):
         model = model_fn()
         model_weights = tff.learning.models.ModelWeights.from_model(model)
@@ -216,14 +206,6 @@ def build_decentralized_pdmm_process(
                                        steps=node_state["steps"])
 
     @tff.tensorflow.computation(record_type)
-    def record_loss(record):
-        return record["loss"]
-
-    @tff.tensorflow.computation(record_type)
-    def record_num_examples(record):
-        return record["num_examples"]
-
-    @tff.tensorflow.computation(record_type)
     def message_square(record):
         degree_slots = tf.reduce_sum(tf.abs(tf.constant(sign)[record["client_id"]]))
         total = tf.add_n([tf.reduce_sum(tf.square(m)) for m in record["delta"]])
@@ -235,7 +217,7 @@ def build_decentralized_pdmm_process(
 
     @tff.federated_computation
     def initialize():
-        round_info = tff.federated_eval(initial_round_info, tff.SERVER)
+        round_info = tff.federated_eval(counter.initial, tff.SERVER)
         return tff.federated_zip(collections.OrderedDict(
             reference=tff.federated_eval(server_init, tff.SERVER),
             seed=round_info.seed, round=round_info.round))
@@ -247,8 +229,7 @@ def build_decentralized_pdmm_process(
         tff.FederatedType(data_type, tff.CLIENTS),
         tff.FederatedType(node_state_type, tff.CLIENTS))
     def next_fn(state, client_data, node_states):
-        round_info = tff.federated_zip(collections.OrderedDict(seed=state.seed,
-                                                               round=state.round))
+        round_info = rounds.server_round(state)
         outputs = tff.federated_map(node_step, (
             tff.federated_broadcast(round_info), tff.federated_broadcast(state.reference),
             client_data, node_states))
@@ -256,16 +237,12 @@ def build_decentralized_pdmm_process(
         stacked = collector.next(collector.initialize(), records, weights).result
         table = tff.federated_broadcast(tff.federated_map(relay_table, stacked))
         new_states = tff.federated_map(node_receive, (table, stepped))
-        num_examples = tff.federated_map(record_num_examples, records)
         metrics = tff.federated_zip(collections.OrderedDict(
-            client_work=tff.federated_zip(collections.OrderedDict(
-                train_loss=tff.federated_mean(tff.federated_map(record_loss, records),
-                                              num_examples),
-                num_examples=tff.federated_sum(num_examples))),
+            client_work=train_metrics(records),
             pdmm=tff.federated_zip(collections.OrderedDict(
                 message_norm=tff.federated_map(root, tff.federated_mean(
                     tff.federated_map(message_square, records)))))))
-        next_round = tff.federated_map(advance, round_info)
+        next_round = tff.federated_map(counter.advance, round_info)
         new_state = tff.federated_zip(collections.OrderedDict(
             reference=state.reference, seed=next_round.seed, round=next_round.round))
         return collections.OrderedDict(state=new_state, metrics=metrics,

@@ -49,7 +49,7 @@ from aggregators.record_stack import StackedRecordsFactory
 from attacks.local import GROUP_KEY, ScheduledAttack, apply_record_attacks
 from pdmm import math as pdmm_math
 from tff_byz.packing import Packing, pack_numpy, unpack_numpy  # noqa: F401  (re-exported)
-from tff_byz import aggregation, client_inputs, fedavg
+from tff_byz import aggregation, client_inputs, fedavg, rounds
 from tff_byz import client_work as client_work_lib
 from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
 
@@ -163,8 +163,8 @@ def build_pdmm_process(
     client_state_type = tff.StructWithPythonType(
         [("client_id", np.int32), ("wvu", tff.TensorType(np.float32, [3, dimension])),
          ("steps", np.int64)], collections.OrderedDict)
-    round_type = tff.StructWithPythonType([("seed", np.int64), ("round", np.int64)],
-                                          collections.OrderedDict)
+    counter = rounds.round_counter(seed)
+    train_metrics = rounds.build_train_metrics(record_type)
 
     consensus = options.init == "consensus"
     w0 = [np.asarray(t, np.float32) for t in initial_weights.trainable]
@@ -199,16 +199,7 @@ def build_pdmm_process(
                                        [num_clients, 1])
         return server
 
-    @tff.tensorflow.computation
-    def initial_round_info():
-        return collections.OrderedDict(seed=tf.constant(seed, tf.int64),
-                                       round=tf.constant(0, tf.int64))
-
-    @tff.tensorflow.computation(round_type)
-    def advance(round_info):
-        return collections.OrderedDict(seed=round_info["seed"], round=round_info["round"] + 1)
-
-    @tff.tensorflow.computation(round_type, weights_type, data_type, client_state_type)
+    @tff.tensorflow.computation(rounds.ROUND_TYPE, weights_type, data_type, client_state_type)
     def client_step(round_info, server_weights, client_input, client_state):
         model = model_fn()
         model_weights = tff.learning.models.ModelWeights.from_model(model)
@@ -257,14 +248,6 @@ def build_pdmm_process(
                                         wvu=tf.stack([w, v, u]), steps=client_state["steps"])
         return state, pdmm_math.squared_distance(w, w_s)
 
-    @tff.tensorflow.computation(record_type)
-    def record_loss(record):
-        return record["loss"]
-
-    @tff.tensorflow.computation(record_type)
-    def record_num_examples(record):
-        return record["num_examples"]
-
     @tff.tensorflow.computation(tf.float32)
     def root(value):
         return tf.sqrt(value)
@@ -309,7 +292,7 @@ def build_pdmm_process(
 
     @tff.federated_computation
     def initialize():
-        round_info = tff.federated_eval(initial_round_info, tff.SERVER)
+        round_info = tff.federated_eval(counter.initial, tff.SERVER)
         return tff.federated_zip(collections.OrderedDict(
             server=tff.federated_eval(server_init, tff.SERVER),
             aggregator=update_aggregator.initialize(),
@@ -323,8 +306,7 @@ def build_pdmm_process(
         tff.FederatedType(data_type, tff.CLIENTS),
         tff.FederatedType(client_state_type, tff.CLIENTS))
     def next_fn(state, client_data, client_states):
-        round_info = tff.federated_zip(collections.OrderedDict(seed=state.seed,
-                                                               round=state.round))
+        round_info = rounds.server_round(state)
         outputs = tff.federated_map(client_step, (
             tff.federated_broadcast(round_info),
             tff.federated_broadcast(tff.federated_map(server_model, state.server)),
@@ -335,17 +317,13 @@ def build_pdmm_process(
         replied = tff.federated_map(client_reply, (
             tff.federated_broadcast(tff.federated_map(server_trainable, server)), stepped))
         new_client_states, gaps = replied[0], replied[1]
-        num_examples = tff.federated_map(record_num_examples, records)
         metrics = tff.federated_zip(collections.OrderedDict(
-            client_work=tff.federated_zip(collections.OrderedDict(
-                train_loss=tff.federated_mean(tff.federated_map(record_loss, records),
-                                              num_examples),
-                num_examples=tff.federated_sum(num_examples))),
+            client_work=train_metrics(records),
             aggregator=aggregate.measurements,
             pdmm=tff.federated_zip(collections.OrderedDict(
                 consensus_gap=tff.federated_map(root, tff.federated_mean(gaps)))),
         ))
-        next_round = tff.federated_map(advance, round_info)
+        next_round = tff.federated_map(counter.advance, round_info)
         new_state = tff.federated_zip(collections.OrderedDict(
             server=server, aggregator=aggregate.state, seed=next_round.seed,
             round=next_round.round))

@@ -16,7 +16,7 @@ import types
 import typing
 from collections.abc import Sequence
 
-__all__ = ["UsageError", "Parser", "error", "wants_help", "parse_bool", "integer", "number",
+__all__ = ["UsageError", "Parser", "parse_command_line", "error", "wants_help", "parse_bool", "integer", "number",
            "add_switch", "add_dataclass_flags", "raise_system_exit"]
 
 HELP_FLAGS = ("-h", "-?", "--help", "-help", "--helpshort", "-helpshort", "--helpfull",
@@ -53,6 +53,20 @@ class Parser(argparse.ArgumentParser):
     def help_text(self, doc: str) -> str:
         """`doc` (the program's module docstring), then every flag."""
         return f"{doc.strip()}\n\n{self.format_help()}"
+
+
+def parse_command_line(parser: Parser, argv: Sequence[str], doc: str):
+    """`(flags, None)`, or `(None, exit code)` once help (0) or a one-line error (2) is printed.
+
+    `argv` without the program name; `doc` is the program's module docstring, printed
+    above the flags by `--help` (which wins over anything else on the line)."""
+    if wants_help(argv):
+        print(parser.help_text(doc), end="")
+        return None, 0
+    try:
+        return parser.parse(argv), None
+    except UsageError as bad:
+        return None, error(str(bad))
 
 
 def error(message: str) -> int:

@@ -55,14 +55,9 @@ def _parser() -> cli.Parser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    parser = _parser()
-    if cli.wants_help(argv[1:]):
-        print(parser.help_text(__doc__), end="")
-        return 0
-    try:
-        args = parser.parse(argv[1:])
-    except cli.UsageError as error:
-        return cli.error(str(error))
+    args, code = cli.parse_command_line(_parser(), argv[1:], __doc__)
+    if args is None:
+        return code
 
     cores = pool.available_cores()
     parallel = cores if args.parallel is None else args.parallel

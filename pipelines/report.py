@@ -166,14 +166,9 @@ def _curve_hue(results, rows, keys, panels):
 
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    parser = _parser()
-    if cli.wants_help(argv[1:]):
-        print(parser.help_text(__doc__), end="")
-        return 0
-    try:
-        args = parser.parse(argv[1:])
-    except cli.UsageError as error:
-        return cli.error(str(error))
+    args, code = cli.parse_command_line(_parser(), argv[1:], __doc__)
+    if args is None:
+        return code
     if not 0 < args.confidence < 1:
         return cli.error(f"--confidence must be in (0, 1); got {args.confidence}.")
     if args.digits < 0:

@@ -52,13 +52,9 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
     parser, config_names = _parser()
-    if cli.wants_help(argv[1:]):  # help wins over anything else on the line
-        print(parser.help_text(__doc__), end="")
-        return 0
-    try:
-        flags = parser.parse(argv[1:])
-    except cli.UsageError as error:
-        return cli.error(str(error))
+    flags, code = cli.parse_command_line(parser, argv[1:], __doc__)
+    if flags is None:
+        return code
 
     # Start-up time: --help and flag errors above answer without importing TensorFlow (~5 s).
     # pylint: disable=import-outside-toplevel

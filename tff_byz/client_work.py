@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_byz import client_inputs
+from tff_byz import client_inputs, rounds
 
 __all__ = ["build_local_sgd_client_work", "client_record_type", "client_input_types",
            "local_sgd_update", "local_sgd_steps", "stream_batch_indices", "client_seed",
@@ -224,15 +224,9 @@ def build_local_sgd_client_work(
                                     f"{', '.join(LOSS_AT)}.")
     inputs = client_inputs.ByValue() if inputs is None else inputs
     data_type, weights_type = client_input_types(model_fn, inputs)
-    state_type = tff.StructWithPythonType([("seed", np.int64), ("round", np.int64)],
-                                          collections.OrderedDict)
+    counter = rounds.round_counter(seed)
 
-    @tff.tensorflow.computation
-    def initial_state():
-        return collections.OrderedDict(seed=tf.constant(seed, tf.int64),
-                                       round=tf.constant(0, tf.int64))
-
-    @tff.tensorflow.computation(state_type, weights_type, data_type)
+    @tff.tensorflow.computation(rounds.ROUND_TYPE, weights_type, data_type)
     def client_update(state, weights, client_input):
         model = model_fn()
         model_weights = tff.learning.models.ModelWeights.from_model(model)
@@ -274,16 +268,12 @@ def build_local_sgd_client_work(
 
         return update(state, weights, client_input)
 
-    @tff.tensorflow.computation(state_type)
-    def advance(state):
-        return collections.OrderedDict(seed=state["seed"], round=state["round"] + 1)
-
     @tff.federated_computation
     def init_fn():
-        return tff.federated_eval(initial_state, tff.SERVER)
+        return tff.federated_eval(counter.initial, tff.SERVER)
 
     @tff.federated_computation(
-        tff.FederatedType(state_type, tff.SERVER),
+        tff.FederatedType(rounds.ROUND_TYPE, tff.SERVER),
         tff.FederatedType(weights_type, tff.CLIENTS),
         tff.FederatedType(data_type, tff.CLIENTS))
     def next_fn(state, weights, client_data):
@@ -293,7 +283,7 @@ def build_local_sgd_client_work(
             train_loss=tff.federated_mean(results.update.loss, results.update_weight),
             num_examples=tff.federated_sum(results.update_weight)))
         return tff.templates.MeasuredProcessOutput(
-            state=tff.federated_map(advance, state), result=results,
+            state=tff.federated_map(counter.advance, state), result=results,
             measurements=measurements)
 
     return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)

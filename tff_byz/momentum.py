@@ -49,7 +49,7 @@ import tensorflow_federated as tff
 from tff_byz import aggregation
 from tff_byz import client_inputs
 from tff_byz import client_work as client_work_lib
-from tff_byz import fedavg
+from tff_byz import fedavg, rounds
 from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
 from tff_byz.packing import Packing
 
@@ -158,8 +158,8 @@ def build_momentum_sgd_process(
     client_state_type = tff.StructWithPythonType(
         [("client_id", np.int32), ("momentum", tff.TensorType(np.float32, [packing.dimension]))],
         collections.OrderedDict)
-    round_type = tff.StructWithPythonType([("seed", np.int64), ("round", np.int64)],
-                                          collections.OrderedDict)
+    counter = rounds.round_counter(seed)
+    train_metrics = rounds.build_train_metrics(record_type)
 
     update_aggregator = aggregation.build_update_aggregator(aggregator, record_type)
     finalizer = fedavg.build_delta_finalizer(
@@ -167,7 +167,7 @@ def build_momentum_sgd_process(
 
     # --- TF computations ---------------------------------------------------
 
-    @tff.tensorflow.computation(round_type, weights_type, data_type, client_state_type)
+    @tff.tensorflow.computation(rounds.ROUND_TYPE, weights_type, data_type, client_state_type)
     def client_update(round_info, weights, client_input, client_state):
         model = model_fn()
         model_weights = tff.learning.models.ModelWeights.from_model(model)
@@ -205,33 +205,16 @@ def build_momentum_sgd_process(
                                             momentum=packing.pack(new_momentum))
         return record, new_state
 
-    @tff.tensorflow.computation
-    def initial_round_info():
-        return collections.OrderedDict(seed=tf.constant(seed, tf.int64),
-                                       round=tf.constant(0, tf.int64))
-
-    @tff.tensorflow.computation(round_type)
-    def advance(round_info):
-        return collections.OrderedDict(seed=round_info["seed"], round=round_info["round"] + 1)
-
     @tff.tensorflow.computation(record_type)
     def unit_weight(record):
         del record
         return tf.constant(1.0, tf.float32)
 
-    @tff.tensorflow.computation(record_type)
-    def record_loss(record):
-        return record["loss"]
-
-    @tff.tensorflow.computation(record_type)
-    def record_num_examples(record):
-        return record["num_examples"]
-
     # --- federated computations -------------------------------------------
 
     @tff.federated_computation
     def initialize():
-        round_info = tff.federated_eval(initial_round_info, tff.SERVER)
+        round_info = tff.federated_eval(counter.initial, tff.SERVER)
         return tff.federated_zip(collections.OrderedDict(
             global_model_weights=tff.federated_eval(init_weights, tff.SERVER),
             aggregator=update_aggregator.initialize(),
@@ -247,8 +230,7 @@ def build_momentum_sgd_process(
         tff.FederatedType(client_state_type, tff.CLIENTS))
     def next_fn(state, client_data, client_states):
         weights = state.global_model_weights
-        round_info = tff.federated_zip(collections.OrderedDict(seed=state.seed,
-                                                               round=state.round))
+        round_info = rounds.server_round(state)
         client_outputs = tff.federated_map(
             client_update,
             (tff.federated_broadcast(round_info), tff.federated_broadcast(weights),
@@ -257,11 +239,7 @@ def build_momentum_sgd_process(
         aggregate = update_aggregator.next(
             state.aggregator, records, tff.federated_map(unit_weight, records))
         finalized = finalizer.next(state.finalizer, weights, aggregate.result)
-        num_examples = tff.federated_map(record_num_examples, records)
-        client_work_metrics = tff.federated_zip(collections.OrderedDict(
-            train_loss=tff.federated_mean(tff.federated_map(record_loss, records), num_examples),
-            num_examples=tff.federated_sum(num_examples)))
-        next_round = tff.federated_map(advance, round_info)
+        next_round = tff.federated_map(counter.advance, round_info)
         new_state = tff.federated_zip(collections.OrderedDict(
             global_model_weights=finalized.result,
             aggregator=aggregate.state,
@@ -270,7 +248,7 @@ def build_momentum_sgd_process(
             round=next_round.round))
         metrics = tff.federated_zip(collections.OrderedDict(
             distributor=tff.federated_value((), tff.SERVER),
-            client_work=client_work_metrics,
+            client_work=train_metrics(records),
             aggregator=aggregate.measurements,
             finalizer=finalized.measurements))
         return collections.OrderedDict(state=new_state, metrics=metrics,

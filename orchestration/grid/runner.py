@@ -21,7 +21,7 @@ import os
 import select
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Sequence
 
 import tqdm
 
