@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from algorithms.base import Algorithm, StatefulAlgorithm
 from algorithms.fedavg import robust_aggregator
-from attacks import ATTACKS
+from attacks import resolve_attack
 from tff_byz import momentum
 from tff_byz.errors import ConfigError
 
@@ -18,7 +18,7 @@ class MomentumSGD(StatefulAlgorithm):
     @classmethod
     def validate(cls, config) -> None:
         Algorithm.validate(config)
-        if ATTACKS.resolve(config.attack)[0].name != "none":
+        if any(c.name != "none" for c in resolve_attack(config.attack)):
             raise ConfigError(f"--attack={config.attack!r} needs --client_work=local_sgd "
                               f"(attacks transform its client work); got "
                               f"--client_work={config.client_work}.")

@@ -1,5 +1,5 @@
 """Byzantine attacks: selection, client-work and aggregator transforms, and their registry."""
 
-from attacks.registry import ATTACKS, build_attack_plan
+from attacks.registry import ATTACKS, build_attack_plan, resolve_attack
 
-__all__ = ["ATTACKS", "build_attack_plan"]
+__all__ = ["ATTACKS", "build_attack_plan", "resolve_attack"]

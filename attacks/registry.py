@@ -19,9 +19,10 @@ from typing import Optional
 
 from attacks import definitions, perturbations
 from attacks.plan import AttackComponent, AttackPlan
-from tff_byz.registry import Entry, Param, Registry, SpecError, non_negative, positive
+from tff_byz.registry import (Entry, Param, Registry, Resolved, SpecError, non_negative,
+                              positive)
 
-__all__ = ["ATTACKS", "build_attack_plan"]
+__all__ = ["ATTACKS", "build_attack_plan", "resolve_attack"]
 
 ATTACKS = Registry("--attack")
 
@@ -205,15 +206,21 @@ def _expand(components):
     return expanded
 
 
+def resolve_attack(spec: str) -> list[Resolved]:
+    """The components `spec` runs (presets such as `double` expanded); SpecError when invalid."""
+    components = _expand(ATTACKS.resolve(spec))
+    if len(components) > 1 and any(c.name == "none" for c in components):
+        raise SpecError(f"--attack={spec!r}: 'none' cannot be combined with other attacks.")
+    return components
+
+
 def build_attack_plan(spec: str, *, seed: int = 0, dataset=None) -> AttackPlan:
     """The plan for `spec` (raises SpecError with a one-line message when invalid).
 
     `dataset` (a `FederatedDataset`) is needed by data attacks that depend on
     the image shape (backdoor); without it they are only validated by name.
     """
-    components = _expand(ATTACKS.resolve(spec))
-    if len(components) > 1 and any(c.name == "none" for c in components):
-        raise SpecError(f"--attack={spec!r}: 'none' cannot be combined with other attacks.")
+    components = resolve_attack(spec)
     built: list[AttackComponent] = []
     for component in components:
         name = component.canonical

@@ -23,6 +23,7 @@ import pandas as pd
 import tensorflow_federated as tff
 
 from orchestration.run_directory import RunPaths
+from tff_byz import files
 
 __all__ = ["run_sync", "signals_deferred", "state_manager", "metrics_rows", "released_rounds",
            "evaluated_rows", "load_latest_state", "ranges"]
@@ -81,16 +82,39 @@ def ranges(numbers) -> str:
 def metrics_rows(paths: RunPaths):
     """The rows of metrics.csv (a DataFrame with a `round` column), or None when the file is
     missing, empty or has no `round` column; such a file is removed (it holds no row, and
-    TFF's CSV release manager would refuse it)."""
+    TFF's CSV release manager would refuse it). Lines that do not parse (e.g. a line cut by
+    a crash, or garbage) are dropped and the file rewritten with the others, with a warning:
+    resume then recomputes those rounds."""
     if not os.path.exists(paths.metrics):
         return None
     try:
         rows = pd.read_csv(paths.metrics)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+    except pd.errors.EmptyDataError:
         rows = None
+    except (pd.errors.ParserError, UnicodeDecodeError):
+        rows = _readable_rows(paths.metrics)
     if rows is None or "round" not in rows:
         os.unlink(paths.metrics)
         return None
+    return rows
+
+
+def _readable_rows(path: str):
+    """The lines of the CSV at `path` that parse, written back in place of the file."""
+    try:
+        rows = pd.read_csv(path, on_bad_lines="skip", encoding_errors="replace")
+    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        return None
+    if "round" not in rows:
+        return None
+    rows = rows[pd.to_numeric(rows["round"], errors="coerce").notna()]
+    rows = rows.astype({"round": int})
+    with open(path, "rb") as f:
+        lines = max(0, f.read().count(b"\n") - 1)
+    with files.replaced_atomically(path) as temporary:
+        rows.to_csv(temporary, index=False)
+    print(f"warning: {path}: dropped {max(lines - len(rows), 1)} line(s) that do not parse; "
+          "their rounds are recomputed", file=sys.stderr)
     return rows
 
 

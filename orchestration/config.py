@@ -53,7 +53,7 @@ def _names() -> types.SimpleNamespace:
     errors answer without TensorFlow (its import takes ~5 s)."""
     # pylint: disable=import-outside-toplevel  (start-up time: these import TensorFlow)
     from algorithms import AGGREGATOR_CHOICES, algorithm_class
-    from attacks import ATTACKS
+    from attacks import ATTACKS, resolve_attack
     from attacks.selection import SelectionError, parse_selection
     from pdmm.graphs import TOPOLOGIES
     from tff_byz import datasets
@@ -61,6 +61,7 @@ def _names() -> types.SimpleNamespace:
     from tff_byz.models import MODELS
     return types.SimpleNamespace(
         aggregators=AGGREGATOR_CHOICES, algorithm_class=algorithm_class, attacks=ATTACKS,
+        resolve_attack=resolve_attack,
         selection_error=SelectionError, parse_selection=parse_selection, topologies=TOPOLOGIES,
         datasets=datasets.DATASETS, partitions=datasets.PARTITIONS, models=tuple(MODELS),
         parse_worker_addresses=parse_worker_addresses)
@@ -227,16 +228,15 @@ class ExperimentConfig:
         if self.run_name is not None and (not self.run_name or "/" in self.run_name
                                           or self.run_name in (".", "..")):
             raise ConfigError(f"--run_name must be a non-empty name without '/'; got {self.run_name!r}.")
-        for flag, registry, spec in (("aggregator", _names().aggregators, self.aggregator),
-                                     ("attack", _names().attacks, self.attack)):
-            try:
-                registry.resolve(spec)
-            except SpecError as error:
-                raise ConfigError(str(error)) from None
         names = _names()
+        try:
+            names.aggregators.resolve(self.aggregator)
+            attack = names.resolve_attack(self.attack)
+        except SpecError as error:
+            raise ConfigError(str(error)) from None
         names.algorithm_class(names.aggregators.resolve(self.aggregator), self.client_work,
                               self.topology).validate(self)
-        attacked = _names().attacks.resolve(self.attack)[0].name != "none"
+        attacked = any(c.name != "none" for c in attack)
         if attacked and self.byzantine_fraction == 0.0 and \
                 not self.byzantine_selection.startswith("ids:"):
             raise ConfigError(f"--attack={self.attack!r} needs Byzantine clients: set "

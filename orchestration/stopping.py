@@ -47,8 +47,9 @@ def stopped_before(paths: RunPaths, summary: dict, limit: Optional[float]) -> bo
 def non_finite_reason(round_num: int, flat: dict, aggregator: str) -> str:
     """Why the model became non-finite: clients sent NaN/Inf that the aggregator let
     through, or finite updates overflowed float32 in the aggregate or the model."""
-    counts = [v for k, v in flat.items() if k.split("/")[-1] == "non_finite_clients"]
-    sent = int(np.nansum(counts)) if counts else None
+    counts = [v for k, v in flat.items() if k.split("/")[-1] == "non_finite_clients"
+              and not np.isnan(v)]  # a NaN count says nothing
+    sent = int(np.sum(counts)) if counts else None
     if sent == 0:
         return (f"model became non-finite at round {round_num}: every client's update was "
                 f"finite, but the aggregator {aggregator!r} or the model step overflowed "

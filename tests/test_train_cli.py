@@ -235,3 +235,12 @@ def test_run_names_tell_every_experiment_apart_and_keep_resumable_changes():
     assert name(rounds=99, eval_every=3, checkpoint_every=9, data_dir="/x") == fedavg
     assert name(dataset="mnist", model="mlp") == name(dataset="mnist")  # the dataset's default
     assert name(dataset="mnist", model="lenet") != name(dataset="mnist")
+
+
+def test_none_joined_with_an_attack_is_refused_by_the_config_before_any_data_loads():
+    from orchestration.config import ConfigError, ExperimentConfig  # pylint: disable=import-outside-toplevel
+    for values in (dict(attack="none+sign_flip"),
+                   dict(attack="none+sign_flip", byzantine_fraction=0.2,
+                        client_work="momentum_sgd")):
+        with pytest.raises(ConfigError, match="'none' cannot be combined with other attacks"):
+            ExperimentConfig(**values).validate()

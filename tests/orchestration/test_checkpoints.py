@@ -230,3 +230,15 @@ def test_outside_the_main_thread_nothing_is_swapped(recorder):
     thread.start()
     thread.join()
     assert seen == [record]
+
+
+def test_a_line_that_does_not_parse_drops_only_that_line(paths, capsys):
+    """A cut or garbage line loses that line alone, not every released round."""
+    with open(paths.metrics, "w") as f:
+        f.write("round,a\n1,2.5\n2,3\n3,4,5\n4,6\n")
+    rows = metrics_rows(paths)
+    assert rows["round"].tolist() == [1, 2, 4] and rows["a"].tolist() == [2.5, 3.0, 6.0]
+    assert "dropped 1 line(s) that do not parse" in capsys.readouterr().err
+    with open(paths.metrics) as f:  # rewritten with the readable rows, read back cleanly
+        assert f.read() == "round,a\n1,2.5\n2,3.0\n4,6.0\n"
+    assert released_rounds(paths) == {1, 2, 4}

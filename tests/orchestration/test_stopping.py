@@ -153,3 +153,9 @@ def test_stopped_before_without_rows(paths):
     assert stopped_before(paths, summary, 9.0) is False
     assert stopped_before(paths, {"rounds_completed": 0}, 9.0) is False
     assert summary == {"rounds_completed": 3}
+
+
+def test_nan_counts_say_nothing_about_what_was_sent():
+    reason = non_finite_reason(4, {"aggregator/non_finite_clients": float("nan")}, "mean")
+    assert "every client's update was finite" not in reason
+    assert "client(s) sent" not in reason and "let a NaN/Inf update through" in reason
