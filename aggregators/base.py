@@ -36,8 +36,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from aggregators import stacking
-from tff_byz.aggregation import ClientRecordAggregationFactory
+from tff_byz import collection
+from tff_byz.collection import ClientRecordAggregationFactory
 
 __all__ = ["RobustAggregationFactory", "DeclaredByzantineCount", "declared_f",
            "federated_next", "probabilities", "RequirementError", "traced_max_rows"]
@@ -45,7 +45,7 @@ __all__ = ["RobustAggregationFactory", "DeclaredByzantineCount", "declared_f",
 # The most rows a rule can see in the computation being traced (the factory's
 # expected clients per round), or None. Sorting networks are built only up to
 # this size (larger n falls back to tf.sort): a rule's graph runs inside every
-# accumulate call (stacking.build_stack_reduce), whose cost per call grows with
+# accumulate call (collection.build_stack_reduce), whose cost per call grows with
 # the size of its graph.
 _MAX_ROWS: list = [None]
 
@@ -176,8 +176,8 @@ class RobustAggregationFactory(DeclaredByzantineCount, ClientRecordAggregationFa
     def create(self, value_type, weight_type=None):
         value_type = tff.to_type(value_type)
         weight_type = None if weight_type is None else tff.to_type(weight_type)
-        flattener = stacking.value_flattener(value_type)
-        result_type = value_type["delta"] if stacking.is_client_record_type(value_type) else value_type
+        flattener = collection.value_flattener(value_type)
+        result_type = value_type["delta"] if collection.is_client_record_type(value_type) else value_type
         like = tff.types.type_to_tf_tensor_specs(result_type)
 
         @tff.tensorflow.computation
@@ -186,11 +186,11 @@ class RobustAggregationFactory(DeclaredByzantineCount, ClientRecordAggregationFa
                                            rule=self.initial_state(flattener.size))
 
         state_type = init_tf.type_signature.result
-        # The rule runs where the stacked values are (stacking.build_stack_reduce), which
+        # The rule runs where the stacked values are (collection.build_stack_reduce), which
         # calls it in up to three graphs: one tf.function, traced once, serves them all.
         server_step = self._server_step_fn(flattener, like)
         with _max_rows(self.expected_clients):
-            _, stack_reduce = stacking.build_stack_reduce(
+            _, stack_reduce = collection.build_stack_reduce(
                 value_type, weight_type, lambda stacked, state: server_step(state, stacked),
                 state_type)
 
@@ -210,7 +210,7 @@ class RobustAggregationFactory(DeclaredByzantineCount, ClientRecordAggregationFa
         """The rule's server step `(state, stacked) -> OrderedDict(state, result, measurements)`."""
         @tf.function
         def step(state, stacked):
-            values, weights, ids, finite = (stacked[k] for k in stacking.STACKED_KEYS)
+            values, weights, ids, finite = (stacked[k] for k in collection.STACKED_KEYS)
             n_total = tf.shape(values)[0]
             non_finite = n_total - tf.reduce_sum(tf.cast(finite, tf.int32))
             if not self.drops_non_finite:

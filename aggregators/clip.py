@@ -25,10 +25,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from aggregators import stacking
+from tff_byz import collection
 from aggregators.base import federated_next
 from aggregators.compose import PreAggregator
-from tff_byz.aggregation import ClientRecordAggregationFactory
+from tff_byz.collection import ClientRecordAggregationFactory
 
 __all__ = ["norm_clip", "arc", "NormClip", "ARC", "adaptive_clipping_factory",
            "AdaptiveClippingFactory", "vector_norm", "row_norms", "distances_to",
@@ -319,10 +319,10 @@ class AdaptiveClippingFactory(ClientRecordAggregationFactory):
     def create(self, value_type, weight_type=None):
         value_type = tff.to_type(value_type)
         weight_type = None if weight_type is None else tff.to_type(weight_type)
-        record = stacking.is_client_record_type(value_type)
+        record = collection.is_client_record_type(value_type)
         field_names = ([name for name, _ in tff.structure.iter_elements(value_type)]
                        if record else [])
-        stacking.Flattener(value_type["delta"] if record else value_type)  # float leaves only
+        collection.Flattener(value_type["delta"] if record else value_type)  # float leaves only
         norm_process = _quantile_process(self.initial_norm, self.target_quantile,
                                          self.learning_rate)
         if weight_type is None:

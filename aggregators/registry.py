@@ -27,7 +27,7 @@ from aggregators.median import MedianFactory
 from aggregators.nnm import NearestNeighborMixing
 from aggregators.rfa import RFAFactory
 from aggregators.trimmed_mean import TrimmedMeanFactory
-from tff_byz.aggregation import NonFiniteCountingFactory
+from tff_byz.collection import NonFiniteCountingFactory
 from tff_byz.registry import (Entry, Param, Registry, SpecError, at_least_one, non_negative,
                               positive)
 

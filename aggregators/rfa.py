@@ -34,11 +34,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from aggregators import stacking
+from tff_byz import collection
 from aggregators.base import DeclaredByzantineCount, federated_next
 from aggregators.clip import check_integer, check_positive_number, vector_norm
 from aggregators.geometric_median import rescale_to_norm_of
-from tff_byz.aggregation import ClientRecordAggregationFactory
+from tff_byz.collection import ClientRecordAggregationFactory
 
 __all__ = ["RFAFactory"]
 
@@ -74,9 +74,9 @@ class RFAFactory(DeclaredByzantineCount, ClientRecordAggregationFactory):
     def create(self, value_type, weight_type=None):
         value_type = tff.to_type(value_type)
         weight_type = None if weight_type is None else tff.to_type(weight_type)
-        record = stacking.is_client_record_type(value_type)
+        record = collection.is_client_record_type(value_type)
         result_type = value_type["delta"] if record else value_type
-        flattener = stacking.Flattener(result_type)
+        flattener = collection.Flattener(result_type)
         like = tff.types.type_to_tf_tensor_specs(result_type)
         vector_type = tff.TensorType(np.float32, [flattener.size])
         nu, weighted = self.nu, self.weighted

@@ -5,7 +5,7 @@ records that carry `byzantine_group` (added by `attacks.local`'s wrapper with
 `mark_groups=True`). Each round it
 
 1. stacks every client's delta and reported loss with its group and id
-   (`aggregators.stacking`, sorted by client id: order never matters);
+   (`tff_byz.collection`, sorted by client id: order never matters);
 2. at the server, for each colluding attack g active this round, computes the
    one vector every Byzantine client of group g sends (and/or the loss it
    reports) from the reference set (honest rows, or the group's own rows with
@@ -33,9 +33,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from aggregators.record_stack import build_record_stack
+from tff_byz.collection import build_record_stack
 from attacks.local import GROUP_KEY
-from tff_byz.aggregation import (ClientRecordAggregationFactory, build_measurement_merger,
+from tff_byz.collection import (ClientRecordAggregationFactory, build_measurement_merger,
                                   build_update_aggregator)
 
 __all__ = ["Collusion", "ScheduledCollusion", "CollusionFactory"]

@@ -35,7 +35,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_byz import client_inputs, rounds
-from tff_byz.aggregation import build_measurement_merger
+from tff_byz.collection import build_measurement_merger
 from tff_byz.client_work import client_seed
 
 __all__ = ["LocalAttack", "ScheduledAttack", "AttackContext", "build_attacked_client_work",

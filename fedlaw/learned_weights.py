@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_byz.aggregation import ClientRecordAggregationFactory
+from tff_byz.collection import ClientRecordAggregationFactory
 
 __all__ = ["LearnedWeightsFactory"]
 

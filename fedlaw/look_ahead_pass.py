@@ -28,8 +28,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from aggregators.stacking import Flattener
-from tff_byz.aggregation import ClientRecordAggregationFactory, build_stateless_process
+from tff_byz.collection import Flattener
+from tff_byz.collection import ClientRecordAggregationFactory, build_stateless_process
 
 __all__ = ["LookAheadPassFactory"]
 

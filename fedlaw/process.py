@@ -48,12 +48,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from aggregators.record_stack import StackedRecordsFactory
+from tff_byz.collection import StackedRecordsFactory
 from fedlaw import math as fedlaw_math
 from fedlaw.learned_weights import LearnedWeightsFactory
 from fedlaw.look_ahead_pass import LookAheadPassFactory
 from tff_byz import client_inputs, fedavg
-from tff_byz.aggregation import build_update_aggregator
+from tff_byz.collection import build_update_aggregator
 
 __all__ = ["FedLAWOptions", "FedLAWSchedule", "FedLAWProcess", "build_fedlaw_process"]
 

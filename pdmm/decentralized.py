@@ -8,7 +8,7 @@ the order of `Graph.neighbours`, padded to the maximum degree). One round:
              y_{i|j} = z_{i|j} + 2c B_{i|j} w_i for each neighbour j (a Byzantine
              node sends attack(y_{i|j}), noise drawn independently per edge)
     relay:   the server stacks every node's outgoing messages by node id
-             (`aggregators.record_stack.StackedRecordsFactory`) and broadcasts
+             (`tff_byz.collection.StackedRecordsFactory`) and broadcasts
              the table; it computes nothing
     node i:  z_{i|j} ← (1 − θ) z_{i|j} + θ y_{j|i}, reading y_{j|i} from the table
              at (sender j, the slot of i in j's list)
@@ -39,13 +39,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from aggregators.record_stack import StackedRecordsFactory
+from tff_byz.collection import StackedRecordsFactory
 from attacks.local import ScheduledAttack, apply_record_attacks
 from pdmm import math as pdmm_math
 from pdmm.graphs import Graph
 from tff_byz.packing import Packing, pack_numpy
 from pdmm.process import PDMMOptions
-from tff_byz import aggregation, client_inputs, fedavg, rounds
+from tff_byz import client_inputs, collection, fedavg, rounds
 from tff_byz import client_work as client_work_lib
 from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
 
@@ -127,7 +127,7 @@ def build_decentralized_pdmm_process(
     def split_duals(z):
         return packing.unpack_rows(z, width)
 
-    collector = aggregation.build_update_aggregator(StackedRecordsFactory(), record_type)
+    collector = collection.build_update_aggregator(StackedRecordsFactory(), record_type)
     stacked_type = collector.next.type_signature.result.result.member
 
     @tff.tensorflow.computation

@@ -21,7 +21,7 @@ Partial participation (`partial=True`, pdmm.md §2 extension): the server keeps
 a copy u_i^S of z_{s|i}/c for every client id, in its state as one flat
 `[N, D]` float32 matrix; participants' copies are updated from the messages
 the server received (collected with their client ids by
-`aggregators.record_stack.StackedRecordsFactory`), w_s is the mean of all N
+`tff_byz.collection.StackedRecordsFactory`), w_s is the mean of all N
 copies, and only participants apply the reply. Non-participants keep their
 state. Full participation needs no copies: w_s itself is z̄.
 
@@ -45,11 +45,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from aggregators.record_stack import StackedRecordsFactory
+from tff_byz.collection import StackedRecordsFactory
 from attacks.local import GROUP_KEY, ScheduledAttack, apply_record_attacks
 from pdmm import math as pdmm_math
 from tff_byz.packing import Packing, pack_numpy, unpack_numpy  # noqa: F401  (re-exported)
-from tff_byz import aggregation, client_inputs, fedavg, rounds
+from tff_byz import client_inputs, collection, fedavg, rounds
 from tff_byz import client_work as client_work_lib
 from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
 
@@ -178,9 +178,9 @@ def build_pdmm_process(
         collector = wrap_aggregator(StackedRecordsFactory())
     else:
         # Agg(y): the unweighted mean, reporting `non_finite_clients`.
-        collector = wrap_aggregator(aggregation.NonFiniteCountingFactory(
+        collector = wrap_aggregator(collection.NonFiniteCountingFactory(
             tff.aggregators.MeanFactory()))
-    update_aggregator = aggregation.build_update_aggregator(collector, record_type)
+    update_aggregator = collection.build_update_aggregator(collector, record_type)
 
     unflatten, flatten = packing.unpack, packing.pack
 

@@ -8,7 +8,7 @@ with Δ_i = ψ_i − θ the model delta (trainable weights structure; the spec's
 convention: the server applies θ ← θ + server_lr · Agg(Δ)), the client's index,
 its example count and the mean mini-batch training loss of its last local epoch.
 `update_weight` is the example count. Attacks transform this record;
-`tff_byz.aggregation` feeds its `delta` to any TFF aggregation factory, or the
+`tff_byz.collection` feeds its `delta` to any TFF aggregation factory, or the
 whole record to identity-aware rules.
 
 Randomness is explicit: the process state holds the run seed and the round

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_byz import aggregation, client_inputs
+from tff_byz import client_inputs, collection
 from tff_byz import client_work as client_work_lib
 
 __all__ = ["build_fedavg_process", "build_delta_finalizer", "initial_weights_fn",
@@ -110,7 +110,7 @@ def build_fedavg_process(
     init_weights = initial_weights_fn(initial_weights)
     weights_type = init_weights.type_signature.result
     record_type = client_work.next.type_signature.result.result.member.update
-    update_aggregator = aggregation.build_update_aggregator(aggregator, record_type)
+    update_aggregator = collection.build_update_aggregator(aggregator, record_type)
     finalizer = build_delta_finalizer(
         tff.learning.optimizers.build_sgdm(learning_rate=server_lr), weights_type)
     return inputs.compose(tff.learning.templates.compose_learning_process(

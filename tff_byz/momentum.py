@@ -21,7 +21,7 @@ is the step size whatever β is. With `dampening=False` the steady-state step is
 Library conventions reused: the client record is
 `OrderedDict(delta=−m_i, client_id, num_examples=batch size used, loss=batch loss)`
 (`tff_byz.client_work.client_record_type`), aggregated by any factory through
-`tff_byz.aggregation.build_update_aggregator`, and the server applies
+`tff_byz.collection.build_update_aggregator`, and the server applies
 θ ← θ + server_lr · Agg(Δ) = θ − server_lr · Agg(m) with
 `tff_byz.fedavg.build_delta_finalizer` (SGD). Every client has aggregation
 weight 1: m_i is a running average over past rounds, so this round's batch size
@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_byz import aggregation
+from tff_byz import collection
 from tff_byz import client_inputs
 from tff_byz import client_work as client_work_lib
 from tff_byz import fedavg, rounds
@@ -114,7 +114,7 @@ def build_momentum_sgd_process(
     """Distributed momentum-SGD with client momentum (see module doc).
 
     `aggregator`: any TFF aggregation factory (weighted or not) or a
-    `tff_byz.aggregation.ClientRecordAggregationFactory`; default
+    `tff_byz.collection.ClientRecordAggregationFactory`; default
     `tff.aggregators.MeanFactory()`.
 
     `inputs`: how clients arrive (`tff_byz.client_inputs`; default `ByValue()`).
@@ -161,7 +161,7 @@ def build_momentum_sgd_process(
     counter = rounds.round_counter(seed)
     train_metrics = rounds.build_train_metrics(record_type)
 
-    update_aggregator = aggregation.build_update_aggregator(aggregator, record_type)
+    update_aggregator = collection.build_update_aggregator(aggregator, record_type)
     finalizer = fedavg.build_delta_finalizer(
         tff.learning.optimizers.build_sgdm(learning_rate=server_lr), weights_type)
 

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_byz.aggregation import build_update_aggregator
+from tff_byz.collection import build_update_aggregator
 from tff_byz.client_work import client_record_type
 
 

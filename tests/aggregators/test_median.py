@@ -231,8 +231,8 @@ def test_plain_tff_use_without_client_records(tff_context):
 
 def test_many_clients_fill_several_stacking_blocks(tff_context):
     """More clients than one accumulator block: every row arrives, sorted by id."""
-    from aggregators import stacking  # pylint: disable=import-outside-toplevel
-    n = 2 * stacking.NUM_BLOCKS + 5
+    from tff_byz import collection  # pylint: disable=import-outside-toplevel
+    n = 2 * collection.NUM_BLOCKS + 5
     values = [np.array([float(i)], np.float32) for i in range(n)]
     ids = list(np.random.default_rng(0).permutation(n))
     output = helpers.run_once(MedianFactory(), values, client_ids=ids)

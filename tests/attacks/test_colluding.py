@@ -14,7 +14,7 @@ import tensorflow_federated as tff
 
 from attacks import build_attack_plan
 from attacks.local import GROUP_KEY
-from tff_byz.aggregation import ClientRecordAggregationFactory
+from tff_byz.collection import ClientRecordAggregationFactory
 
 DELTAS = np.array([[1.0, 2.0, 0.0, -1.0],
                    [9.0, 9.0, 9.0, 9.0],

@@ -7,7 +7,7 @@ import pytest
 import tensorflow_federated as tff
 
 from fedlaw.learned_weights import LearnedWeightsFactory
-from tff_byz.aggregation import build_update_aggregator
+from tff_byz.collection import build_update_aggregator
 
 RECORD = tff.to_type(collections.OrderedDict(
     delta=[tff.TensorType(np.float32, [2])], client_id=np.int32, num_examples=np.float32,

@@ -7,7 +7,7 @@ import pytest
 import tensorflow_federated as tff
 
 from fedlaw.look_ahead_pass import LookAheadPassFactory
-from tff_byz.aggregation import build_update_aggregator
+from tff_byz.collection import build_update_aggregator
 
 RECORD = tff.to_type(collections.OrderedDict(
     delta=[tff.TensorType(np.float32, [2]), tff.TensorType(np.float32, [1])],

@@ -1,4 +1,4 @@
-"""The id-preserving stacking mechanism: every row arrives, sorted by client id."""
+"""tff_byz.collection: stacking keeps every row, sorted by client id; the flattener round-trips."""
 
 import collections
 
@@ -7,17 +7,17 @@ import tensorflow as tf
 import pytest
 import tensorflow_federated as tff
 
-from aggregators import stacking
+from tff_byz import collection
 from tff_byz.client_work import client_record_type
 from tests.aggregators import helpers
 
 
-@pytest.mark.parametrize("n", [1, stacking.NUM_BLOCKS, 3 * stacking.NUM_BLOCKS + 5])
+@pytest.mark.parametrize("n", [1, collection.NUM_BLOCKS, 3 * collection.NUM_BLOCKS + 5])
 @pytest.mark.parametrize("shuffled", [True, False])
 def test_rows_weights_and_ids_arrive_sorted_by_client_id(tff_context, n, shuffled):
     delta_type = tff.to_type(collections.OrderedDict(
         a=tff.TensorType(np.float32, [2]), b=tff.TensorType(np.float32, [1, 3])))
-    _, stack = stacking.build_stack_fn(client_record_type(delta_type), tff.TensorType(np.float32))
+    _, stack = collection.build_stack_fn(client_record_type(delta_type), tff.TensorType(np.float32))
     ids = np.random.default_rng(n).permutation(n) if shuffled else np.arange(n)
     values = [collections.OrderedDict(a=np.array([i, -i], np.float32),
                                       b=np.array([[i, 2 * i, 3 * i]], np.float32)) for i in ids]
@@ -30,8 +30,8 @@ def test_rows_weights_and_ids_arrive_sorted_by_client_id(tff_context, n, shuffle
 
 def test_many_rows_with_small_blocks(tff_context, monkeypatch):
     """More clients than blocks (each block holds several rows), shuffled ids."""
-    monkeypatch.setattr(stacking, "NUM_BLOCKS", 4)
-    _, stack = stacking.build_stack_fn(client_record_type(tff.TensorType(np.float32, [3])),
+    monkeypatch.setattr(collection, "NUM_BLOCKS", 4)
+    _, stack = collection.build_stack_fn(client_record_type(tff.TensorType(np.float32, [3])),
                                        tff.TensorType(np.float32))
     n = 13
     ids = np.random.default_rng(7).permutation(n)
@@ -44,7 +44,7 @@ def test_many_rows_with_small_blocks(tff_context, monkeypatch):
 
 
 def test_plain_values_keep_arrival_order_with_id_minus_one(tff_context):
-    _, stack = stacking.build_stack_fn(tff.TensorType(np.float32, [1]))
+    _, stack = collection.build_stack_fn(tff.TensorType(np.float32, [1]))
     out = stack([np.array([v], np.float32) for v in (3.0, 1.0, 2.0)])
     np.testing.assert_array_equal(out["values"][:, 0], [3.0, 1.0, 2.0])
     np.testing.assert_array_equal(out["client_ids"], [-1, -1, -1])
@@ -54,16 +54,16 @@ def test_plain_values_keep_arrival_order_with_id_minus_one(tff_context):
 def test_flattener_round_trip_and_rejects_ints():
     value_type = tff.to_type(collections.OrderedDict(
         a=tff.TensorType(np.float32, [2, 2]), b=tff.TensorType(np.float32, [3])))
-    flattener = stacking.Flattener(value_type)
+    flattener = collection.Flattener(value_type)
     assert flattener.size == 7
     with pytest.raises(TypeError, match="float tensors"):
-        stacking.Flattener(tff.TensorType(np.int32, [2]))
+        collection.Flattener(tff.TensorType(np.int32, [2]))
 
 
 def test_flattener_follows_tf_nest_order_for_unsorted_keys():
     value_type = tff.to_type(collections.OrderedDict(
         w=tff.TensorType(np.float32, [2, 3]), b=tff.TensorType(np.float32, [2])))
-    flattener = stacking.Flattener(value_type)
+    flattener = collection.Flattener(value_type)
     value = collections.OrderedDict(w=np.arange(6, dtype=np.float32).reshape(2, 3),
                                     b=np.array([10.0, 11.0], np.float32))
     vector = flattener.flatten(value)
@@ -83,7 +83,7 @@ def _stack_reduce_case(in_accumulate, n=11, dim=3):
             finite=tf.reduce_sum(tf.cast(stacked["finite"], tf.int32)),
             aux=aux + 1)
 
-    _, stack_reduce = stacking.build_stack_reduce(
+    _, stack_reduce = collection.build_stack_reduce(
         record_type, tff.TensorType(np.float32), reduce_fn, tff.TensorType(np.int64),
         in_accumulate=in_accumulate)
     return stack_reduce
@@ -94,7 +94,7 @@ def test_stack_reduce_applies_the_rule_to_the_sorted_stack(tff_context, in_accum
                                                           monkeypatch):
     """In the last accumulate call or on the server: the same sorted rows, finite flags
     computed per client, and the server input reaching the rule."""
-    monkeypatch.setattr(stacking, "NUM_BLOCKS", 4)  # several rows per block
+    monkeypatch.setattr(collection, "NUM_BLOCKS", 4)  # several rows per block
     stack_reduce = _stack_reduce_case(in_accumulate)
     ids = np.random.default_rng(3).permutation(11)
     values = [np.array([i, np.inf if i == 4 else -i, 2 * i], np.float32) for i in ids]
@@ -120,8 +120,8 @@ def test_stack_reduce_without_clients(tff_context):
 def test_merged_accumulators_keep_every_row_in_order(monkeypatch):
     """`merge` (TFF's multi-worker path) joins two partial accumulators block by block;
     `assemble` still returns every row once, sorted by id."""
-    monkeypatch.setattr(stacking, "NUM_BLOCKS", 4)
-    blocks = stacking._Blocks(client_record_type(tff.TensorType(np.float32, [2])))
+    monkeypatch.setattr(collection, "NUM_BLOCKS", 4)
+    blocks = collection._Blocks(client_record_type(tff.TensorType(np.float32, [2])))
 
     def fill(ids):
         accumulator = blocks.empty()

@@ -1,12 +1,27 @@
-"""The shared mechanism: every client's value at the server, stacked, with its client id.
+"""How client values reach the server: the one collection module.
 
-Order-statistic rules (median, Krum, ...) need all client values at once. Inside
-a federated computation each client turns its value (any structure of float
-tensors) into one row `[1, D]` (the leaves flattened and concatenated) plus its
-weight, client id and whether the row is finite; `tff.federated_aggregate`
-collects the rows, which are then **sorted by client id**: TFF treats CLIENTS
-values as a multiset, so nothing may depend on arrival order. Rules then are
-pure TF functions of the stacked tensors.
+Every algorithm, rule and attack brings client values to the server through what is
+here:
+
+- **Records and factories.** Client work emits records `OrderedDict(delta, client_id,
+  num_examples, loss)` (`tff_byz.client_work`). `build_update_aggregator` feeds them to
+  any TFF aggregation factory (which sees only the `delta`, selected at the clients, so
+  it composes exactly as in TFF's own algorithms) or to a `ClientRecordAggregationFactory`
+  (which sees the whole record: client ids for tie-breaking, learned per-client weights,
+  measurements that name clients, reported losses). Either way the process has TFF's
+  weighted signature `next(state, records@CLIENTS, weights@CLIENTS)`.
+  `NonFiniteCountingFactory` wraps a plain factory to count NaN/Inf clients;
+  `build_measurement_merger` adds one entry to a measurements structure.
+- **Stacking.** Order-statistic rules (median, Krum, ...) need all client values at once.
+  Inside a federated computation each client turns its value (any structure of float
+  tensors, `Flattener`) into one row `[1, D]` plus its weight, client id and whether the
+  row is finite; `tff.federated_aggregate` collects the rows, which are then **sorted by
+  client id**: TFF treats CLIENTS values as a multiset, so nothing may depend on arrival
+  order. Rules then are pure TF functions of the stacked tensors.
+- **Stacked records.** `build_record_stack` / `StackedRecordsFactory`: each client's delta
+  and loss stacked together (colluding attacks forge losses from the honest ones; FedLAW's
+  weight step reads them), as `OrderedDict(deltas [n, D], losses [n], client_ids [n],
+  weights [n])` sorted by client id.
 
 The accumulator. `tff.federated_aggregate` calls `accumulate` once per client,
 in sequence; one growing `[k, D]` accumulator would copy O(n²·D) floats (12 s
@@ -37,14 +52,131 @@ step alone.
 from __future__ import annotations
 
 import collections
-import math
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-__all__ = ["Flattener", "is_client_record_type", "build_stack_fn", "build_stack_reduce",
-           "value_flattener", "STACKED_KEYS", "mergeable_context_active"]
+from tff_byz.packing import Packing
+
+__all__ = ["ClientRecordAggregationFactory", "NonFiniteCountingFactory", "build_update_aggregator",
+           "build_measurement_merger", "build_stateless_process", "Flattener",
+           "is_client_record_type", "build_stack_fn", "build_stack_reduce", "value_flattener",
+           "STACKED_KEYS", "NUM_BLOCKS", "mergeable_context_active", "RecordStack",
+           "build_record_stack", "StackedRecordsFactory"]
+
+
+def build_measurement_merger(measurements_type, name: str, extra_type, *, first: bool = False):
+    """A tf_computation `(measurements, extra) -> OrderedDict(<measurements' fields>, name=extra)`
+    (`first=True` puts `name` before the other fields): adds one measurement to a process's."""
+
+    @tff.tensorflow.computation(measurements_type, extra_type)
+    def merge(measurements, extra):
+        merged = collections.OrderedDict([(name, extra)] if first else [])
+        for key, value in tff.structure.iter_elements(tff.structure.from_container(measurements)):
+            merged[key] = value
+        if not first:
+            merged[name] = extra
+        return merged
+
+    return merge
+
+
+class ClientRecordAggregationFactory(tff.aggregators.WeightedAggregationFactory):
+    """A weighted factory whose `create(record_type, weight_type)` sees whole client records.
+
+    `record_type` is the client record struct; the returned process's `next`
+    takes `(state, records@CLIENTS, weights@CLIENTS)` and returns the aggregate
+    of the records' `delta` at SERVER.
+    """
+
+
+def build_stateless_process(record_type, weight_type, aggregate
+                            ) -> tff.templates.AggregationProcess:
+    """An aggregation process with no state and no measurements whose result is
+    `aggregate(records@CLIENTS, weights@CLIENTS)` (a federated function returning a
+    SERVER value): the shape of a `ClientRecordAggregationFactory` that only collects."""
+
+    @tff.federated_computation
+    def init_fn():
+        return tff.federated_value((), tff.SERVER)
+
+    @tff.federated_computation(init_fn.type_signature.result,
+                               tff.FederatedType(record_type, tff.CLIENTS),
+                               tff.FederatedType(weight_type, tff.CLIENTS))
+    def next_fn(state, records, weights):
+        return tff.templates.MeasuredProcessOutput(
+            state, aggregate(records, weights), tff.federated_value((), tff.SERVER))
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+def build_update_aggregator(factory, record_type, weight_type=np.float32
+                            ) -> tff.templates.AggregationProcess:
+    """The aggregation process for client records, for any kind of factory."""
+    if isinstance(factory, ClientRecordAggregationFactory):
+        return factory.create(record_type, tff.to_type(weight_type))
+    if isinstance(factory, tff.aggregators.UnweightedAggregationFactory):
+        factory = tff.aggregators.as_weighted_aggregator(factory)
+    if not isinstance(factory, tff.aggregators.WeightedAggregationFactory):
+        raise TypeError(
+            "aggregator must be a tff.aggregators.WeightedAggregationFactory or "
+            f"UnweightedAggregationFactory; got {type(factory).__name__}.")
+    delta_type = record_type["delta"]
+    process = factory.create(delta_type, tff.to_type(weight_type))
+
+    @tff.tensorflow.computation(record_type)
+    def select_delta(record):
+        return record["delta"]
+
+    @tff.federated_computation(
+        process.state_type,
+        tff.FederatedType(record_type, tff.CLIENTS),
+        tff.FederatedType(weight_type, tff.CLIENTS))
+    def next_fn(state, records, weights):
+        return process.next(state, tff.federated_map(select_delta, records), weights)
+
+    return tff.templates.AggregationProcess(process.initialize, next_fn)
+
+
+class NonFiniteCountingFactory(tff.aggregators.WeightedAggregationFactory):
+    """Wraps any TFF factory and adds measurement `non_finite_clients`.
+
+    The count of clients whose value holds any NaN/Inf, next to the inner
+    factory's own measurements. Nothing is dropped: with TFF's mean the
+    aggregate becomes non-finite, and the training loop stops saying so.
+    """
+
+    def __init__(self, inner):
+        if isinstance(inner, tff.aggregators.UnweightedAggregationFactory):
+            inner = tff.aggregators.as_weighted_aggregator(inner)
+        self._inner = inner
+
+    def create(self, value_type, weight_type):
+        process = self._inner.create(value_type, weight_type)
+
+        @tff.tensorflow.computation(value_type)
+        def is_non_finite(value):
+            finite = [tf.reduce_all(tf.math.is_finite(t)) for t in tf.nest.flatten(value)]
+            return tf.cast(tf.logical_not(tf.reduce_all(finite)), tf.int32)
+
+        inner_measurements = process.next.type_signature.result.measurements.member
+
+        merge = build_measurement_merger(inner_measurements, "non_finite_clients", np.int32,
+                                         first=True)
+
+        @tff.federated_computation(
+            process.state_type, tff.FederatedType(value_type, tff.CLIENTS),
+            tff.FederatedType(weight_type, tff.CLIENTS))
+        def next_fn(state, values, weights):
+            count = tff.federated_sum(tff.federated_map(is_non_finite, values))
+            output = process.next(state, values, weights)
+            return tff.templates.MeasuredProcessOutput(
+                output.state, output.result, tff.federated_map(merge, (output.measurements, count)))
+
+        return tff.templates.AggregationProcess(process.initialize, next_fn)
+
 
 STACKED_KEYS = ("values", "weights", "client_ids", "finite")
 NUM_BLOCKS = 64  # up to 64 clients per round, no row is copied in the accumulator
@@ -58,30 +190,26 @@ def is_client_record_type(value_type) -> bool:
     return {"delta", "client_id"} <= names
 
 
-class Flattener:
-    """Maps a structure of float tensors (of a fixed TFF type) to one `[D]` vector and back."""
+class Flattener(Packing):
+    """Maps a structure of float tensors (of a fixed TFF type) to one float32 `[D]` vector and
+    back: `Packing`'s layout over the leaves in `tf.nest` order (dict keys sorted; TFF's own
+    structure order may differ), each cast to float32 and back to its dtype."""
 
     def __init__(self, value_type):
-        # Leaves in `tf.nest` order (dict keys sorted), the order `flatten` and
-        # `unflatten` use; TFF's own structure order may differ.
         specs = tf.nest.flatten(tff.types.type_to_tf_tensor_specs(value_type))
-        self.value_type = value_type
         for spec in specs:
             if not spec.dtype.is_floating or not spec.shape.is_fully_defined():
                 raise TypeError(f"robust aggregation needs float tensors of known shape; got {spec}")
-        self.shapes = [tuple(spec.shape) for spec in specs]
+        super().__init__([np.zeros(spec.shape, spec.dtype.as_numpy_dtype) for spec in specs])
+        self.value_type = value_type
         self.dtypes = [spec.dtype for spec in specs]
-        self.sizes = [int(math.prod(shape)) for shape in self.shapes]
-        self.size = int(sum(self.sizes))
+        self.size = self.dimension
 
     def flatten(self, value) -> tf.Tensor:
-        leaves = tf.nest.flatten(value)
-        return tf.concat([tf.reshape(tf.cast(leaf, tf.float32), [-1]) for leaf in leaves], axis=0)
+        return self.pack([tf.cast(leaf, tf.float32) for leaf in tf.nest.flatten(value)])
 
     def unflatten(self, vector: tf.Tensor, like_structure):
-        parts = tf.split(vector, self.sizes) if len(self.sizes) > 1 else [vector]
-        leaves = [tf.cast(tf.reshape(part, shape), dtype)
-                  for part, shape, dtype in zip(parts, self.shapes, self.dtypes)]
+        leaves = [tf.cast(part, dtype) for part, dtype in zip(self.unpack(vector), self.dtypes)]
         return tf.nest.pack_sequence_as(like_structure, leaves)
 
 
@@ -376,3 +504,85 @@ def build_stack_reduce(value_type, weight_type, reduce_fn, aux_type, *,
             return body(values, weights, aux)
 
     return blocks.flattener, stack_reduce
+
+
+class RecordStack:
+    """`stack(records@CLIENTS, weights@CLIENTS)` and `split(rows)` for one record type."""
+
+    def __init__(self, record_type, weight_type=None):
+        record_type = tff.to_type(record_type)
+        weight_type = tff.to_type(np.float32 if weight_type is None else weight_type)
+        delta_type = record_type["delta"]
+        value_type = tff.StructWithPythonType(
+            [("delta", tff.StructWithPythonType(
+                [("update", delta_type), ("loss", tff.TensorType(np.float32, [1]))],
+                collections.OrderedDict)),
+             ("client_id", np.int32)], collections.OrderedDict)
+        self.delta_flattener = Flattener(delta_type)
+        self.delta_like = tff.types.type_to_tf_tensor_specs(delta_type)
+        flattener, stack_values = build_stack_fn(value_type, weight_type)
+        self._columns = _column_indices(flattener, tff.types.type_to_tf_tensor_specs(
+            value_type["delta"]))
+
+        @tff.tensorflow.computation(record_type)
+        def to_value(record):
+            return collections.OrderedDict(
+                delta=collections.OrderedDict(update=record["delta"],
+                                              loss=tf.reshape(tf.cast(record["loss"], tf.float32),
+                                                              [1])),
+                client_id=record["client_id"])
+
+        @tff.federated_computation(tff.FederatedType(record_type, tff.CLIENTS),
+                                   tff.FederatedType(weight_type, tff.CLIENTS))
+        def stack(records, weights):
+            return stack_values(tff.federated_map(to_value, records), weights)
+
+        self.stack = stack
+        self.stacked_type = stack.type_signature.result.member
+
+    def split(self, rows) -> tuple[tf.Tensor, tf.Tensor]:
+        """Stacked rows `[n, D + 1]` → (deltas `[n, D]` in `delta_flattener` order, losses `[n]`)."""
+        update = self._columns["update"]
+        if self._columns["update_contiguous"]:
+            deltas = rows[:, update[0]:update[-1] + 1]
+        else:
+            deltas = tf.gather(rows, update, axis=1)
+        return deltas, rows[:, self._columns["loss"]]
+
+
+def _column_indices(flattener: Flattener, like) -> dict[str, Any]:
+    offsets = np.cumsum([0] + flattener.sizes)
+    leaves = [np.arange(offsets[i], offsets[i + 1], dtype=np.int32)
+              for i in range(len(flattener.sizes))]
+    packed = tf.nest.pack_sequence_as(like, leaves)
+    update = np.concatenate([np.asarray(x) for x in tf.nest.flatten(packed["update"])])
+    return {"update": update, "loss": int(np.asarray(packed["loss"])[0]),
+            "update_contiguous": bool(np.all(np.diff(update) == 1))}
+
+
+def build_record_stack(record_type, weight_type=None) -> RecordStack:
+    return RecordStack(record_type, weight_type)
+
+
+class StackedRecordsFactory(ClientRecordAggregationFactory):
+    """The round's records at the server, stacked and sorted by client id (no aggregation).
+
+    Result `OrderedDict(deltas, losses, client_ids, weights)`; no state, no
+    measurements. A building block for server algorithms that need every
+    client's update and loss (FedLAW); wrap it with `attacks.colluding` to let
+    colluding attackers act on it.
+    """
+
+    def create(self, record_type, weight_type):
+        records = build_record_stack(record_type, weight_type)
+
+        @tff.tensorflow.computation(records.stacked_type)
+        def unpack(stacked):
+            deltas, losses = records.split(stacked["values"])
+            return collections.OrderedDict(deltas=deltas, losses=losses,
+                                           client_ids=stacked["client_ids"],
+                                           weights=stacked["weights"])
+
+        return build_stateless_process(
+            record_type, weight_type,
+            lambda values, weights: tff.federated_map(unpack, records.stack(values, weights)))
