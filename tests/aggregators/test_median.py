@@ -105,48 +105,66 @@ def network_inputs(kind, n, d, rng):
 @pytest.fixture
 def small_network_threshold(monkeypatch):
     """Sorting networks from 8 columns on, in chunks of a few columns (several per call)."""
-    monkeypatch.setattr(median_module, "NETWORK_MIN_COLUMNS", 8)
-    monkeypatch.setattr(median_module, "NETWORK_CHUNK_FLOATS", 64 * 8)
+    small_networks(monkeypatch)
+
+
+D = 21  # three chunks for m = 64 and 128, the last one partial
+SPEC = tf.TensorSpec([None, D], tf.float32)
+EXACT_SIZES = (2, 3, 7, 8, 13, 50, 64, 100)
+
+
+def small_networks(patch):
+    """Sorting networks from 8 columns on, in chunks of a few columns (several per call)."""
+    patch.setattr(median_module, "NETWORK_MIN_COLUMNS", 8)
+    patch.setattr(median_module, "NETWORK_CHUNK_FLOATS", 64 * 8)
+
+
+@pytest.fixture(scope="module")
+def traced_medians():
+    """The median through the networks (padded for any n, and one graph per exact n₀) and
+    through sorting, traced once for every kind of input: the graphs holding the networks
+    for n = 1 … 128 take most of these tests' time to build."""
+    from aggregators import base  # pylint: disable=import-outside-toplevel
+    with pytest.MonkeyPatch.context() as patch:
+        small_networks(patch)
+        network = tf.function(lambda x: (median(x), median(x, even="lower")), input_signature=[SPEC])
+        sort = tf.function(lambda x: (median_module._sorted_median(x, "mean"),  # pylint: disable=protected-access
+                                      median_module._sorted_median(x, "lower")),  # pylint: disable=protected-access
+                           input_signature=[SPEC])
+        exact = {}
+        for size in EXACT_SIZES:
+            with base._max_rows(size):  # pylint: disable=protected-access
+                exact[size] = tf.function(lambda x: (median(x), median(x, even="lower")),
+                                          input_signature=[SPEC])
+                exact[size].get_concrete_function()
+        network.get_concrete_function()
+        yield network, sort, exact
 
 
 @pytest.mark.parametrize("kind", ["plain", "ties", "extreme"])
-def test_sorting_network_equals_sort_bitwise(small_network_threshold, kind):
+def test_sorting_network_equals_sort_bitwise(traced_medians, kind):
     """Every network size (n = 1 … 128), the tf.sort fallback above, odd/even n: the
     same values as sorting, in both even modes. (−0 and +0 compare equal, so which of
     the two a tie yields may differ: sorts order them arbitrarily too.)"""
-    d = 21  # three chunks for m = 64 and 128, the last one partial
-    spec = tf.TensorSpec([None, d], tf.float32)
-    network = tf.function(lambda x: (median(x), median(x, even="lower")), input_signature=[spec])
-    sort = tf.function(lambda x: (median_module._sorted_median(x, "mean"),  # pylint: disable=protected-access
-                                  median_module._sorted_median(x, "lower")),  # pylint: disable=protected-access
-                       input_signature=[spec])
+    network, sort, _ = traced_medians
     rng = np.random.default_rng(len(kind))
     for n in list(range(1, 34)) + [47, 50, 63, 64, 65, 100, 127, 128, 129, 200, 256, 257]:
-        x = network_inputs(kind, n, d, rng)
+        x = network_inputs(kind, n, D, rng)
         for got, want in zip(network(x), sort(x)):
             got, want = got.numpy(), want.numpy()
             assert np.array_equal(got, want, equal_nan=True), (n, got, want)
 
 
 @pytest.mark.parametrize("kind", ["plain", "ties", "extreme"])
-def test_exact_size_network_equals_sort_bitwise(small_network_threshold, kind):
+def test_exact_size_network_equals_sort_bitwise(traced_medians, kind):
     """With the clients per round known (n₀), the branch for exactly n₀ rows (its pads
     resolved when the graph is built) gives the same values as sorting; other n still
     take the padded networks."""
-    from aggregators import base  # pylint: disable=import-outside-toplevel
-    d = 21
-    spec = tf.TensorSpec([None, d], tf.float32)
-    sort = tf.function(lambda x: (median_module._sorted_median(x, "mean"),  # pylint: disable=protected-access
-                                  median_module._sorted_median(x, "lower")),  # pylint: disable=protected-access
-                       input_signature=[spec])
+    _, sort, networks = traced_medians
     rng = np.random.default_rng(7 + len(kind))
-    for exact in (2, 3, 7, 8, 13, 50, 64, 100):
-        with base._max_rows(exact):  # pylint: disable=protected-access
-            network = tf.function(lambda x: (median(x), median(x, even="lower")),
-                                  input_signature=[spec])
-            network.get_concrete_function()
+    for exact, network in networks.items():
         for n in sorted({exact, exact - 1, 1, max(1, exact // 2)}):
-            x = network_inputs(kind, n, d, rng)
+            x = network_inputs(kind, n, D, rng)
             for got, want in zip(network(x), sort(x)):
                 got, want = got.numpy(), want.numpy()
                 assert np.array_equal(got, want, equal_nan=True), (exact, n, got, want)

@@ -10,8 +10,8 @@ import tensorflow as tf
 from aggregators.base import RequirementError
 from aggregators.trimmed_mean import TrimmedMeanFactory, trimmed_mean, weighted_trimmed_mean
 from tests.aggregators import helpers
-from tests.aggregators.test_median import (network_inputs,  # noqa: F401 (fixture)
-                                           small_network_threshold)
+from tests.aggregators.test_median import (network_inputs, small_network_threshold,  # noqa: F401 (fixture)
+                                           small_networks)
 
 DISAGREE = np.array([[1.0], [2.0], [6.0], [7.0], [100.0]], np.float32)
 
@@ -68,45 +68,54 @@ def test_up_to_beta_huge_rows_stay_within_honest_range(x, huge):
     assert np.all(out >= honest.min(0) - 1e-2) and np.all(out <= honest.max(0) + 1e-2)
 
 
+SPEC = [tf.TensorSpec([None, 21], tf.float32), tf.TensorSpec([], tf.int32)]
+
+
+@pytest.fixture(scope="module")
+def traced_trimmed_means():
+    """The trimmed mean through the networks (padded for any n, and one graph per exact n₀)
+    and through sorting, traced once for every kind of input (the network graphs take
+    most of these tests' time to build)."""
+    from aggregators import base  # pylint: disable=import-outside-toplevel
+    with pytest.MonkeyPatch.context() as patch:
+        small_networks(patch)
+        network = tf.function(lambda x, beta: trimmed_mean(x, beta=beta), input_signature=SPEC)
+        network.get_concrete_function()
+
+        @tf.function(input_signature=SPEC)
+        def sort(x, beta):
+            return tf.reduce_mean(tf.sort(x, axis=0)[beta:tf.shape(x)[0] - beta], axis=0)
+
+        exact = {}
+        for size in (3, 10, 50):
+            with base._max_rows(size):  # pylint: disable=protected-access
+                exact[size] = tf.function(lambda x, beta: trimmed_mean(x, beta=beta),
+                                          input_signature=SPEC)
+                exact[size].get_concrete_function()
+        yield network, sort, exact
+
+
 @pytest.mark.parametrize("kind", ["plain", "ties", "extreme"])
-def test_sorting_network_equals_sort_bitwise(small_network_threshold, kind):  # noqa: F811
+def test_sorting_network_equals_sort_bitwise(traced_trimmed_means, kind):
     """The network path averages the same sorted values in the same order as tf.sort."""
-    d = 21
-    spec = [tf.TensorSpec([None, d], tf.float32), tf.TensorSpec([], tf.int32)]
-    network = tf.function(lambda x, beta: trimmed_mean(x, beta=beta), input_signature=spec)
-
-    @tf.function(input_signature=spec)
-    def sort(x, beta):
-        return tf.reduce_mean(tf.sort(x, axis=0)[beta:tf.shape(x)[0] - beta], axis=0)
-
+    network, sort, _ = traced_trimmed_means
     rng = np.random.default_rng(10 + len(kind))
     for n in list(range(1, 34)) + [47, 50, 63, 64, 65, 100, 127, 128, 129, 200, 256, 257]:
-        x = network_inputs(kind, n, d, rng)
+        x = network_inputs(kind, n, 21, rng)
         for beta in sorted({0, (n - 1) // 4, (n - 1) // 2}):
             got, want = network(x, beta).numpy(), sort(x, beta).numpy()
             assert np.array_equal(got, want, equal_nan=True), (n, beta, got, want)
 
 
 @pytest.mark.parametrize("kind", ["plain", "extreme"])
-def test_exact_size_network_equals_sort_bitwise(small_network_threshold, kind):  # noqa: F811
+def test_exact_size_network_equals_sort_bitwise(traced_trimmed_means, kind):
     """The branch for exactly the expected clients per round (pads resolved statically)
     averages the same sorted values in the same order as tf.sort."""
-    from aggregators import base  # pylint: disable=import-outside-toplevel
-    d = 21
-    spec = [tf.TensorSpec([None, d], tf.float32), tf.TensorSpec([], tf.int32)]
-
-    @tf.function(input_signature=spec)
-    def sort(x, beta):
-        return tf.reduce_mean(tf.sort(x, axis=0)[beta:tf.shape(x)[0] - beta], axis=0)
-
+    _, sort, networks = traced_trimmed_means
     rng = np.random.default_rng(20 + len(kind))
-    for exact in (3, 10, 50):
-        with base._max_rows(exact):  # pylint: disable=protected-access
-            network = tf.function(lambda x, beta: trimmed_mean(x, beta=beta),
-                                  input_signature=spec)
-            network.get_concrete_function()
+    for exact, network in networks.items():
         for n in sorted({exact, exact - 1, 1}):
-            x = network_inputs(kind, n, d, rng)
+            x = network_inputs(kind, n, 21, rng)
             for beta in sorted({0, (n - 1) // 4, (n - 1) // 2}):
                 got, want = network(x, beta).numpy(), sort(x, beta).numpy()
                 assert np.array_equal(got, want, equal_nan=True), (exact, n, beta, got, want)
