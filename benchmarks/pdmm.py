@@ -65,7 +65,8 @@ def measure():
                 run[2], _ = experiment.algorithm.next(state, clients)
                 times.append(time.perf_counter() - start)
         first = runs[FLAGS.algorithms[0]][0]
-        stores = {spec: run[0].algorithm.client_states for spec, run in runs.items()}
+        stores = {spec: getattr(run[0].algorithm, "client_states", None)
+                  for spec, run in runs.items()}
         figures = dict(dataset=FLAGS.dataset, model=first.config.model,
                        parameters=first.num_parameters, clients=first.num_clients,
                        local_steps=FLAGS.local_steps, batch_size=FLAGS.batch_size,
