@@ -36,7 +36,7 @@ import traceback  # noqa: E402
 
 from tff_byz import context, processes  # noqa: E402
 from orchestration import training  # noqa: E402
-from orchestration.grid import pool  # noqa: E402
+from orchestration.grid import pool, spec  # noqa: E402
 from orchestration.config import ConfigError, ExperimentConfig  # noqa: E402
 
 
@@ -103,8 +103,6 @@ def run_cell(request: dict) -> dict:
 
 def resolve_grid(path: str, runs_dir: str) -> dict:
     """The `{"grid": ...}` message for the parent (see the module docstring)."""
-    from orchestration.grid import spec  # pylint: disable=import-outside-toplevel
-
     try:
         return dict(grid=spec.resolve_grid(path, runs_dir))
     except Exception:  # pylint: disable=broad-except
