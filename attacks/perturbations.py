@@ -1,4 +1,5 @@
-"""Local update attacks: the math on one tensor (spec `attacks.md` §3).
+"""Local update attacks (spec `attacks.md` §3): the math on one tensor, each attack bound
+to the Byzantine clients' records, and their `--attack` entries.
 
 Pure TensorFlow, graph-mode safe (no Python control flow on tensor values), so
 the client-work transforms can call these inside a `tf.function` of a TFF
@@ -15,11 +16,22 @@ attack is built; they are validated here, in Python, before any op is created.
 
 from __future__ import annotations
 
+import collections
+import math
 import numbers
+from typing import Optional
 
 import tensorflow as tf
 
+from attacks.local import LocalAttack
+from attacks.losses import LossForgery, loss_collusion, parse_loss, with_local_loss
+from attacks.params import attack_entry, bound, finite, probability
+from attacks.plan import AttackComponent
+from tff_byz.registry import Param, non_negative, positive
+
 __all__ = [
+    "ENTRIES",
+    "local_update_attack",
     "BIT_GROUPS",
     "bit_flip",
     "bit_flip_mask",
@@ -166,3 +178,118 @@ def random_params_noise(weights, seed, nu1=-5.0, nu2=1.5):
         for leaf, leaf_seed in zip(leaves, structure_seeds(seed, weights))
     ]
     return tf.nest.pack_sequence_as(weights, noise)
+
+
+# --- the attacks bound to the Byzantine clients' records -----------------------------------
+
+def _map_delta(record, weight, fn, ctx):
+    """Applies `fn(leaf, leaf_seed)` to every leaf of the record's delta."""
+    leaves = tf.nest.flatten(record["delta"])
+    seeds = structure_seeds(ctx.seed, leaves)
+    out = collections.OrderedDict(record)
+    out["delta"] = tf.nest.pack_sequence_as(
+        record["delta"], [fn(leaf, seed) for leaf, seed in zip(leaves, seeds)])
+    return out, weight
+
+
+def local_update_attack(name: str, leaf_fn, *, start: int, loss: Optional[LossForgery]):
+    """An attack `u → leaf_fn(u, seed)` on each leaf of the Byzantine clients' deltas."""
+    def transform(record, weight, ctx):
+        return _map_delta(record, weight, leaf_fn, ctx)
+    local = LocalAttack(name, transform=with_local_loss(
+        transform if leaf_fn is not None else None, loss))
+    return AttackComponent(name, start=start, local=local, collusion=loss_collusion(name, loss))
+
+
+def sign_flip_attack(name: str, *, scale: float, mode: str, start: int, loss):
+    if mode == "ascent":
+        local = LocalAttack(name, transform=with_local_loss(None, loss), ascent=True)
+        return AttackComponent(name, start=start, local=local,
+                               collusion=loss_collusion(name, loss))
+    return local_update_attack(name, lambda u, _: sign_flip(u, scale),
+                               start=start, loss=loss)
+
+
+def random_params_attack(name: str, *, nu1: float, nu2: float, start: int, loss):
+    """Train from θ + ε, ε ~ N(ν1 μ_θ, (ν2 σ_θ)²); report Δ = ψ − θ (attacks.md §3)."""
+
+    def noise(trainable, ctx):
+        return random_params_noise(trainable, ctx.seed, nu1, nu2)
+
+    def correct(record, weight, ctx):
+        # The honest work reported ψ − (θ + ε); relative to the true θ that is + ε.
+        epsilon = noise(ctx.weights, ctx)
+        out = collections.OrderedDict(record)
+        out["delta"] = tf.nest.pack_sequence_as(
+            record["delta"], [d + e for d, e in zip(tf.nest.flatten(record["delta"]), epsilon)])
+        return out, weight
+
+    local = LocalAttack(name, transform=with_local_loss(correct, loss), perturb_weights=noise)
+    return AttackComponent(name, start=start, local=local, collusion=loss_collusion(name, loss))
+
+
+def weight_lying_attack(name: str, *, count: float, start: int, loss):
+    def lie_about_count(record, weight, ctx):
+        del weight, ctx
+        out = collections.OrderedDict(record)
+        out["num_examples"] = tf.constant(count, tf.float32)
+        return out, tf.constant(count, tf.float32)
+
+    local = LocalAttack(name, transform=with_local_loss(lie_about_count, loss))
+    return AttackComponent(name, start=start, local=local, collusion=loss_collusion(name, loss))
+
+
+def _leaf(fn):
+    """An attack u → fn(u, seed, **params) on every leaf of the delta."""
+    def build(name, *, seed, dataset, start, loss, **params):
+        del seed, dataset
+        return local_update_attack(name, lambda u, leaf_seed: fn(u, leaf_seed, **params),
+                                   start=start, loss=parse_loss(loss))
+    return build
+
+
+def _bits(value) -> Optional[str]:
+    parts = value.split("|") if value else []
+    valid = ("all", "sign", "exponent", "mantissa")
+    return None if parts and all(p in valid for p in parts) else \
+        "must be all, sign, exponent, mantissa or a |-combination such as sign|exponent"
+
+
+ENTRIES = (
+    attack_entry(
+        "sign_flip", bound(sign_flip_attack),
+        "u → −λu after honest training (mode=final), or gradient ascent during local training "
+        "(mode=ascent, Blades' sign flip; local_sgd only).", "local",
+        aliases=("inverse_gradient",),
+        scale=Param(float, 1.0, "λ (final mode)", check=positive),
+        mode=Param(str, "final", "final or ascent", choices=("final", "ascent"))),
+    attack_entry("scaling", _leaf(lambda u, seed, scale: scaling(u, scale)),
+                 "boosting: u → λu.", "local", scale=Param(float, 10.0, "λ", check=finite)),
+    attack_entry(
+        "gaussian", _leaf(lambda u, seed, sigma, mu, mode: gaussian(
+            u, seed, sigma=sigma, mu=mu, mode=mode)),
+        "u → N(μ, σ²I) (mode=replace) or u + N(0, σ²I) (mode=add).", "local",
+        sigma=Param(float, 1.0, "σ", check=non_negative),
+        mu=Param(float, 0.0, "μ (replace mode)", check=finite),
+        mode=Param(str, "replace", "replace or add", choices=("replace", "add"))),
+    attack_entry(
+        "bit_flip", _leaf(lambda u, seed, p, bits: bit_flip(u, seed, p=p,
+                                                             bits=bits.replace("|", ","))),
+        "flip each bit of the float32 representation with probability p (bits=sign,p=1 is "
+        "sign_flip; exponent flips make huge/Inf/NaN values).", "local",
+        p=Param(float, 1e-3, "flip probability per bit", check=probability),
+        bits=Param(str, "all", "all|sign|exponent|mantissa, or a |-combination", check=_bits)),
+    attack_entry("zero", _leaf(lambda u, seed: constant(u, 0.0)), "u → 0.", "local"),
+    attack_entry("constant", _leaf(lambda u, seed, c: constant(u, c)), "u → c·1.", "local",
+                 c=Param(float, 1.0, "c", check=finite)),
+    attack_entry("inf", _leaf(lambda u, seed: constant(u, math.inf)), "u → +∞·1.", "local"),
+    attack_entry("nan", _leaf(lambda u, seed: constant(u, math.nan)), "u → NaN·1.", "local"),
+    attack_entry(
+        "random_params", bound(random_params_attack),
+        "global-parameter attack: train from θ + ε, ε ~ N(ν1·mean θ, (ν2·std θ)²); report "
+        "ψ − θ.", "local", nu1=Param(float, -5.0, "ν1", check=finite),
+        nu2=Param(float, 1.5, "ν2", check=non_negative)),
+    attack_entry("weight_lying", bound(weight_lying_attack),
+                 "report `count` training examples (affects weighted rules only).", "local",
+                 count=Param(float, 1e6, "reported example count", check=positive)),
+)

@@ -1,4 +1,5 @@
-"""Data poisoning: label flips and the backdoor trigger (spec `attacks.md` §2).
+"""Data poisoning: label flips and the backdoor trigger (spec `attacks.md` §2), the two
+attacks bound to a run, and their `--attack` entries.
 
 Two forms of each attack:
 - TensorFlow, per example (`flip_labels_tf`, `backdoor_tf`): what runs in TFF's
@@ -20,12 +21,23 @@ k = 8 on 28×28 / 32×32 images and k = 4 on the embedded 8×8 `digits` images
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
+from attacks.losses import parse_loss
+from attacks.params import attack_entry, probability
+from attacks.perturbations import local_update_attack
+from attacks.plan import Backdoor
+from tff_byz.registry import Param, non_negative, positive
+
 __all__ = [
+    "ENTRIES",
+    "label_flip_attack",
+    "backdoor_attack",
     "attack_success_rate",
     "backdoor_geometry",
     "backdoor_poison",
@@ -304,3 +316,93 @@ def attack_success_rate(predictions, true_labels, target) -> float:
     if not eligible.any():
         return float("nan")
     return float(np.mean(predictions[eligible] == target))
+
+
+# --- the attacks bound to a run --------------------------------------------------------
+
+def label_flip_attack(name: str, *, label_map: str, start: int, loss):
+    def poison(x, y, positions, num_examples, seed, num_classes):
+        del positions, num_examples, seed
+        mapping = parse_label_map(label_map, num_classes) if label_map else None
+        return x, flip_labels_tf(y, num_classes, mapping)
+
+    component = local_update_attack(name, None, start=start, loss=loss)
+    return dataclasses.replace(component, poison=poison)
+
+
+def backdoor_attack(name: str, *, size: Optional[int], row: Optional[int], col: Optional[int],
+             value: float, target: str, fraction: float, preset: str, start: int, loss,
+             image_shape, num_classes: int, normalization):
+    """Trigger-patch poisoning plus the stamp used to score it on the test set."""
+    corner = None if row is None and col is None else (row or 0, col or 0)
+    options = dict(size=size, corner=corner, value=value,
+                   target="random" if target == "random" else int(target))
+    if preset == "fedlaw_code":
+        options = fedlaw_code_preset(normalization)
+    poison_options = dict(options)
+    stamp_options = {k: poison_options.pop(k) for k in ("size", "corner", "value")}
+    backdoor_geometry(image_shape, stamp_options["size"], stamp_options["corner"])
+    if isinstance(poison_options.get("target"), int) and not \
+            0 <= poison_options["target"] < num_classes:
+        raise ValueError(f"backdoor: target={poison_options['target']} is not a label in "
+                         f"[0, {num_classes}).")
+
+    def poison(x, y, positions, num_examples, seed, num_classes):
+        return backdoor_tf(x, y, positions, num_examples, seed, num_classes=num_classes,
+                                     fraction=fraction, **stamp_options, **poison_options)
+
+    target_label = poison_options.get("target")
+    door = Backdoor(stamp=lambda x: triggered_test_set(x, **stamp_options),
+                    target=target_label if isinstance(target_label, int) else None)
+    component = local_update_attack(name, None, start=start, loss=loss)
+    return dataclasses.replace(component, poison=poison, backdoor=door)
+
+
+def _target(value) -> Optional[str]:
+    if value == "random":
+        return None
+    try:
+        return None if int(value) >= 0 else "must be random or a label >= 0"
+    except ValueError:
+        return "must be random or a label >= 0"
+
+
+def _fraction(value) -> Optional[str]:
+    return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
+
+
+def _label_flip(name, *, seed, dataset, label_map, loss, **values):
+    del seed, dataset
+    return label_flip_attack(name, label_map=label_map.replace(";", ","), loss=parse_loss(loss),
+                             **values)
+
+
+def _backdoor(name, *, seed, dataset, loss, start, **values):
+    del seed
+    if dataset is None:
+        raise ValueError("backdoor needs the dataset's image shape")
+    return backdoor_attack(name, image_shape=dataset.input_shape,
+                           num_classes=dataset.num_classes, normalization=dataset.normalization,
+                           start=start, loss=parse_loss(loss), **values)
+
+
+ENTRIES = (
+    attack_entry(
+        "label_flip", _label_flip,
+        "data poisoning: every training label l → L−1−l, or `label_map=a:b;c:d`.", "data",
+        label_map=Param(str, "", "explicit label map a:b;c:d (identity elsewhere); empty: "
+                        "L−1−l")),
+    attack_entry(
+        "backdoor", _backdoor,
+        "data poisoning: stamp a k×k trigger patch and relabel; reports the attack success "
+        "rate on triggered test images each evaluation round.", "data",
+        size=Param(int, None, "patch size k (default min(8, min(H, W)//2))", check=positive),
+        row=Param(int, None, "patch top row (default centred)", check=non_negative),
+        col=Param(int, None, "patch left column (default centred)", check=non_negative),
+        value=Param(float, 0.0, "patch value in raw pixels [0, 1]", check=probability),
+        target=Param(str, "random", "random (per example) or a fixed label", check=_target),
+        fraction=Param(float, 1.0, "share of each Byzantine client's examples poisoned",
+                       check=_fraction),
+        preset=Param(str, "none", "fedlaw_code: k=10 at (9,9), value 0 after normalisation, "
+                     "target uniform in 0..8", choices=("none", "fedlaw_code"))),
+)

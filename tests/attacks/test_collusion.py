@@ -1,4 +1,5 @@
-"""Math of the colluding/omniscient attacks (attacks.md §4) on hand-computed examples."""
+"""Math of the colluding/omniscient attacks (attacks.md §4) on hand-computed examples: LIE,
+IPM, min-max / min-sum, mimic, the reference set's statistics and the forged loss."""
 
 import math
 
@@ -9,10 +10,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from attacks import collusion
-from attacks.collusion import (forged_loss, ipm_vector, lie_vector, lie_z, lie_z_tensor,
-                               max_variance_index, mimic_misaligned_vectors, min_max_gamma,
-                               min_sum_gamma, perturbation, reference_statistics)
+from attacks import min_max
+from attacks.ipm import ipm_vector
+from attacks.lie import lie_vector, lie_z, lie_z_tensor
+from attacks.losses import forged_loss
+from attacks.mimic import max_variance_index, mimic_misaligned_vectors
+from attacks.min_max import min_max_gamma, min_sum_gamma, perturbation
+from attacks.reference import reference_statistics
 
 TOL = 1e-5
 # γ is returned in float32 rounded toward 0: allow one float32 ulp (at γ < 32) on top of 2·tol.
@@ -191,14 +195,14 @@ _min_sum_graphs = {
     bound: tf.function(lambda reference, mu, p, bound=bound: min_sum_gamma(reference, mu, p,
                                                                            bound=bound),
                        input_signature=[_ROWS, _VECTOR, _VECTOR])
-    for bound in collusion.SUM_BOUNDS}
+    for bound in min_max.SUM_BOUNDS}
 
 references = st.integers(2, 6).flatmap(lambda r: st.integers(1, 4).flatmap(
     lambda d: hnp.arrays(np.float32, (r, d), elements=st.integers(-40, 40).map(lambda k: k / 4))))
 
 
 @hypothesis.settings(max_examples=20, deadline=None)
-@hypothesis.given(reference=references, kind=st.sampled_from(collusion.PERTURBATIONS))
+@hypothesis.given(reference=references, kind=st.sampled_from(min_max.PERTURBATIONS))
 def test_min_max_gamma_is_the_largest_ok_value(reference, kind):
     mu, sigma = reference_statistics(reference, [True] * len(reference))
     p = perturbation(mu, sigma, kind)
@@ -216,8 +220,8 @@ def test_min_max_gamma_is_the_largest_ok_value(reference, kind):
 
 
 @hypothesis.settings(max_examples=20, deadline=None)
-@hypothesis.given(reference=references, kind=st.sampled_from(collusion.PERTURBATIONS),
-                  bound_kind=st.sampled_from(collusion.SUM_BOUNDS))
+@hypothesis.given(reference=references, kind=st.sampled_from(min_max.PERTURBATIONS),
+                  bound_kind=st.sampled_from(min_max.SUM_BOUNDS))
 def test_min_sum_gamma_is_the_largest_ok_value(reference, kind, bound_kind):
     mu, sigma = reference_statistics(reference, [True] * len(reference))
     p = perturbation(mu, sigma, kind)

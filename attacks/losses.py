@@ -1,0 +1,107 @@
+"""What loss a Byzantine client reports (`loss=` of every attack; attacks.md §4).
+
+`auto` leaves it to the attack (honest, unless the attack defines one), `honest`
+reports the honest loss, `value:x` a constant (set at the client), and
+`mean_minus_rho_std:ρ` / `mean_plus_z_std:z` forge it at the server from the honest
+clients' reported losses (a `Collusion` that replaces no update).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from attacks.checks import check_choice, is_number, plain_tf
+from attacks.colluding import Collusion
+
+__all__ = ["LOSS_MODES", "FORGERY_MODES", "LossForgery", "parse_loss", "check_loss",
+           "forged_loss", "with_local_loss", "loss_collusion"]
+
+LOSS_MODES = ("auto", "honest", "value:<x>", "mean_minus_rho_std:<rho>", "mean_plus_z_std:<z>")
+FORGERY_MODES = ("mean_minus_rho_std", "mean_plus_z_std", "value")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossForgery:
+    """What loss a Byzantine client reports (used by FedLAW's weight step)."""
+    mode: str  # "honest" | "value" | "mean_minus_rho_std" | "mean_plus_z_std"
+    amount: float = 0.0
+
+    @property
+    def needs_server(self) -> bool:
+        return self.mode in ("mean_minus_rho_std", "mean_plus_z_std")
+
+
+def parse_loss(text: str) -> Optional[LossForgery]:
+    """`auto` → None (the attack's own default), else a `LossForgery`; ValueError if bad."""
+    mode, sep, amount = text.partition(":")
+    if mode == "auto" and not sep:
+        return None
+    if mode == "honest" and not sep:
+        return LossForgery("honest")
+    if mode in ("value", "mean_minus_rho_std", "mean_plus_z_std") and sep:
+        number = float(amount)
+        if not np.isfinite(number):
+            raise ValueError(f"loss amount must be finite; got {amount!r}")
+        return LossForgery(mode, number)
+    raise ValueError(f"valid forms: {', '.join(LOSS_MODES)}")
+
+
+def check_loss(text: str) -> Optional[str]:
+    try:
+        parse_loss(text)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+@plain_tf
+def forged_loss(honest_losses, mode, value=0.0):
+    """Forged reported loss (§4), from the honest reported losses' mean μ_f and population std σ_f.
+
+    "mean_minus_rho_std": μ_f − value·σ_f; "mean_plus_z_std": μ_f + value·σ_f;
+    "value": the constant `value`.
+    """
+    check_choice("mode", mode, FORGERY_MODES)
+    if not is_number(value):
+        raise TypeError(f"`value` must be a number; got value={value!r}.")
+    losses = tf.convert_to_tensor(honest_losses)
+    if mode == "value":
+        return tf.constant(value, losses.dtype)
+    mean = tf.reduce_mean(losses)
+    std = tf.sqrt(tf.reduce_mean(tf.square(losses - mean)))
+    sign = -1.0 if mode == "mean_minus_rho_std" else 1.0
+    return mean + tf.constant(sign * value, losses.dtype) * std
+
+
+def with_local_loss(transform, loss: Optional[LossForgery]):
+    """Adds a fixed reported loss (`loss=value:x`) after `transform`."""
+    if loss is None or loss.mode != "value":
+        return transform
+
+    def forged(record, weight, ctx):
+        if transform is not None:
+            record, weight = transform(record, weight, ctx)
+        record = collections.OrderedDict(record)
+        record["loss"] = tf.constant(loss.amount, tf.float32)
+        return record, weight
+
+    return forged
+
+
+def loss_collusion(name: str, loss: Optional[LossForgery]) -> Optional[Collusion]:
+    """A server-side loss forgery from the honest losses' statistics, if asked for."""
+    if loss is None or not loss.needs_server:
+        return None
+    mode = loss.mode
+
+    def compute(values, honest, own, client_ids, losses, seed, memory):
+        del own, client_ids, seed
+        forged = forged_loss(tf.boolean_mask(losses, honest), mode, loss.amount)
+        return tf.zeros([tf.shape(values)[1]], tf.float32), forged, memory, collections.OrderedDict()
+
+    return Collusion(f"{name}_loss", compute, replaces_update=False, forges_loss=True)
