@@ -16,7 +16,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import collections  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -27,6 +26,7 @@ from absl import flags  # noqa: E402
 from aggregators import AGGREGATORS, AggregatorContext, build_aggregator  # noqa: E402
 from aggregators.mean import StackedMeanFactory  # noqa: E402
 from benchmarks.procstat import cpu_seconds  # noqa: E402
+from tff_byz import files  # noqa: E402
 from tff_byz import client_inputs, context, fedavg, models  # noqa: E402
 
 flags.DEFINE_list("models", ["mlp", "emnist_cnn"], "Models (~1e5 and ~1.2e6 parameters).")
@@ -158,8 +158,7 @@ def main(argv):
                           + (f"   (worker CPU {cpu:7.3f} s, {cpu_ratio:5.2f}x)" if cpu_ratio else ""),
                           flush=True)
     if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(rows, f, indent=2)
+        files.write_json_atomic(FLAGS.output, rows)
     return 0
 
 

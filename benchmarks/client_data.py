@@ -54,6 +54,7 @@ import time  # noqa: E402
 from absl import flags  # noqa: E402
 
 from benchmarks import procstat  # noqa: E402
+from tff_byz import files  # noqa: E402
 
 PARTS = ("momentum", "fedavg", "fixed", "store", "long", "cifar")
 WORKLOADS = {
@@ -448,8 +449,7 @@ def main(argv):
         else:
             figures[part] = cifar_round()
     if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(figures, f, indent=2)
+        files.write_json_atomic(FLAGS.output, figures)
     return 0
 
 

@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 from benchmarks import procstat  # noqa: E402
+from tff_byz import files  # noqa: E402
 
 ALGORITHMS = (("fedavg (mean)", "mean"), ("fedlaw learning", "fedlaw"),
               ("fedlaw frozen", "fedlaw:freeze=1"))
@@ -206,8 +207,7 @@ def main(argv):
     if "server" in FLAGS.parts:
         figures["server_step"] = server_step()
     if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(figures, f, indent=2)
+        files.write_json_atomic(FLAGS.output, figures)
     return 0
 
 

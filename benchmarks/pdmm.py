@@ -19,12 +19,13 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
+
+from tff_byz import files  # noqa: E402
 
 flags.DEFINE_string("dataset", "digits", "Dataset (see pipelines.train).")
 flags.DEFINE_string("data_dir", None, "Directory of real datasets.")
@@ -94,8 +95,7 @@ def main(argv):
     del argv
     figures = measure()
     if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(figures, f, indent=2)
+        files.write_json_atomic(FLAGS.output, figures)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import collections  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -26,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
-from tff_byz import client_inputs, context, datasets, fedavg, models  # noqa: E402
+from tff_byz import client_inputs, context, datasets, fedavg, files, models  # noqa: E402
 
 flags.DEFINE_string("dataset", "digits", "Dataset (see pipelines.train).")
 flags.DEFINE_string("data_dir", None, "Directory of real datasets.")
@@ -131,8 +130,7 @@ def main(argv):
     print(f"  TFF overhead per round     {figures['tff_overhead_seconds_per_round']:10.3f} s "
           f"of {fedavg_seconds:.3f} s")
     if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(figures, f, indent=2)
+        files.write_json_atomic(FLAGS.output, figures)
     return 0
 
 
