@@ -42,6 +42,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import collections  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -51,6 +52,7 @@ import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
+import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 from benchmarks import procstat  # noqa: E402
@@ -117,7 +119,9 @@ class TreePeak:
 
 
 def _config(workload: str, **overrides):
-    from orchestration.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
+    # Imported here: the parent, which spawns the measured children, imports no TF.
+    # pylint: disable=import-outside-toplevel
+    from orchestration.config import ExperimentConfig
     values = dict(WORKLOADS[workload], data_dir=FLAGS.data_dir, seed=0, rounds=10**6,
                   output_dir=tempfile.mkdtemp(prefix="client_data-"), run_name="bench")
     values.update(overrides)
@@ -126,8 +130,9 @@ def _config(workload: str, **overrides):
 
 def _by_value_round(config):
     """The by-value path, as the pipelines ran it before ids: returns (round fn, state)."""
-    import numpy as np  # pylint: disable=import-outside-toplevel
-    from tff_byz import client_inputs, client_state, client_work, datasets, fedavg, models, momentum  # pylint: disable=import-outside-toplevel
+    # Imported here: the parent, which spawns the measured children, imports no TF.
+    # pylint: disable=import-outside-toplevel
+    from tff_byz import client_inputs, client_state, client_work, datasets, fedavg, models, momentum
     data = datasets.load_federated_dataset(config.dataset, data_dir=config.data_dir,
                                            partition=config.partition, num_clients=config.num_clients,
                                            seed=config.seed, q=config.q)
@@ -162,10 +167,11 @@ def _by_value_round(config):
 
 
 def _by_reference_round(config):
-    from orchestration import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
+    # Imported here: the parent, which spawns the measured children, imports no TF.
+    # pylint: disable=import-outside-toplevel
+    from orchestration import experiment as experiment_lib
     experiment = experiment_lib.Experiment(config)
     experiment.verify_store()
-    import numpy as np  # pylint: disable=import-outside-toplevel
     clients = np.arange(experiment.num_clients)
 
     def run(state):
@@ -190,8 +196,10 @@ def _timed(run, state, worker_pid, rounds, warmup):
 
 def _plain_tf_momentum(experiment, clients, repeats=20):
     """The round's mini-batch gradient steps (same batches) in plain TF, one tf.function each."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from tff_byz import models  # pylint: disable=import-outside-toplevel
+    # Imported here: the parent, which spawns the measured children, imports no TF.
+    # pylint: disable=import-outside-toplevel
+    import tensorflow as tf
+    from tff_byz import models
     config, data = experiment.config, experiment.dataset
     model = models.build_keras_model(config.model, data.input_shape, data.num_classes,
                                      data.normalization, seed=0)
@@ -222,10 +230,11 @@ def _plain_tf_momentum(experiment, clients, repeats=20):
 
 def _direct_fedavg(experiment, clients, repeats=3):
     """`benchmarks.throughput`'s direct-TF client update over every client, no TFF."""
-    import collections  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from tff_byz import client_inputs, models  # pylint: disable=import-outside-toplevel
-    from tff_byz.client_work import local_sgd_update  # pylint: disable=import-outside-toplevel
+    # Imported here: the parent, which spawns the measured children, imports no TF.
+    # pylint: disable=import-outside-toplevel
+    import tensorflow as tf
+    from tff_byz import client_inputs, models
+    from tff_byz.client_work import local_sgd_update
     config, data = experiment.config, experiment.dataset
     model = models.build_keras_model(config.model, data.input_shape, data.num_classes,
                                      data.normalization, seed=0)
@@ -263,8 +272,10 @@ def _direct_fedavg(experiment, clients, repeats=3):
 def _long_run(config) -> dict:
     """`config` through `orchestration.training.run_experiment` (the pipeline's loop, which also
     replaces a worker that dies), with the worker's RSS after every round."""
-    from tff_byz import context  # pylint: disable=import-outside-toplevel
-    from orchestration import training  # pylint: disable=import-outside-toplevel
+    # Imported here: the parent, which spawns the measured children, imports no TF.
+    # pylint: disable=import-outside-toplevel
+    from tff_byz import context
+    from orchestration import training
     rss, seconds = [], []
 
     def on_round(round_num, row):
@@ -282,7 +293,9 @@ def _long_run(config) -> dict:
 
 
 def child(spec: dict) -> dict:
-    from tff_byz import context  # pylint: disable=import-outside-toplevel
+    # Imported here: the parent, which spawns the measured children, imports no TF.
+    # pylint: disable=import-outside-toplevel
+    from tff_byz import context
     workload, mode = spec["workload"], spec["mode"]
     config = _config(workload, **spec.get("overrides", {}))
     result = dict(workload=workload, mode=mode)
@@ -366,8 +379,10 @@ def side_by_side(workload: str) -> dict:
 
 
 def store_cost() -> dict:
-    from orchestration import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
-    from tff_byz.datasets import CACHE_ENV, load_federated_dataset  # pylint: disable=import-outside-toplevel
+    # Imported here: the parent, which spawns the measured children, imports no TF.
+    # pylint: disable=import-outside-toplevel
+    from orchestration import experiment as experiment_lib
+    from tff_byz.datasets import CACHE_ENV, load_federated_dataset
     figures = {}
     for name in FLAGS.store_datasets:
         cache = tempfile.mkdtemp(prefix="store-bench-")

@@ -66,9 +66,11 @@ FLAGS = flags.FLAGS
 
 
 def round_times():
-    from tff_byz import context  # pylint: disable=import-outside-toplevel
-    from orchestration.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
-    from orchestration.experiment import Experiment  # pylint: disable=import-outside-toplevel
+    # Imported here: TFF stays out of the server-step children (they measure memory).
+    # pylint: disable=import-outside-toplevel
+    from tff_byz import context
+    from orchestration.config import ExperimentConfig
+    from orchestration.experiment import Experiment
     total = 1 + FLAGS.warmup + FLAGS.rounds  # the schedule's T (frozen: one learning round first)
     with context.ExecutionContext() as tff_context:
         pid = tff_context.worker_pid
@@ -146,8 +148,10 @@ def round_times():
 
 def server_child(dim, n, repeats):
     """One process per D: inputs allocated by TF directly (no NumPy copy), then timed."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from fedlaw import math as fedlaw_math  # pylint: disable=import-outside-toplevel
+    # Imported here: TFF stays out of the server-step children (they measure memory).
+    # pylint: disable=import-outside-toplevel
+    import tensorflow as tf
+    from fedlaw import math as fedlaw_math
     f = n // 10
     s, cap = n - f, fedlaw_math.default_cap(n, n - f)
 

@@ -25,7 +25,9 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
-from tff_byz import files  # noqa: E402
+from orchestration.config import ExperimentConfig  # noqa: E402
+from orchestration.experiment import Experiment  # noqa: E402
+from tff_byz import context, files  # noqa: E402
 
 flags.DEFINE_string("dataset", "digits", "Dataset (see pipelines.train).")
 flags.DEFINE_string("data_dir", None, "Directory of real datasets.")
@@ -42,9 +44,6 @@ FLAGS = flags.FLAGS
 
 
 def measure():
-    from tff_byz import context  # pylint: disable=import-outside-toplevel
-    from orchestration.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
-    from orchestration.experiment import Experiment  # pylint: disable=import-outside-toplevel
     total = FLAGS.warmup + FLAGS.rounds
     with context.ExecutionContext():
         runs = {}
@@ -99,7 +98,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    import tff_byz.context  # noqa: F401  (before absl parses flags: see BUILD_NOTES.md)
     from absl import app
     app.run(main)
     sys.exit(0)

@@ -25,7 +25,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
+from orchestration.config import DEFAULT_MODELS  # noqa: E402
 from tff_byz import client_inputs, context, datasets, fedavg, files, models  # noqa: E402
+from tff_byz.client_work import local_sgd_update  # noqa: E402
 
 flags.DEFINE_string("dataset", "digits", "Dataset (see pipelines.train).")
 flags.DEFINE_string("data_dir", None, "Directory of real datasets.")
@@ -48,7 +50,6 @@ def _time(fn, repeats):
 
 def main(argv):
     FLAGS(argv)
-    from orchestration.config import DEFAULT_MODELS  # pylint: disable=import-outside-toplevel
     data = datasets.load_federated_dataset(FLAGS.dataset, data_dir=FLAGS.data_dir,
                                            num_clients=FLAGS.num_clients, seed=0)
     model_name = FLAGS.model or DEFAULT_MODELS[FLAGS.dataset]
@@ -86,7 +87,6 @@ def main(argv):
             logits = direct_model(batch["x"], training=training)
             return collections.namedtuple("Out", "loss")(loss_fn(batch["y"], logits))
 
-    from tff_byz.client_work import local_sgd_update  # pylint: disable=import-outside-toplevel
     forward = _Forward()
 
     @tf.function
