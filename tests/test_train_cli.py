@@ -2,9 +2,13 @@
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
+from orchestration.config import ConfigError, ExperimentConfig
 from pipelines import train
 
 
@@ -115,7 +119,6 @@ def test_missing_dataset_files_name_file_and_directory(capsys, tmp_path):
 def test_existing_run_needs_resume_or_overwrite_and_resume_checks_settings(capsys, tmp_path):
     run_dir = tmp_path / "out" / "r"
     run_dir.mkdir(parents=True)
-    from orchestration.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
     stored = ExperimentConfig(output_dir=str(tmp_path / "out"), run_name="r").resolved()
     (run_dir / "config.json").write_text(json.dumps(stored.to_dict()))
     before = sorted(p.name for p in run_dir.iterdir())
@@ -141,8 +144,6 @@ def test_list_aggregators_and_attacks(capsys, tmp_path):
 def test_help_prints_the_usage_and_every_flag(flag):
     """absl's help flags exist only under app.run, which main() does not use: main() answers
     them (exit 0), in-process and as `python -m`."""
-    import subprocess  # pylint: disable=import-outside-toplevel
-    import sys  # pylint: disable=import-outside-toplevel
     done = subprocess.run([sys.executable, "-m", "pipelines.train", flag], capture_output=True,
                           text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
@@ -171,8 +172,6 @@ def test_an_output_dir_under_a_file_exits_2_naming_it(capsys, tmp_path):
 
 
 def test_an_immutable_output_dir_exits_2_and_writes_nothing(capsys, tmp_path, monkeypatch):
-    import shutil  # pylint: disable=import-outside-toplevel
-    import subprocess  # pylint: disable=import-outside-toplevel
     frozen = tmp_path / "frozen"
     frozen.mkdir()
     if shutil.which("chattr") is None or subprocess.run(
@@ -221,7 +220,6 @@ def test_resume_with_a_garbage_config_exits_2_naming_the_file(capsys, tmp_path, 
 
 def test_run_names_tell_every_experiment_apart_and_keep_resumable_changes():
     """The README's examples used to collide: momentum SGD ran into FedAvg's directory."""
-    from orchestration.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
 
     def name(**values):
         return ExperimentConfig(**values).resolved().run_name
@@ -238,7 +236,6 @@ def test_run_names_tell_every_experiment_apart_and_keep_resumable_changes():
 
 
 def test_none_joined_with_an_attack_is_refused_by_the_config_before_any_data_loads():
-    from orchestration.config import ConfigError, ExperimentConfig  # pylint: disable=import-outside-toplevel
     for values in (dict(attack="none+sign_flip"),
                    dict(attack="none+sign_flip", byzantine_fraction=0.2,
                         client_work="momentum_sgd")):

@@ -1,8 +1,20 @@
 """pipelines.compare's error paths (exit 2, one line, nothing written) and --dry_run."""
 
+import ctypes
+import glob
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
 import pytest
 
+from orchestration.grid import pool, runner, spec
+from orchestration.grid.cells import CellRecord
 from pipelines import compare
+from tests.workers import session_pids, wait_until_gone, worker_pids
 
 GRID = '[settings]\nnum_clients = 5\nrounds = 2\n[axes]\naggregator = ["mean", "median"]\nseed = [0, 1]\n'
 
@@ -54,16 +66,12 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys):
 
 def _grid_worker_pids() -> set[int]:
     """This test session's grid workers (other jobs' are ignored)."""
-    from tests.workers import session_pids  # pylint: disable=import-outside-toplevel
     return session_pids("-m orchestration.grid.worker")
 
 
 def test_invalid_grid_stops_the_workers_started_early(tmp_path, capsys):
     """Workers start importing TFF before the grid is read; an invalid grid stops them and
     leaves neither a process nor a boot log behind."""
-    import glob  # pylint: disable=import-outside-toplevel
-    import tempfile  # pylint: disable=import-outside-toplevel
-    from tests.workers import wait_until_gone, worker_pids  # pylint: disable=import-outside-toplevel
     path = tmp_path / "grid.toml"
     path.write_text('[axes]\naggregator = ["mean", "medain"]\n')
     before, tff_before = _grid_worker_pids(), worker_pids()
@@ -77,8 +85,6 @@ def test_invalid_grid_stops_the_workers_started_early(tmp_path, capsys):
 
 def test_a_second_run_on_a_busy_directory_exits_2_and_writes_nothing(tmp_path, capsys):
     """Two runs on one DIR would run the same cells twice into the same run directories."""
-    import os  # pylint: disable=import-outside-toplevel
-    from orchestration.grid import runner  # pylint: disable=import-outside-toplevel
     path = tmp_path / "grid.toml"
     path.write_text(GRID)
     out = tmp_path / "out"
@@ -97,12 +103,6 @@ def test_a_second_run_on_a_busy_directory_exits_2_and_writes_nothing(tmp_path, c
 
 
 def test_tree_rss_counts_a_process_and_its_descendants():
-    import os  # pylint: disable=import-outside-toplevel
-    import signal  # pylint: disable=import-outside-toplevel
-    import subprocess  # pylint: disable=import-outside-toplevel
-    import sys  # pylint: disable=import-outside-toplevel
-    import time  # pylint: disable=import-outside-toplevel
-    from orchestration.grid import pool  # pylint: disable=import-outside-toplevel
     grandchild = ("import time; b = b'\\x01' * (300 * 2**20); print(1, flush=True); "
                   "time.sleep(60)")
     child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}])"
@@ -135,8 +135,6 @@ def test_negative_worker_memory_exits_2(tmp_path, capsys):
 def test_the_grid_parent_process_never_imports_tensorflow():
     """A third TensorFlow import beside two workers' slows a grid's start on two cores:
     everything `pipelines.compare` runs outside `--dry_run` is TensorFlow-free."""
-    import subprocess  # pylint: disable=import-outside-toplevel
-    import sys  # pylint: disable=import-outside-toplevel
     code = ("import sys, pipelines.compare, orchestration.grid.runner, orchestration.grid.pool, "
             "orchestration.grid.cells, tff_byz.files; "
             "print(sorted(m for m in sys.modules if m.split('.')[0].startswith('tensorflow')))")
@@ -148,8 +146,6 @@ def test_the_grid_parent_process_never_imports_tensorflow():
 def test_the_first_worker_resolves_the_grid_as_this_process_does(tmp_path):
     """`Worker(resolve=...)` answers with the cells `spec.resolve_grid` gives here (ids,
     run names, configs), then becomes ready: no message is lost in between."""
-    from orchestration.grid import pool, spec  # pylint: disable=import-outside-toplevel
-    from orchestration.grid.cells import CellRecord  # pylint: disable=import-outside-toplevel
     path = tmp_path / "grid.toml"
     path.write_text(GRID)
     runs = str(tmp_path / "out" / "runs")
@@ -172,8 +168,6 @@ def test_the_first_worker_resolves_the_grid_as_this_process_does(tmp_path):
 def test_an_invalid_grid_found_by_the_first_worker_exits_2_with_one_line(tmp_path):
     """The command line as users run it (the parent without TensorFlow): the worker's
     verdict comes back as the same one-line error; nothing written, no process left."""
-    import subprocess  # pylint: disable=import-outside-toplevel
-    import sys  # pylint: disable=import-outside-toplevel
     path = tmp_path / "grid.toml"
     path.write_text('[axes]\naggregator = ["mean", "medain"]\n')
     before = _grid_worker_pids()
@@ -193,11 +187,6 @@ def test_an_idle_worker_whose_sigterm_went_to_another_thread_exits_when_stopped(
     thread gets it, Python's handler waits for the main thread, blocked reading stdin, and
     the idle worker lived until the 60 s reap timeout killed it. Stopping also ends its
     input, so it exits at once."""
-    import ctypes  # pylint: disable=import-outside-toplevel
-    import os  # pylint: disable=import-outside-toplevel
-    import signal  # pylint: disable=import-outside-toplevel
-    import time  # pylint: disable=import-outside-toplevel
-    from orchestration.grid import pool  # pylint: disable=import-outside-toplevel
     worker = pool.Worker(threads=1)
     try:
         while not worker.ready:
