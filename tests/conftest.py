@@ -18,9 +18,9 @@ hypothesis.settings.register_profile("reproducible", derandomize=True, database=
 hypothesis.settings.register_profile("explore")
 hypothesis.settings.load_profile(os.environ.get("TFF_BYZ_HYPOTHESIS", "reproducible"))
 
-# Registers the atexit release of TFF's default context even in test files that
-# never open a context (otherwise TFF prints a harmless error at exit).
-import tff_byz.context  # noqa: E402,F401  pylint: disable=unused-import
+# Importing tff_byz.context registers the atexit release of TFF's default context even in
+# test files that never open a context (otherwise TFF prints a harmless error at exit).
+from tff_byz.context import ExecutionContext  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("TFF_BYZ_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -29,7 +29,6 @@ SHARED_DATA = pathlib.Path(os.environ.get("TFF_BYZ_DATA_DIR", REPO.parent / "sha
 @pytest.fixture(scope="session")
 def tff_context():
     """The session's TFF context; tests that execute computations request it."""
-    from tff_byz.context import ExecutionContext  # pylint: disable=import-outside-toplevel
     with ExecutionContext() as context:
         yield context
 

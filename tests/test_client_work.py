@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_byz import client_inputs, client_work, fedavg
+from aggregators import AggregatorContext, build_aggregator
+from tff_byz import client_inputs, client_work, datasets, fedavg, models
 
 INPUT_DIM, NUM_CLASSES = 3, 2
 
@@ -130,7 +131,6 @@ def test_fedavg_equals_tff_build_weighted_fed_avg(tff_context, initial_weights, 
     None: TFF's MeanFactory itself; "mean": the registry's (MeanFactory plus the
     non-finite count); "bucketing:s=1+mean": the stacked path (buckets of one).
     """
-    from aggregators import AggregatorContext, build_aggregator  # pylint: disable=import-outside-toplevel
     aggregator = None if aggregator_spec is None else build_aggregator(
         aggregator_spec, AggregatorContext())
     rng = np.random.default_rng(0)
@@ -161,7 +161,6 @@ def test_fedavg_equals_tff_build_weighted_fed_avg(tff_context, initial_weights, 
 @pytest.mark.parametrize("loss_at", ["start", "end"])
 def test_reported_loss_on_the_whole_local_set(tff_context, loss_at):
     """`loss_at=start|end`: the loss on all of the client's examples before / after training."""
-    from tff_byz import datasets, models  # pylint: disable=import-outside-toplevel
     data = datasets.load_federated_dataset("digits", num_clients=3, seed=0)
     shape, classes, norm = data.input_shape, data.num_classes, data.normalization
     weights = fedavg.model_weights_from_keras(

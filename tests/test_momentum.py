@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_byz import client_inputs
+from tff_byz import client_inputs, context
 from tff_byz.client_state import ClientStateStore, StatefulClientsProcess, StatefulRounds
 from tff_byz.client_work import client_seed
 from tff_byz.momentum import build_momentum_sgd_process, sample_batch_indices
@@ -356,7 +356,6 @@ def test_stateful_rounds_keep_states_on_the_worker_with_the_same_results(process
 
 
 def test_stateful_rounds_go_through_the_store_without_a_project_context(process, monkeypatch):
-    from tff_byz import context  # pylint: disable=import-outside-toplevel
     monkeypatch.setattr(context, "current", lambda: None)
     rounds = [[3, 0]] * 2
     _, reference = _store_path(process, rounds)

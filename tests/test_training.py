@@ -13,10 +13,14 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
-from tff_byz import processes
 from orchestration import evaluation, experiment, training
 from orchestration.config import ExperimentConfig
+from orchestration.report import results
+from tff_byz import processes
+from tff_byz.context import ExecutionContext
+from tff_byz.datasets import load_federated_dataset
 
 from tests.workers import wait_until_gone, worker_pids
 
@@ -35,7 +39,6 @@ def small_config(tmp_path, **overrides):
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     """FedAvg on digits, 20 clients, the demo's settings."""
-    from tff_byz.context import ExecutionContext  # pylint: disable=import-outside-toplevel
     out = tmp_path_factory.mktemp("digits")
     config = ExperimentConfig(dataset="digits", num_clients=20, rounds=25, eval_every=5,
                               output_dir=str(out), run_name="fedavg", seed=0)
@@ -62,7 +65,6 @@ def test_run_directory_layout_and_stable_names(digits_run):
     evaluated = metrics.dropna(subset=["test_accuracy"])["round"].tolist()
     assert evaluated == [5, 10, 15, 20, 25]
     assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
-    from tff_byz.datasets import load_federated_dataset  # pylint: disable=import-outside-toplevel
     train_examples = load_federated_dataset("digits", num_clients=20, seed=0).label_histograms.sum()
     assert (metrics["client_work/num_examples"] == train_examples).all()  # every client, every round
     assert summary["final_test_accuracy"] == pytest.approx(metrics["test_accuracy"].iloc[-1])
@@ -95,7 +97,6 @@ def test_runs_are_deterministic_and_resume_extends_exactly(tmp_path, tff_context
 def test_stop_test_loss_ends_the_run_at_the_first_evaluation_above_it(tmp_path, tff_context):
     """Mean under a scaled sign flip climbs in loss; the limit between rounds 3 and 4 ends
     the run at 4, exactly as the unlimited run went, and a resume does not continue it."""
-    from orchestration.report import results  # pylint: disable=import-outside-toplevel
     attacked = dict(attack="sign_flip:scale=3", byzantine_fraction=0.4)
     training.run_experiment(small_config(tmp_path / "a", **attacked), progress=False)
     whole = pd.read_csv(tmp_path / "a" / "run" / "metrics.csv")
@@ -294,7 +295,6 @@ def test_momentum_sgd_learns_and_resumes_with_client_state(tmp_path, tff_context
 def test_evaluator_equals_numpy_over_uneven_batches():
     """Test loss (mean cross-entropy) and accuracy over 7 examples in batches of 3 (the last
     batch short), against numpy on the same linear model."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     rng = np.random.default_rng(3)
     x = rng.normal(size=(7, 4)).astype(np.float32)
     y = np.array([0, 1, 2, 1, 0, 2, 2], dtype=np.int32)

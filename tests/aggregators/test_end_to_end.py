@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from aggregators import AggregatorContext, build_aggregator
+from aggregators.base import TOO_FEW_CLIENTS, too_few_clients_reason
 from attacks import build_attack_plan
-from tff_byz import client_inputs, client_work, datasets, fedavg, models
 from orchestration import evaluation, training
+from orchestration.config import ExperimentConfig
+from tff_byz import client_inputs, client_work, datasets, fedavg, models
 
 NUM_CLIENTS, BYZANTINE, ROUNDS = 10, 3, 20
 ATTACK = build_attack_plan("sign_flip:scale=10", seed=1)
@@ -79,7 +81,6 @@ def test_geometric_median_survives_a_huge_finite_outlier_from_its_median_start(t
     """`scaling:scale=1e15` sends finite updates ~1e15 times the honest ones. Three Weiszfeld
     iterations from the mean cannot pull back from them (the test loss passed 3e32 after one
     round); from the coordinate-wise median (the default start) the run learns."""
-    from orchestration.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
 
     def run(aggregator):
         return training.run_experiment(ExperimentConfig(
@@ -97,7 +98,6 @@ def test_too_few_finite_clients_end_the_run_failed_with_one_line(tmp_path, tff_c
     """A client learning rate of 1e20 makes every update non-finite: the median has no
     aggregate. The run ends `failed`, its reason naming the rule, the finite count and f,
     instead of a 72-line gRPC traceback."""
-    from orchestration.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
     summary = training.run_experiment(ExperimentConfig(
         dataset="digits", num_clients=7, aggregator="median", client_lr=1e20, rounds=3,
         output_dir=str(tmp_path), run_name="median"), progress=False)
@@ -109,7 +109,6 @@ def test_too_few_finite_clients_end_the_run_failed_with_one_line(tmp_path, tff_c
 
 
 def test_too_few_clients_reason_reads_the_workers_assertion():
-    from aggregators.base import TOO_FEW_CLIENTS, too_few_clients_reason  # pylint: disable=import-outside-toplevel
     message = (f"details = \"Failed to run computation: assertion failed: [{TOO_FEW_CLIENTS} "
                "krum needs n >= 2f + 3: clients] [9] [finite] [4] [f] [2] [needs] [7]\n ...")
     assert too_few_clients_reason(message) == (

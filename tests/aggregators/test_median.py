@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 
 import tensorflow as tf
+import tensorflow_federated as tff
 
+from aggregators import base
 from aggregators import median as median_module
 from aggregators.base import RequirementError
 from aggregators.median import MedianFactory, median, weighted_median
+from tff_byz import collection
 from tests.aggregators import helpers
 
 # Inputs on which rules disagree (STYLE.md): mean 23.2, median 6, trimmed mean (f=1) 5.
@@ -124,7 +127,6 @@ def traced_medians():
     """The median through the networks (padded for any n, and one graph per exact n₀) and
     through sorting, traced once for every kind of input: the graphs holding the networks
     for n = 1 … 128 take most of these tests' time to build."""
-    from aggregators import base  # pylint: disable=import-outside-toplevel
     with pytest.MonkeyPatch.context() as patch:
         small_networks(patch)
         network = tf.function(lambda x: (median(x), median(x, even="lower")), input_signature=[SPEC])
@@ -240,7 +242,6 @@ def test_requirement_checked_at_build_and_each_round(tff_context):
 
 def test_plain_tff_use_without_client_records(tff_context):
     """Composes like MeanFactory: `create(value_type, weight_type)` on plain values."""
-    import tensorflow_federated as tff  # pylint: disable=import-outside-toplevel
     process = MedianFactory().create(tff.TensorType(np.float32, [2]), tff.TensorType(np.float32))
     out = process.next(process.initialize(), [np.array([v, v], np.float32) for v in (3, 1, 2)],
                        [np.float32(1)] * 3)
@@ -249,7 +250,6 @@ def test_plain_tff_use_without_client_records(tff_context):
 
 def test_many_clients_fill_several_stacking_blocks(tff_context):
     """More clients than one accumulator block: every row arrives, sorted by id."""
-    from tff_byz import collection  # pylint: disable=import-outside-toplevel
     n = 2 * collection.NUM_BLOCKS + 5
     values = [np.array([float(i)], np.float32) for i in range(n)]
     ids = list(np.random.default_rng(0).permutation(n))

@@ -7,6 +7,7 @@ import pytest
 
 import tensorflow as tf
 
+from aggregators import base
 from aggregators.base import RequirementError
 from aggregators.trimmed_mean import TrimmedMeanFactory, trimmed_mean, weighted_trimmed_mean
 from tests.aggregators import helpers
@@ -76,7 +77,6 @@ def traced_trimmed_means():
     """The trimmed mean through the networks (padded for any n, and one graph per exact n₀)
     and through sorting, traced once for every kind of input (the network graphs take
     most of these tests' time to build)."""
-    from aggregators import base  # pylint: disable=import-outside-toplevel
     with pytest.MonkeyPatch.context() as patch:
         small_networks(patch)
         network = tf.function(lambda x, beta: trimmed_mean(x, beta=beta), input_signature=SPEC)

@@ -3,6 +3,7 @@
 import math
 import os
 
+import pandas as pd
 import pytest
 
 from orchestration.report.results import accuracy_before_abort
@@ -103,7 +104,6 @@ def test_stopped_before_reports_the_first_evaluation_over_the_limit(paths):
 
 
 def test_stopped_before_agrees_with_accuracy_before_abort(paths):
-    import pandas as pd  # pylint: disable=import-outside-toplevel
     _write(paths, METRICS)
     aborted, accuracy = accuracy_before_abort(pd.read_csv(paths.metrics), 9.0)
     assert (aborted, accuracy) == (3.0, 0.5)
