@@ -44,11 +44,14 @@ __all__ = ["Collusion", "ScheduledCollusion", "CollusionFactory"]
 @dataclasses.dataclass(frozen=True)
 class Collusion:
     """A server-side attack: `compute` (module doc); `replaces_update`/`forges_loss`
-    say which parts of the Byzantine records the messages overwrite."""
+    say which parts of the Byzantine records the messages overwrite; `reads_own` whether
+    the message depends on the Byzantine clients' own vectors (when it does not, a
+    client that keeps its own state may skip its local step)."""
     name: str
     compute: Callable[..., Any]
     replaces_update: bool = True
     forges_loss: bool = False
+    reads_own: bool = True
     measurement_names: Sequence[str] = ()
 
 

@@ -27,7 +27,8 @@ def ipm_attack(name: str, *, eps: float, stats: str, start: int, loss):
         mu, _ = statistics(values, honest, own, stats, 0)
         return ipm_vector(mu, eps), memory, collections.OrderedDict()
 
-    return colluding_component(name, vector_fn, start=start, loss=loss)
+    return colluding_component(name, vector_fn, start=start, loss=loss,
+                               reads_own=stats == "byzantine")
 
 
 ENTRIES = (

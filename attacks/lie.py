@@ -136,7 +136,8 @@ def lie_attack(name: str, *, z: str, stats: str, ddof: int, start: int, loss,
         return lie_vector(mu, sigma, update_sign * z_value), memory, \
             collections.OrderedDict(z=z_value)
 
-    component = colluding_component(name, vector_fn, start=start, loss=loss)
+    component = colluding_component(name, vector_fn, start=start, loss=loss,
+                                    reads_own=stats == "byzantine")
     if isinstance(fixed, str):
         component = dataclasses.replace(
             component, check=lambda n, m: lie_z(n, m, fixed))
@@ -151,7 +152,8 @@ def lie_attack(name: str, *, z: str, stats: str, ddof: int, start: int, loss,
         return vector, tf.cast(forged, tf.float32), memory, named
 
     return dataclasses.replace(
-        component, collusion=Collusion(name, compute, replaces_update=True, forges_loss=True))
+        component, collusion=Collusion(name, compute, replaces_update=True, forges_loss=True,
+                                       reads_own=stats == "byzantine"))
 
 
 def _parse_z(z: str):

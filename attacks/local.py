@@ -13,14 +13,20 @@ A `LocalAttack` may
   `OrderedDict(delta, client_id, num_examples, loss)` and its aggregation weight;
 - `perturb_weights(trainable, ctx) -> noise`: the client trains from θ + ε
   instead of θ, and the wrapper reports Δ relative to the true θ (random_params);
-- `ascent=True`: negate every mini-batch gradient (needs the project's local SGD
-  client work, which takes the predicate from `ascent_predicate`).
+- `ascent=True`: negate every mini-batch gradient (the project's local SGD client
+  work takes the predicate from `ascent_predicate`; momentum SGD from `StepAttacks`);
+- `reads_update=False`: its message does not depend on the client's own training
+  (Gaussian replacement, constants), so a client that keeps its own state may skip
+  the local step (`StepAttacks.idle`).
 
 Randomness: `ctx.seed` is `fold_in(client_seed(run seed, round, client id),
 tag, attack index)`, so draws are reproducible and independent of the honest
 shuffles. With `mark_groups=True` the records also carry `byzantine_group`
 (−1 honest) for a colluding-attack wrapper (`attacks.colluding`), which strips
 it before the defence sees the records.
+
+`StepAttacks` is the same set of attacks for a process whose clients run one step
+of their own inside its client computation (momentum SGD, `tff_byz.momentum`).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from tff_byz.collection import build_measurement_merger
 from tff_byz.client_work import client_seed
 
 __all__ = ["LocalAttack", "ScheduledAttack", "AttackContext", "build_attacked_client_work",
-           "apply_record_attacks",
+           "apply_record_attacks", "StepAttacks",
            "ascent_predicate", "attack_seed", "GROUP_KEY"]
 
 GROUP_KEY = "byzantine_group"
@@ -60,6 +66,7 @@ class LocalAttack:
     transform: Optional[Callable[..., Any]] = None
     perturb_weights: Optional[Callable[..., Any]] = None
     ascent: bool = False
+    reads_update: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +129,46 @@ def apply_record_attacks(attacks: Sequence[ScheduledAttack], record, weight, *, 
         record = collections.OrderedDict(record)
         record[GROUP_KEY] = info["attack_group"]
     return record, weight
+
+
+@dataclasses.dataclass(frozen=True)
+class StepAttacks:
+    """The Byzantine clients' part of a client step that keeps its own state.
+
+    For processes whose client computation runs the step itself (momentum SGD;
+    the hooks `tff_byz.momentum.build_momentum_sgd_process(attacks=...)` calls):
+    - `idle(info, round)`: True when every active attack of the client's group
+      replaces its message without reading it (`idle_groups`: the colluding
+      attacks that do not read their own vectors and the local `reads_update=False`
+      ones); the client then skips its local step and keeps its state;
+    - `ascends(info, round)`: True when the client's gradient is negated;
+    - `message(record, info, run_seed, round, trainable)`: the record it sends, after
+      its group's `transform` attacks (`apply_record_attacks`); the aggregation weight
+      is not part of it.
+    Honest clients get False and their record untouched (bit-identical). Attacks
+    with `perturb_weights` define a model difference (ψ − θ) and have no place here.
+    """
+    attacks: tuple[ScheduledAttack, ...] = ()
+    idle_groups: tuple[tuple[int, int], ...] = ()  # (group, start)
+    mark_groups: bool = False
+
+    def idle(self, info, round_num):
+        flags = [tf.logical_and(tf.equal(info["attack_group"], group),
+                                tf.greater_equal(round_num, tf.cast(start, tf.int64)))
+                 for group, start in self.idle_groups]
+        flags += [_is_active(a, info, round_num) for a in self.attacks
+                  if a.attack.transform is not None and not a.attack.reads_update]
+        return tf.reduce_any(tf.stack(flags)) if flags else tf.constant(False)
+
+    def ascends(self, info, round_num):
+        predicate = ascent_predicate(self.attacks)
+        return predicate(info, round_num) if predicate else tf.constant(False)
+
+    def message(self, record, info, run_seed, round_num, trainable):
+        record, _ = apply_record_attacks(
+            self.attacks, record, tf.constant(1.0), info=info, run_seed=run_seed,
+            round_num=round_num, weights=trainable, mark_groups=self.mark_groups)
+        return record
 
 
 def build_attacked_client_work(

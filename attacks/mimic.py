@@ -116,7 +116,7 @@ def mimic_attack(name: str, *, target: str, seed: int, start: int, loss):
                       lambda: tf.cast(tf.argmax(tf.cast(present, tf.int32)), tf.int32), choose)
         return values[row], client_ids[row], collections.OrderedDict(target=client_ids[row])
 
-    return colluding_component(name, vector_fn, start=start, loss=loss)
+    return colluding_component(name, vector_fn, start=start, loss=loss, reads_own=False)
 
 
 def mimic_misaligned_attack(name: str, *, eta: float, rho: float, start: int, loss):
@@ -157,7 +157,8 @@ ENTRIES = (
     attack_entry(
         "mimic", _mimic,
         "mimic (Karimireddy et al. 2022): every Byzantine client sends one honest client's "
-        "vector (target random, fixed for the run; a client id; or max_variance).", "colluding",
+        "vector (target random, fixed for the run; a client id; or max_variance). Under "
+        "momentum_sgd a Byzantine client skips its local step.", "colluding",
         target=Param(str, "random", "random|max_variance|<client id>", check=_mimic_target)),
     attack_entry(
         "mimic_misaligned", bound(mimic_misaligned_attack),

@@ -129,7 +129,8 @@ def _min_search(kind: str):
             gamma = tf.cast(gamma, tf.float32)
             return mu - gamma * direction, memory, collections.OrderedDict(gamma=gamma)
 
-        return colluding_component(name, vector_fn, start=start, loss=loss)
+        return colluding_component(name, vector_fn, start=start, loss=loss,
+                                   reads_own=stats == "byzantine")
 
     return build
 

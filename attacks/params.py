@@ -14,8 +14,9 @@ START = Param(int, 0, "first round index (0-based) in which the attack is active
               check=non_negative)
 LOSS = Param(str, "auto", "reported loss: auto|honest|value:x|mean_minus_rho_std:rho|"
              "mean_plus_z_std:z", check=check_loss)
-STATS = Param(str, "honest", "reference set: the honest vectors (omniscient) or the Byzantine "
-              "clients' own honest vectors (colluding)", choices=("honest", "byzantine"))
+STATS = Param(str, "honest", "reference set: the honest vectors (omniscient; under momentum_sgd "
+              "a Byzantine client then skips its local step) or the Byzantine clients' own "
+              "honest vectors (colluding)", choices=("honest", "byzantine"))
 
 
 def attack_entry(name, build, help_text, kind, *, aliases=(), **params) -> Entry:

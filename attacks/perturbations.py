@@ -192,12 +192,14 @@ def _map_delta(record, weight, fn, ctx):
     return out, weight
 
 
-def local_update_attack(name: str, leaf_fn, *, start: int, loss: Optional[LossForgery]):
-    """An attack `u → leaf_fn(u, seed)` on each leaf of the Byzantine clients' deltas."""
+def local_update_attack(name: str, leaf_fn, *, start: int, loss: Optional[LossForgery],
+                        reads_update: bool = True):
+    """An attack `u → leaf_fn(u, seed)` on each leaf of the Byzantine clients' deltas;
+    `reads_update=False` when `leaf_fn` ignores u's values."""
     def transform(record, weight, ctx):
         return _map_delta(record, weight, leaf_fn, ctx)
     local = LocalAttack(name, transform=with_local_loss(
-        transform if leaf_fn is not None else None, loss))
+        transform if leaf_fn is not None else None, loss), reads_update=reads_update)
     return AttackComponent(name, start=start, local=local, collusion=loss_collusion(name, loss))
 
 
@@ -239,13 +241,23 @@ def weight_lying_attack(name: str, *, count: float, start: int, loss):
     return AttackComponent(name, start=start, local=local, collusion=loss_collusion(name, loss))
 
 
-def _leaf(fn):
-    """An attack u → fn(u, seed, **params) on every leaf of the delta."""
+def _leaf(fn, reads_update=lambda **params: True):
+    """An attack u → fn(u, seed, **params) on every leaf of the delta; `reads_update(**params)`
+    is False when the attack's output ignores u's values."""
     def build(name, *, seed, dataset, start, loss, **params):
         del seed, dataset
         return local_update_attack(name, lambda u, leaf_seed: fn(u, leaf_seed, **params),
-                                   start=start, loss=parse_loss(loss))
+                                   start=start, loss=parse_loss(loss),
+                                   reads_update=reads_update(**params))
     return build
+
+
+_IGNORES_UPDATE = " (momentum_sgd: a Byzantine client skips its local step)"
+
+
+def _ignores(**params) -> bool:
+    del params
+    return False
 
 
 def _bits(value) -> Optional[str]:
@@ -259,7 +271,7 @@ ENTRIES = (
     attack_entry(
         "sign_flip", bound(sign_flip_attack),
         "u → −λu after honest training (mode=final), or gradient ascent during local training "
-        "(mode=ascent, Blades' sign flip; local_sgd only).", "local",
+        "(mode=ascent, Blades' sign flip).", "local",
         aliases=("inverse_gradient",),
         scale=Param(float, 1.0, "λ (final mode)", check=positive),
         mode=Param(str, "final", "final or ascent", choices=("final", "ascent"))),
@@ -267,8 +279,10 @@ ENTRIES = (
                  "boosting: u → λu.", "local", scale=Param(float, 10.0, "λ", check=finite)),
     attack_entry(
         "gaussian", _leaf(lambda u, seed, sigma, mu, mode: gaussian(
-            u, seed, sigma=sigma, mu=mu, mode=mode)),
-        "u → N(μ, σ²I) (mode=replace) or u + N(0, σ²I) (mode=add).", "local",
+            u, seed, sigma=sigma, mu=mu, mode=mode),
+            reads_update=lambda sigma, mu, mode: mode != "replace"),
+        "u → N(μ, σ²I) (mode=replace) or u + N(0, σ²I) (mode=add). Replace mode ignores u"
+        + _IGNORES_UPDATE + ".", "local",
         sigma=Param(float, 1.0, "σ", check=non_negative),
         mu=Param(float, 0.0, "μ (replace mode)", check=finite),
         mode=Param(str, "replace", "replace or add", choices=("replace", "add"))),
@@ -279,11 +293,15 @@ ENTRIES = (
         "sign_flip; exponent flips make huge/Inf/NaN values).", "local",
         p=Param(float, 1e-3, "flip probability per bit", check=probability),
         bits=Param(str, "all", "all|sign|exponent|mantissa, or a |-combination", check=_bits)),
-    attack_entry("zero", _leaf(lambda u, seed: constant(u, 0.0)), "u → 0.", "local"),
-    attack_entry("constant", _leaf(lambda u, seed, c: constant(u, c)), "u → c·1.", "local",
+    attack_entry("zero", _leaf(lambda u, seed: constant(u, 0.0), _ignores),
+                 "u → 0" + _IGNORES_UPDATE + ".", "local"),
+    attack_entry("constant", _leaf(lambda u, seed, c: constant(u, c), _ignores),
+                 "u → c·1" + _IGNORES_UPDATE + ".", "local",
                  c=Param(float, 1.0, "c", check=finite)),
-    attack_entry("inf", _leaf(lambda u, seed: constant(u, math.inf)), "u → +∞·1.", "local"),
-    attack_entry("nan", _leaf(lambda u, seed: constant(u, math.nan)), "u → NaN·1.", "local"),
+    attack_entry("inf", _leaf(lambda u, seed: constant(u, math.inf), _ignores),
+                 "u → +∞·1" + _IGNORES_UPDATE + ".", "local"),
+    attack_entry("nan", _leaf(lambda u, seed: constant(u, math.nan), _ignores),
+                 "u → NaN·1" + _IGNORES_UPDATE + ".", "local"),
     attack_entry(
         "random_params", bound(random_params_attack),
         "global-parameter attack: train from θ + ε, ε ~ N(ν1·mean θ, (ν2·std θ)²); report "

@@ -20,7 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 from attacks.colluding import Collusion, CollusionFactory, ScheduledCollusion
-from attacks.local import LocalAttack, ScheduledAttack, ascent_predicate, build_attacked_client_work
+from attacks.local import (LocalAttack, ScheduledAttack, StepAttacks, ascent_predicate,
+                           build_attacked_client_work)
 from tff_byz.client_work import client_seed
 
 __all__ = ["AttackComponent", "AttackPlan", "Backdoor"]
@@ -92,6 +93,18 @@ class AttackPlan:
         return build_attacked_client_work(honest, transforms, seed=seed,
                                           mark_groups=bool(self.collusions), message=message,
                                           inputs=inputs, colluding=self.collusions)
+
+    def step_attacks(self) -> Optional[StepAttacks]:
+        """The plan's attacks inside a client step that keeps its own state (momentum SGD),
+        or None when nothing acts there. The colluding wrapper (`aggregator`) still
+        replaces the marked records."""
+        attacks = tuple(a for a in self.local_attacks
+                        if a.attack.transform is not None or a.attack.ascent)
+        idle = tuple((c.group, c.start) for c in self.collusions
+                     if c.collusion.replaces_update and not c.collusion.reads_own)
+        if not attacks and not self.collusions:
+            return None
+        return StepAttacks(attacks, idle, mark_groups=bool(self.collusions))
 
     def aggregator(self, inner, *, seed: int):
         """`inner` wrapped with the colluding attacks (unchanged when there are none)."""

@@ -49,11 +49,12 @@ def reference(honest, own, stats):
     return honest if stats == "honest" else own
 
 
-def colluding_component(name, vector_fn, *, start, loss):
+def colluding_component(name, vector_fn, *, start, loss, reads_own):
     """A Collusion sending `vector_fn(values, honest, own, client_ids, seed, memory)`.
 
     A server-side `loss` (mean_*_std) is forged from the honest losses; `value:x`
-    is set locally; `auto`/`honest` leave the losses alone."""
+    is set locally; `auto`/`honest` leave the losses alone. `reads_own`: whether
+    `vector_fn` reads the Byzantine clients' own rows."""
     forges = loss is not None and loss.needs_server
 
     def compute(values, honest, own, client_ids, losses, seed, memory):
@@ -63,7 +64,8 @@ def colluding_component(name, vector_fn, *, start, loss):
             forged = forged_loss(tf.boolean_mask(losses, honest), loss.mode, loss.amount)
         return vector, tf.cast(forged, tf.float32), memory, named
 
-    collusion = Collusion(name, compute, replaces_update=True, forges_loss=forges)
+    collusion = Collusion(name, compute, replaces_update=True, forges_loss=forges,
+                          reads_own=reads_own)
     local = None
     if loss is not None and loss.mode == "value":
         local = LocalAttack(name, transform=with_local_loss(None, loss))

@@ -18,7 +18,7 @@ def _class(aggregator, client_work="local_sgd", topology="star"):
 def _config(**changes):
     """The attributes `validate` reads, at ExperimentConfig's defaults."""
     values = dict(aggregator="mean", attack="none", client_work="local_sgd", topology="star",
-                  server_lr=1.0, num_clients=20, clients_per_round=0)
+                  server_lr=1.0, num_clients=20, clients_per_round=0, attack_message="delta")
     values.update(changes)
     return types.SimpleNamespace(**values)
 
@@ -97,12 +97,26 @@ def test_fedavg_validate():
 def test_momentum_validate():
     MomentumSGD.validate(_config(client_work="momentum_sgd"))
     MomentumSGD.validate(_config(client_work="momentum_sgd", attack="none", server_lr=0.5))
-    _refuses(MomentumSGD, _config(client_work="momentum_sgd", attack="sign_flip"),
-             "--attack='sign_flip' needs --client_work=local_sgd (attacks transform its client "
-             "work); got --client_work=momentum_sgd.")
-    _refuses(MomentumSGD, _config(client_work="momentum_sgd", attack="scaling:scale=10"),
-             "--attack='scaling:scale=10' needs --client_work=local_sgd (attacks transform its "
-             "client work); got --client_work=momentum_sgd.")
+    for attack in ("sign_flip", "sign_flip:mode=ascent", "scaling:scale=10", "label_flip",
+                   "backdoor", "lie:z=1.5,ddof=1", "ipm:eps=1", "min_max", "min_sum", "mimic",
+                   "gaussian+ipm", "bit_flip:bits=sign,p=0.3"):
+        MomentumSGD.validate(_config(client_work="momentum_sgd", attack=attack,
+                                     byzantine_fraction=0.3))
+    _refuses(MomentumSGD, _config(client_work="momentum_sgd", attack="random_params:nu1=-2"),
+             "--attack='random_params:nu1=-2.0' cannot run with --client_work=momentum_sgd: it "
+             "trains from θ + ε and reports the model difference ψ − θ; a momentum_sgd client "
+             "sends its momentum.")
+    _refuses(MomentumSGD, _config(client_work="momentum_sgd", attack="double"),
+             "--attack='random_params:start=5' cannot run with --client_work=momentum_sgd: it "
+             "trains from θ + ε and reports the model difference ψ − θ; a momentum_sgd client "
+             "sends its momentum.")
+    _refuses(MomentumSGD, _config(client_work="momentum_sgd", attack="zero+weight_lying"),
+             "--attack='weight_lying' cannot run with --client_work=momentum_sgd: it changes "
+             "only the aggregation weight; momentum_sgd weighs every client 1.")
+    _refuses(MomentumSGD, _config(client_work="momentum_sgd", attack="sign_flip",
+                                  attack_message="model"),
+             "--attack_message=model needs --client_work=local_sgd: a momentum_sgd client "
+             "sends its momentum, not a model.")
     _refuses(MomentumSGD, _config(client_work="momentum_sgd", topology="complete"),
              "--topology=complete needs --aggregator=pdmm (decentralized PDMM); "
              "got --aggregator='mean'.")
@@ -161,9 +175,9 @@ def test_decentralized_pdmm_validate():
      "must be 1; got 0.5."),
     (dict(aggregator="median", topology="ring"),
      "--topology=ring needs --aggregator=pdmm (decentralized PDMM); got --aggregator='median'."),
-    (dict(client_work="momentum_sgd", attack="sign_flip", byzantine_fraction=0.2),
-     "--attack='sign_flip' needs --client_work=local_sgd (attacks transform its client work); "
-     "got --client_work=momentum_sgd."),
+    (dict(client_work="momentum_sgd", attack="weight_lying", byzantine_fraction=0.2),
+     "--attack='weight_lying' cannot run with --client_work=momentum_sgd: it changes only the "
+     "aggregation weight; momentum_sgd weighs every client 1."),
     (dict(aggregator="bucketing+fedlaw"),
      "--aggregator='bucketing:s=2,variant=mean+fedlaw:beta=0.001,weight_step=full,clip=false,"
      "loss_filter=false,loss=last_epoch': fedlaw is a training algorithm and cannot be composed "

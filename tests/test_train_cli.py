@@ -47,8 +47,8 @@ def run_cli(capsys, tmp_path, *args):
     (["--attack=sign_flip"], "needs Byzantine clients: set --byzantine_fraction > 0"),
     (["--attack=gaussian:sigma=-1", "--byzantine_fraction=0.2"],
      "--attack: gaussian:sigma=-1.0 is invalid: must be >= 0"),
-    (["--attack=sign_flip", "--byzantine_fraction=0.2", "--client_work=momentum_sgd"],
-     "needs --client_work=local_sgd"),
+    (["--attack=random_params", "--byzantine_fraction=0.2", "--client_work=momentum_sgd"],
+     "--attack='random_params' cannot run with --client_work=momentum_sgd: it trains from"),
     (["--attack=none+lie", "--byzantine_fraction=0.2"], "'none' cannot be combined"),
     (["--byzantine_selection=worst"], "--byzantine_selection: invalid value 'worst'; valid choices: "
                                       "random, label_groups, ids:<i,j,...>"),

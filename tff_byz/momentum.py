@@ -31,6 +31,14 @@ A client with no examples has a zero loss gradient (Keras divides the empty
 batch's loss sum with `divide_no_nan`): it sends β·m_i plus the weight-decay
 term. Do not sample such clients.
 
+Byzantine clients (`attacks=`, a `ClientAttacks`) run the same step: a data
+attack changes the rows they read (through `inputs`), an ascent attack negates
+their gradient, a local attack changes the momentum they send (their own state
+keeps the honest momentum), and colluding attacks replace it in the aggregator
+wrapper, which reads the attack group each record then carries. A client whose
+active attack ignores its own vector skips the step: it keeps its momentum and
+reports no examples and a zero loss (left out of `train_loss`).
+
 Because the momenta must come back out of TFF, the result is a
 `tff_byz.client_state.StatefulClientsProcess`, not a `LearningProcess`; keep the
 momenta in a `tff_byz.client_state.ClientStateStore`.
@@ -41,6 +49,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable
 from numbers import Real
+from typing import Optional, Protocol
 
 import numpy as np
 import tensorflow as tf
@@ -53,7 +62,25 @@ from tff_byz import fedavg, rounds
 from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
 from tff_byz.packing import Packing
 
-__all__ = ["build_momentum_sgd_process", "sample_batch_indices", "momentum_step"]
+__all__ = ["build_momentum_sgd_process", "sample_batch_indices", "momentum_step",
+           "ClientAttacks"]
+
+
+class ClientAttacks(Protocol):
+    """What the Byzantine clients do inside the client step (`attacks.local.StepAttacks`).
+
+    All pure TF on one client's `info` (`tff_byz.client_inputs.INFO_SPEC`) and the
+    int64 round index; honest clients must get False and their record untouched.
+    """
+
+    def idle(self, info, round_num):
+        """bool: the client skips its local step (its message ignores it)."""
+
+    def ascends(self, info, round_num):
+        """bool: the client's gradient is negated."""
+
+    def message(self, record, info, run_seed, round_num, trainable):
+        """The record the client sends, given its honest record and the received weights."""
 
 
 def sample_batch_indices(num_examples, batch_size, seed):
@@ -110,6 +137,7 @@ def build_momentum_sgd_process(
     seed: int = 0,
     dampening: bool = True,
     inputs: client_inputs.ClientInputs | None = None,
+    attacks: Optional[ClientAttacks] = None,
 ) -> StatefulClientsProcess:
     """Distributed momentum-SGD with client momentum (see module doc).
 
@@ -119,6 +147,9 @@ def build_momentum_sgd_process(
 
     `inputs`: how clients arrive (`tff_byz.client_inputs`; default `ByValue()`).
     A client reads only its round's mini-batch.
+
+    `attacks`: the Byzantine clients' behaviour (`ClientAttacks`, module doc); the
+    records may then carry extra fields (the attack group) for the aggregator.
 
     Returns a `StatefulClientsProcess`:
     - state `OrderedDict(global_model_weights=ModelWeights, aggregator=…,
@@ -152,18 +183,11 @@ def build_momentum_sgd_process(
         raise ValueError(
             f"initial_weights do not match model_fn's weights: {weights_type} vs "
             f"{model_weights_type}.")
-    trainable_type = weights_type.trainable
-    record_type = client_work_lib.client_record_type(trainable_type)
     packing = Packing(initial_weights.trainable)
     client_state_type = tff.StructWithPythonType(
         [("client_id", np.int32), ("momentum", tff.TensorType(np.float32, [packing.dimension]))],
         collections.OrderedDict)
     counter = rounds.round_counter(seed)
-    train_metrics = rounds.build_train_metrics(record_type)
-
-    update_aggregator = collection.build_update_aggregator(aggregator, record_type)
-    finalizer = fedavg.build_delta_finalizer(
-        tff.learning.optimizers.build_sgdm(learning_rate=server_lr), weights_type)
 
     # --- TF computations ---------------------------------------------------
 
@@ -178,32 +202,57 @@ def build_momentum_sgd_process(
         def step(weights, momentum):
             tf.nest.map_structure(lambda v, w: v.assign(w), model_weights, weights)
             examples = inputs.open(client_input, round_info["round"])
-            seed_tensor = client_work_lib.client_seed(
-                round_info["seed"], round_info["round"], examples.info["client_id"])
-            index = sample_batch_indices(examples.num_examples, batch_size, seed_tensor)
-            x, y = examples.gather(index)
-            trainable = list(model_weights.trainable)
-            with tf.GradientTape() as tape:
-                output = model.forward_pass(collections.OrderedDict(x=x, y=y), training=True)
-            gradients = tape.gradient(output.loss, trainable)
-            if weight_decay:
-                # (wd/2)‖θ‖² added by hand: its gradient is wd·θ.
-                gradients = [g + weight_decay * tf.convert_to_tensor(v)
-                             for g, v in zip(gradients, trainable)]
-            new_momentum = momentum_step(momentum, gradients, beta=beta, dampening=dampening)
-            return (new_momentum, examples.info["client_id"],
-                    tf.cast(tf.shape(index)[0], tf.float32), tf.cast(output.loss, tf.float32))
+            info = examples.info
 
-        new_momentum, client_id, num_examples, loss = step(
-            weights, packing.unpack(client_state["momentum"]))
-        record = collections.OrderedDict(
-            delta=[tf.negative(m) for m in new_momentum],
-            client_id=client_id,
-            num_examples=num_examples,
-            loss=loss)
-        new_state = collections.OrderedDict(client_id=client_id,
+            def train():
+                seed_tensor = client_work_lib.client_seed(
+                    round_info["seed"], round_info["round"], info["client_id"])
+                index = sample_batch_indices(examples.num_examples, batch_size, seed_tensor)
+                x, y = examples.gather(index)
+                trainable = list(model_weights.trainable)
+                with tf.GradientTape() as tape:
+                    output = model.forward_pass(collections.OrderedDict(x=x, y=y),
+                                                training=True)
+                gradients = tape.gradient(output.loss, trainable)
+                if weight_decay:
+                    # (wd/2)‖θ‖² added by hand: its gradient is wd·θ.
+                    gradients = [g + weight_decay * tf.convert_to_tensor(v)
+                                 for g, v in zip(gradients, trainable)]
+                if attacks is not None:
+                    gradients = tf.cond(attacks.ascends(info, round_info["round"]),
+                                        lambda g=gradients: [tf.negative(x) for x in g],
+                                        lambda g=gradients: g)
+                new_momentum = momentum_step(momentum, gradients, beta=beta,
+                                             dampening=dampening)
+                return (new_momentum, tf.cast(tf.shape(index)[0], tf.float32),
+                        tf.cast(output.loss, tf.float32))
+
+            if attacks is None:
+                new_momentum, num_examples, loss = train()
+            else:
+                new_momentum, num_examples, loss = tf.cond(
+                    attacks.idle(info, round_info["round"]),
+                    lambda: (list(momentum), tf.constant(0.0), tf.constant(0.0)), train)
+            record = collections.OrderedDict(
+                delta=[tf.negative(m) for m in new_momentum],
+                client_id=info["client_id"],
+                num_examples=num_examples,
+                loss=loss)
+            if attacks is not None:
+                record = attacks.message(record, info, round_info["seed"], round_info["round"],
+                                         list(weights.trainable))
+            return record, new_momentum
+
+        record, new_momentum = step(weights, packing.unpack(client_state["momentum"]))
+        new_state = collections.OrderedDict(client_id=record["client_id"],
                                             momentum=packing.pack(new_momentum))
         return record, new_state
+
+    record_type = client_update.type_signature.result[0]
+    train_metrics = rounds.build_train_metrics(record_type)
+    update_aggregator = collection.build_update_aggregator(aggregator, record_type)
+    finalizer = fedavg.build_delta_finalizer(
+        tff.learning.optimizers.build_sgdm(learning_rate=server_lr), weights_type)
 
     @tff.tensorflow.computation(record_type)
     def unit_weight(record):

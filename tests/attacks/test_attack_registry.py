@@ -67,8 +67,10 @@ def test_config_rejects_impossible_combinations(tmp_path):
         return ExperimentConfig(output_dir=str(tmp_path), **values)
     with pytest.raises(ConfigError, match="needs Byzantine clients"):
         config(attack="sign_flip").resolved()
-    with pytest.raises(ConfigError, match="needs --client_work=local_sgd"):
-        config(attack="sign_flip", byzantine_fraction=0.2, client_work="momentum_sgd").resolved()
+    with pytest.raises(ConfigError, match="cannot run with --client_work=momentum_sgd"):
+        config(attack="weight_lying", byzantine_fraction=0.2,
+               client_work="momentum_sgd").resolved()
+    config(attack="sign_flip", byzantine_fraction=0.2, client_work="momentum_sgd").resolved()
     with pytest.raises(ConfigError, match="--byzantine_selection: invalid value 'some'"):
         config(byzantine_selection="some").resolved()
     # explicit ids need no fraction
