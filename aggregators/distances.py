@@ -19,7 +19,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-__all__ = ["pairwise_squared_distances", "rank_by_client_id"]
+__all__ = ["gram64", "pairwise_squared_distances", "rank_by_client_id"]
 
 # Columns per float64 block of the Gram matrix: with n = 200 rows one block is
 # 200 · 65 536 · 8 B ≈ 100 MB, small next to the float32 input at D = 2.5e6 (2 GB),
@@ -27,7 +27,7 @@ __all__ = ["pairwise_squared_distances", "rank_by_client_id"]
 _GRAM_BLOCK_COLUMNS = 1 << 16
 
 
-def _gram64(stacked: tf.Tensor) -> tf.Tensor:
+def gram64(stacked: tf.Tensor) -> tf.Tensor:
     """`[n, D] -> [n, n]` float64 Gram matrix X Xᵀ, accumulated block by block over columns."""
     n = tf.shape(stacked)[0]
     dim = tf.shape(stacked)[1]
@@ -52,7 +52,7 @@ def pairwise_squared_distances(stacked: tf.Tensor) -> tf.Tensor:
     stacked = tf.convert_to_tensor(stacked)
     n = tf.shape(stacked)[0]
     stacked = tf.reshape(stacked, [n, -1])
-    gram = _gram64(stacked)
+    gram = gram64(stacked)
     norms = tf.linalg.diag_part(gram)
     distances = norms[:, tf.newaxis] + norms[tf.newaxis, :] - 2.0 * gram
     # G_ij and G_ji may round differently; averaging makes D exactly symmetric,

@@ -16,16 +16,20 @@ import tensorflow_federated as tff
 from aggregators.base import RobustAggregationFactory
 from aggregators.bucketing import Bucketing, SplitBucketingFactory
 from aggregators.bulyan import BulyanFactory
+from aggregators.caf import CAFFactory
 from aggregators.centered_clipping import CenteredClippingFactory
 from aggregators.clip import ARC, NormClip, adaptive_clipping_factory
 from aggregators.compose import ComposedFactory, PreAggregator
 from aggregators.geometric_median import GeometricMedianFactory
 from aggregators.huber import HuberFactory
 from aggregators.krum import KrumFactory, MultiKrumFactory
+from aggregators.meamed import MeamedFactory
 from aggregators.mean import StackedMeanFactory
 from aggregators.median import MedianFactory
+from aggregators.monna import MoNNAFactory
 from aggregators.nnm import NearestNeighborMixing
 from aggregators.rfa import RFAFactory
+from aggregators.subsets import MAX_SUBSETS, MDAFactory, SMEAFactory
 from aggregators.trimmed_mean import TrimmedMeanFactory
 from tff_byz.collection import NonFiniteCountingFactory
 from tff_byz.registry import (Entry, Param, Registry, SpecError, at_least_one, non_negative,
@@ -130,6 +134,24 @@ rule("centered_clipping", CenteredClippingFactory,
 rule("huber", HuberFactory, "Huber-loss aggregation (Zhao et al. 2024); f < n/2.",
      tau=Param(float, 0.2, "Huber threshold τ (absolute, on deltas)", check=positive),
      max_iterations=Param(int, 50, "iteration cap", check=at_least_one))
+rule("meamed", MeamedFactory, "mean around the median (Xie et al. 2018): per coordinate, the "
+     "mean of the n−f values nearest the median; needs f < n/2; unweighted.", weighted=False)
+rule("monna", MoNNAFactory, "MoNNA (Farhadkhani et al. 2023): the mean of the n−f vectors "
+     "nearest a trusted client's (which must be honest: pick it with --byzantine_selection="
+     "ids:...); needs f < n/2; unweighted.", weighted=False,
+     trusted=Param(int, 0, "the trusted client's id (absent: the lowest id present)",
+                   check=non_negative))
+rule("caf", CAFFactory, "covariance-bound agnostic filter (Allouah et al. 2025): spectral "
+     "down-weighting along the top covariance direction until Σc ≤ n−2f, the mean of least top "
+     "eigenvalue; needs f < n/2; unweighted.", weighted=False)
+_SUBSET_LIMIT = Param(int, MAX_SUBSETS, "refuse n and f with more than this many subsets "
+                      "C(n, f)", check=at_least_one)
+rule("mda", MDAFactory, "minimum-diameter averaging (El Mhamdi et al. 2018): the mean of the "
+     "n−f vectors of smallest diameter; exact over C(n, f) subsets; needs f < n/2; "
+     "unweighted.", weighted=False, max_subsets=_SUBSET_LIMIT)
+rule("smea", SMEAFactory, "smallest maximum-eigenvalue averaging (Allouah et al. 2023): the "
+     "mean of the n−f vectors whose covariance has the smallest top eigenvalue; exact over "
+     "C(n, f) subsets; needs f < n/2; unweighted.", weighted=False, max_subsets=_SUBSET_LIMIT)
 
 
 def _rfa(context: AggregatorContext, *, composed: bool = False, **values):
