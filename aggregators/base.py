@@ -173,6 +173,19 @@ class RobustAggregationFactory(DeclaredByzantineCount, ClientRecordAggregationFa
         raise NotImplementedError
 
     # --- shared --------------------------------------------------------------
+    def simulate(self, values, client_ids, state):
+        """The rule's aggregate `[D]` of finite rows `values` `[n, D]` (sorted by client id),
+        with equal weights, from the process state `state` (`OrderedDict(round, rule)`): what
+        an adaptive attack searches against (`attacks.adaptive`). Measurements and the new
+        state are dropped."""
+        n = tf.shape(values)[0]
+        f = tf.cast(self.f_for(n), tf.int32)
+        weights = tf.ones([n], values.dtype) / tf.cast(tf.maximum(n, 1), values.dtype)
+        seed = tf.stack([tf.constant(self.seed, tf.int64), state["round"]])
+        vector, _, _ = self.aggregate(values, weights, client_ids, f=f, state=state["rule"],
+                                      seed=seed)
+        return vector
+
     def create(self, value_type, weight_type=None):
         value_type = tff.to_type(value_type)
         weight_type = None if weight_type is None else tff.to_type(weight_type)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from aggregators.base import RobustAggregationFactory
@@ -92,7 +93,12 @@ def _mean(context: AggregatorContext, *, composed: bool = False, weighted: bool)
         return StackedMeanFactory(weighted=weighted, seed=context.seed)
     # TFF's own mean (the baseline), plus a count of non-finite client values.
     inner = tff.aggregators.MeanFactory() if weighted else tff.aggregators.UnweightedMeanFactory()
-    return NonFiniteCountingFactory(inner)
+    return NonFiniteCountingFactory(inner, simulate=_plain_mean)
+
+
+def _plain_mean(values, client_ids, state):
+    del client_ids, state
+    return tf.reduce_mean(values, axis=0)
 
 
 AGGREGATORS.register(Entry(

@@ -37,6 +37,7 @@ from tff_byz.collection import build_record_stack
 from attacks.local import GROUP_KEY
 from tff_byz.collection import (ClientRecordAggregationFactory, build_measurement_merger,
                                   build_update_aggregator)
+from tff_byz.errors import ConfigError
 
 __all__ = ["Collusion", "ScheduledCollusion", "CollusionFactory"]
 
@@ -46,12 +47,15 @@ class Collusion:
     """A server-side attack: `compute` (module doc); `replaces_update`/`forges_loss`
     say which parts of the Byzantine records the messages overwrite; `reads_own` whether
     the message depends on the Byzantine clients' own vectors (when it does not, a
-    client that keeps its own state may skip its local step)."""
+    client that keeps its own state may skip its local step); `uses_defence` that
+    `compute` also takes `defence=`, the wrapped rule as a function of the stacked
+    rows (adaptive attacks, `attacks.adaptive`)."""
     name: str
     compute: Callable[..., Any]
     replaces_update: bool = True
     forges_loss: bool = False
     reads_own: bool = True
+    uses_defence: bool = False
     measurement_names: Sequence[str] = ()
 
 
@@ -91,6 +95,13 @@ class CollusionFactory(ClientRecordAggregationFactory):
         num_groups = len(self._collusions)
         collusions = self._collusions
         seed = self._seed
+        adaptive = [c for c in collusions if c.collusion.uses_defence]
+        simulate = getattr(self._inner, "simulate", None)
+        if adaptive and simulate is None:
+            raise ConfigError(
+                f"--attack: {adaptive[0].collusion.name} searches against the defence, which "
+                f"must be a stacked rule or mean; {type(self._inner).__name__} is neither.")
+        inner_state_type = inner.initialize.type_signature.result.member
 
         @tff.tensorflow.computation(record_type)
         def group_weight(record):
@@ -104,8 +115,15 @@ class CollusionFactory(ClientRecordAggregationFactory):
         attack_state_type = attack_init.type_signature.result
         stacked_type = records_stack.stacked_type
 
-        @tff.tensorflow.computation(attack_state_type, stacked_type)
-        def server_attack(attack_state, stacked):
+        def defence_of(ids, inner_state):
+            """The wrapped rule as a function of the stacked rows (non-finite ones dropped)."""
+            def defence(values):
+                finite = tf.reduce_all(tf.math.is_finite(values), axis=1)
+                return simulate(tf.boolean_mask(values, finite), tf.boolean_mask(ids, finite),
+                                inner_state)
+            return defence
+
+        def attack(attack_state, stacked, inner_state):
             @tf.function
             def run(attack_state, stacked):
                 groups = tf.cast(tf.round(stacked["weights"]), tf.int32) - 1
@@ -121,8 +139,11 @@ class CollusionFactory(ClientRecordAggregationFactory):
                     active = tf.logical_and(
                         tf.greater_equal(attack_state["round"], tf.cast(scheduled.start, tf.int64)),
                         tf.reduce_any(own))
+                    extra = ({"defence": defence_of(ids, inner_state)}
+                             if scheduled.collusion.uses_defence else {})
                     vector, loss, new_memory, named = scheduled.collusion.compute(
-                        values, honest, own, ids, losses, run_seed, attack_state["memory"][g])
+                        values, honest, own, ids, losses, run_seed, attack_state["memory"][g],
+                        **extra)
                     vectors.append(tf.where(active, vector, tf.zeros_like(vector)))
                     losses_out.append(tf.where(active, loss, 0.0))
                     actives.append(active)
@@ -142,6 +163,14 @@ class CollusionFactory(ClientRecordAggregationFactory):
                         for g, (name, m) in enumerate(measurements)))
 
             return run(attack_state, stacked)
+
+        if adaptive:
+            server_attack = tff.tensorflow.computation(
+                attack, attack_state_type, stacked_type, inner_state_type)
+        else:
+            server_attack = tff.tensorflow.computation(
+                lambda attack_state, stacked: attack(attack_state, stacked, None),
+                attack_state_type, stacked_type)
 
         messages_type = server_attack.type_signature.result["messages"]
 
@@ -181,7 +210,8 @@ class CollusionFactory(ClientRecordAggregationFactory):
             tff.FederatedType(weight_type, tff.CLIENTS))
         def next_fn(state, records, weights):
             stacked = records_stack.stack(records, tff.federated_map(group_weight, records))
-            attack = tff.federated_map(server_attack, (state.attack, stacked))
+            arguments = (state.attack, stacked, state.inner) if adaptive else (state.attack, stacked)
+            attack = tff.federated_map(server_attack, arguments)
             messages = tff.federated_broadcast(attack.messages)
             clean = tff.federated_map(apply_messages, (records, messages))
             output = inner.next(state.inner, clean, weights)

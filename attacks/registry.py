@@ -14,7 +14,7 @@ wires in.
 
 from __future__ import annotations
 
-from attacks import ipm, lie, mimic, min_max, perturbations, poisoning
+from attacks import adaptive, ipm, lie, mimic, min_max, perturbations, poisoning
 from attacks.plan import AttackComponent, AttackPlan
 from tff_byz.registry import Entry, Param, Registry, Resolved, SpecError, non_negative
 
@@ -25,7 +25,7 @@ ATTACKS.register(Entry(
     name="none", build=lambda name, **_: None, kind="none",
     help="no attack: Byzantine-selected clients behave honestly (defences still get the "
          "declared fraction)."))
-for _family in (perturbations, poisoning, lie, ipm, min_max, mimic):
+for _family in (perturbations, poisoning, lie, ipm, min_max, mimic, adaptive):
     for _entry in _family.ENTRIES:
         ATTACKS.register(_entry)
 ATTACKS.register(Entry(

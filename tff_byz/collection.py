@@ -148,10 +148,14 @@ class NonFiniteCountingFactory(tff.aggregators.WeightedAggregationFactory):
     aggregate becomes non-finite, and the training loop stops saying so.
     """
 
-    def __init__(self, inner):
+    def __init__(self, inner, simulate=None):
+        """`simulate(values, client_ids, state) -> [D]`, if given, is the inner rule on
+        stacked finite rows with equal weights (`RobustAggregationFactory.simulate`)."""
         if isinstance(inner, tff.aggregators.UnweightedAggregationFactory):
             inner = tff.aggregators.as_weighted_aggregator(inner)
         self._inner = inner
+        if simulate is not None:
+            self.simulate = simulate
 
     def create(self, value_type, weight_type):
         process = self._inner.create(value_type, weight_type)
