@@ -84,6 +84,16 @@ def run_cli(capsys, tmp_path, *args):
      "colluding attacks are not defined per edge"),
     (["--aggregator=bucketing+pdmm"], "pdmm is a training algorithm and cannot be composed"),
     (["--aggregator=pdmm", "--baseline=bogus"], "--aggregator: unknown name 'bogus'"),
+    (["--aggregator=mda:max_subsets=1000", "--byzantine_fraction=0.3"],
+     "mda scores C(n, f) = 38,760 subsets for n=20, f=6; the limit is max_subsets=1,000"),
+    (["--aggregator=smea", "--num_clients=25", "--byzantine_fraction=0.28"],
+     "smea scores C(n, f) = 480,700 subsets for n=25, f=7; the limit is max_subsets=100,000"),
+    (["--aggregator=rfa", "--attack=lie_optimal", "--byzantine_fraction=0.2"],
+     "lie_optimal:stats=honest,ddof=1,tau0=0.0,delta=10.0,evals=20,ratio=0.8,start=0,loss=auto "
+     "searches against the defence, which must be a stacked rule or mean; RFAFactory is neither."),
+    (["--client_work=momentum_sgd", "--attack=weight_lying", "--byzantine_fraction=0.2"],
+     "--attack='weight_lying' cannot run with --client_work=momentum_sgd: it changes only the "
+     "aggregation weight"),
     (["--local_steps=-1"], "--local_steps must be an integer >= 0; got -1"),
     (["--attack_message=weights"], "--attack_message: invalid value 'weights'; valid choices: "
                                    "delta, model"),
