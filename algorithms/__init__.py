@@ -2,7 +2,8 @@
 
 `--aggregator` names either a robust rule (FedAvg, or momentum SGD with
 `--client_work=momentum_sgd`, aggregate with it) or a training algorithm of its
-own (`fedlaw:...`, `pdmm:...`; PDMM runs decentralized with `--topology`).
+own (`fedlaw:...`, `pdmm:...`, the local-only baseline `local`; PDMM runs
+decentralized with `--topology`).
 `AGGREGATOR_CHOICES` is the registry behind that flag and `algorithm_class` the
 one place a run's settings pick its algorithm.
 """
@@ -15,17 +16,20 @@ from aggregators import AGGREGATORS
 from algorithms.base import Algorithm, RoundReport, Setting, StatefulAlgorithm
 from algorithms.fedavg import FedAvg
 from algorithms.fedlaw import FEDLAW, FedLAW
+from algorithms.local import LOCAL_ENTRY, LocalOnly
 from algorithms.momentum import MomentumSGD
 from algorithms.pdmm import PDMM, PDMM_ENTRY, DecentralizedPDMM
 from tff_byz.errors import ConfigError
 from tff_byz.registry import Registry, Resolved
 
 __all__ = ["AGGREGATOR_CHOICES", "algorithm_class", "Algorithm", "StatefulAlgorithm", "Setting",
-           "RoundReport", "FedAvg", "MomentumSGD", "FedLAW", "PDMM", "DecentralizedPDMM"]
+           "RoundReport", "FedAvg", "MomentumSGD", "FedLAW", "PDMM", "DecentralizedPDMM",
+           "LocalOnly"]
 
-AGGREGATOR_CHOICES = Registry.union("--aggregator", AGGREGATORS, entries=(FEDLAW, PDMM_ENTRY))
+AGGREGATOR_CHOICES = Registry.union("--aggregator", AGGREGATORS,
+                                    entries=(FEDLAW, PDMM_ENTRY, LOCAL_ENTRY))
 
-_BY_NAME = {"fedlaw": FedLAW, "pdmm": PDMM}
+_BY_NAME = {"fedlaw": FedLAW, "pdmm": PDMM, "local": LocalOnly}
 
 
 def algorithm_class(aggregator: Sequence[Resolved], client_work: str,

@@ -29,6 +29,7 @@ from attacks.plan import AttackPlan
 from tff_byz import client_state
 from tff_byz.client_inputs import ByReference
 from tff_byz.errors import ConfigError
+from tff_byz.packing import unpack_numpy
 from tff_byz.registry import Resolved
 
 __all__ = ["Setting", "RoundReport", "Algorithm", "StatefulAlgorithm", "MEMMAP_BYTES"]
@@ -148,10 +149,27 @@ class StatefulAlgorithm(Algorithm):
         # The store checks each returned state's client_id against `clients`.
         return self.rounds.next(state, [np.int32(i) for i in clients], clients)
 
-    def client_state_rows(self, ids: np.ndarray, key: str) -> np.ndarray:
-        """Row 0 of leaf `key` of the states of clients `ids`, stacked ([len(ids), ...])."""
+    def client_state_rows(self, ids: np.ndarray, key: str, row: Optional[int] = None
+                          ) -> np.ndarray:
+        """Leaf `key` (its row `row`, if given) of the states of clients `ids`, stacked
+        ([len(ids), ...])."""
         self.rounds.sync()
-        return np.stack([np.asarray(state[key][0]) for state in self.client_states.get(ids)])
+        return np.stack([np.asarray(state[key] if row is None else state[key][row])
+                         for state in self.client_states.get(ids)])
+
+    def client_models(self, ids: np.ndarray, key: str, row: Optional[int] = None) -> list:
+        """The models packed in leaf `key` (row `row`) of clients `ids`: one array per
+        trainable leaf, `[len(ids), *shape]`."""
+        return unpack_numpy(self.client_state_rows(ids, key, row),
+                            self.setting.initial_weights.trainable)
+
+    def node_accuracies(self, leaves: list, evaluator) -> collections.OrderedDict:
+        """The test accuracy of each client model in `leaves` (`client_models`): mean and
+        worst, as `test_accuracy_node_mean` / `test_accuracy_node_min`."""
+        accuracy = [evaluator(self._trainable_weights([leaf[k] for leaf in leaves]))[1]
+                    for k in range(len(leaves[0]))]
+        return collections.OrderedDict(test_accuracy_node_mean=float(np.mean(accuracy)),
+                                       test_accuracy_node_min=float(np.min(accuracy)))
 
     def program_state(self, state, round_num: int, wall_seconds: float):
         value = super().program_state(state, round_num, wall_seconds)

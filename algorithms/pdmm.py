@@ -10,11 +10,12 @@ from typing import Optional
 import numpy as np
 
 from algorithms.base import RoundReport, StatefulAlgorithm
+from attacks import resolve_attack
 from pdmm import graphs
 from pdmm.decentralized import build_decentralized_pdmm_process
 from pdmm.process import PDMMOptions, build_pdmm_process
+from pdmm.regimes import linear_factor, weight_decay
 from tff_byz.errors import ConfigError
-from tff_byz.packing import unpack_numpy
 from tff_byz.registry import Entry, Param, at_least_one, positive
 
 __all__ = ["PDMM_ENTRY", "PDMM", "DecentralizedPDMM"]
@@ -42,6 +43,7 @@ PDMM_ENTRY = Entry(
     })
 
 _HONEST_MEAN = ("test_accuracy_honest_mean", "test_loss_honest_mean", "consensus_gap_honest")
+_NODES = ("test_accuracy_node_mean", "test_accuracy_node_min")
 
 
 class PDMM(StatefulAlgorithm):
@@ -50,7 +52,7 @@ class PDMM(StatefulAlgorithm):
     Besides the server model w_s it reports the honest clients' mean model w̄_H, its test
     accuracy and loss, and the consensus gap mean_{i∈H} ‖w_i − w̄_H‖ (pdmm.md §2)."""
     _STATE_KEY = "wvu"  # row 0 of a client's state is its w_i
-    _METRICS = _HONEST_MEAN
+    _METRICS = _HONEST_MEAN + _NODES
 
     @classmethod
     def validate(cls, config) -> None:
@@ -84,25 +86,39 @@ class PDMM(StatefulAlgorithm):
 
     def honest_models(self):
         """The honest clients' w, stacked (one array per leaf), and their mean."""
-        rows = self.client_state_rows(self.setting.honest_ids, self._STATE_KEY)
-        leaves = unpack_numpy(rows, self.setting.initial_weights.trainable)  # [clients, *shape]
+        leaves = self.client_models(self.setting.honest_ids, self._STATE_KEY, row=0)
         return leaves, [leaf.mean(axis=0) for leaf in leaves]
 
+    @property
+    def weight_decay(self) -> Optional[float]:
+        """λ_P of the run's attack (`pdmm.regimes`), or None when the attack is not linear in
+        the message (or there are several)."""
+        components = resolve_attack(self.setting.config.attack)
+        if len(components) != 1:
+            return None
+        kappa = linear_factor(components[0].name, components[0].params)
+        if kappa is None:
+            return None
+        fraction = float(np.mean(np.asarray(self.setting.byzantine, bool)))
+        return weight_decay(kappa, fraction, self.options.c)
+
     def report(self, state, evaluator) -> RoundReport:
+        decay = self.weight_decay
+        extra = {} if decay is None else {"lambda_p": decay}
         if evaluator is None or not len(self.setting.honest_ids):
-            return RoundReport(collections.OrderedDict((name, math.nan)
-                                                       for name in self._METRICS))
+            return RoundReport(collections.OrderedDict(
+                [(name, math.nan) for name in self._METRICS] + list(extra.items())))
         leaves, mean = self.honest_models()
         gap = np.mean(np.sqrt(sum(np.sum((leaf - m) ** 2, axis=tuple(range(1, leaf.ndim)))
                                   for leaf, m in zip(leaves, mean))))
         loss, accuracy = evaluator(self._trainable_weights(mean))
-        values = [accuracy, loss, float(gap)] + self._node_metrics(leaves, evaluator)
-        return RoundReport(collections.OrderedDict(zip(self._METRICS, values)),
-                           summary=dict(final_test_accuracy_honest_mean=accuracy))
-
-    def _node_metrics(self, leaves, evaluator) -> list:
-        del leaves, evaluator
-        return []
+        metrics = collections.OrderedDict(zip(_HONEST_MEAN, [accuracy, loss, float(gap)]))
+        metrics.update(self.node_accuracies(leaves, evaluator))
+        metrics.update(extra)
+        return RoundReport(metrics, summary=dict(
+            extra, final_test_accuracy_honest_mean=accuracy,
+            final_test_accuracy_node_mean=metrics["test_accuracy_node_mean"],
+            final_test_accuracy_node_min=metrics["test_accuracy_node_min"]))
 
 
 class DecentralizedPDMM(PDMM):
@@ -110,7 +126,6 @@ class DecentralizedPDMM(PDMM):
     evaluated model is the honest nodes' mean, and every honest node's own model is scored
     too (mean and worst accuracy)."""
     _STATE_KEY = "wz"
-    _METRICS = _HONEST_MEAN + ("test_accuracy_node_mean", "test_accuracy_node_min")
 
     @classmethod
     def validate(cls, config) -> None:
@@ -143,7 +158,3 @@ class DecentralizedPDMM(PDMM):
         del state
         return self._trainable_weights(self.honest_models()[1])
 
-    def _node_metrics(self, leaves, evaluator) -> list:
-        accuracy = [evaluator(self._trainable_weights([leaf[k] for leaf in leaves]))[1]
-                    for k in range(len(leaves[0]))]
-        return [float(np.mean(accuracy)), float(np.min(accuracy))]

@@ -113,6 +113,10 @@ def _main(argv=None) -> int:
         honest_mean = summary.get("final_test_accuracy_honest_mean")
         if honest_mean is not None:
             print(f"  honest clients' mean model (PDMM): final test accuracy {honest_mean:.4f}")
+        node_mean = summary.get("final_test_accuracy_node_mean")
+        if node_mean is not None:
+            print(f"  honest clients' own models: final test accuracy {node_mean:.4f} (mean), "
+                  f"{summary['final_test_accuracy_node_min']:.4f} (worst)")
         if summary["status"] != "complete":
             print(f"reason: {summary['reason']}", file=sys.stderr)
             code = 1

@@ -29,7 +29,7 @@ from tff_byz import client_inputs, rounds
 
 __all__ = ["build_local_sgd_client_work", "client_record_type", "client_input_types",
            "local_sgd_update", "local_sgd_steps", "stream_batch_indices", "client_seed",
-           "dataset_loss", "ClientWorkConfigError", "LOSS_AT"]
+           "dataset_loss", "validate_local_sgd", "ClientWorkConfigError", "LOSS_AT"]
 
 # Which loss a client reports (FedLAW uses it, fedlaw.md §3): the mean mini-batch loss of
 # the last local epoch, or the loss on the client's whole training set before/after training.
@@ -67,7 +67,10 @@ def client_input_types(model_fn, inputs: client_inputs.ClientInputs | None = Non
     return inputs.type_signature(example_spec), weights_type
 
 
-def _validate(epochs, batch_size, learning_rate):
+def validate_local_sgd(epochs, batch_size, learning_rate, steps=0):
+    """Raises `ClientWorkConfigError` naming the flag of a bad local SGD setting."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ClientWorkConfigError(f"--local_steps must be an integer >= 0; got {steps!r}.")
     if not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ClientWorkConfigError(f"--local_epochs must be an integer >= 1; got {epochs!r}.")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -216,9 +219,7 @@ def build_local_sgd_client_work(
     `make_client_input` values) or `ByReference(store, ...)` (client ids). Each
     client reads only the rows its batches use.
     """
-    _validate(epochs, batch_size, learning_rate)
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ClientWorkConfigError(f"--local_steps must be an integer >= 0; got {steps!r}.")
+    validate_local_sgd(epochs, batch_size, learning_rate, steps)
     if loss_at not in LOSS_AT:
         raise ClientWorkConfigError(f"loss: invalid value {loss_at!r}; valid choices: "
                                     f"{', '.join(LOSS_AT)}.")

@@ -12,7 +12,9 @@ returns
   `diverged` (the run stopped because the model became non-finite) and
   `final_accuracy`: the final test accuracy, with a diverged run scored
   `diverged_score` (default 0: its model is NaN); `final_accuracy_honest_mean`
-  likewise for PDMM's honest clients' mean model (NaN for other runs). With
+  likewise for PDMM's honest clients' mean model (NaN for other runs),
+  `final_accuracy_node_mean`/`_min` for the honest clients' own models (PDMM, local-only;
+  NaN for other runs). With
   `abort_test_loss=X` a run is scored as the FedLAW authors' code scores it: their
   evaluation raises once the test loss exceeds X (9 in their code) or is NaN, so the
   last accuracy they log is that of the evaluation before. `final_accuracy` is then that
@@ -50,6 +52,7 @@ _SUMMARY_FIELDS = {"status": "status", "reason": "reason", "rounds_completed": "
                    "declared_byzantine_fraction": "declared_fraction_used",
                    "byzantine_ids": "byzantine_ids"}
 RESULT_COLUMNS = ("final_accuracy", "aborted_round", "final_accuracy_honest_mean",
+                  "final_accuracy_node_mean", "final_accuracy_node_min",
                   "final_test_accuracy", "best_test_accuracy", "final_test_loss",
                   "detection_precision", "detection_recall", "detection_f1", "detection_accuracy",
                   "final_attack_success_rate", "wall_seconds")
@@ -218,6 +221,10 @@ def load_results(directory: str, *, diverged_score: Optional[float] = 0.0,
         if _is_pdmm(config):  # other runs: NaN
             row["final_accuracy_honest_mean"] = _accuracy(
                 summary.get("final_test_accuracy_honest_mean"), *scoring)
+        for nodes in ("node_mean", "node_min"):  # runs whose clients keep their own models
+            if summary.get(f"final_test_accuracy_{nodes}") is not None:
+                row[f"final_accuracy_{nodes}"] = _accuracy(
+                    summary[f"final_test_accuracy_{nodes}"], *scoring)
         rows.append(row)
     results = pd.DataFrame(rows)
     for column in RESULT_COLUMNS:

@@ -27,10 +27,10 @@ STRUCT = [collections.OrderedDict(w=np.full([2, 3], v, np.float32), b=np.array([
 FACTORY_NAMES = AGGREGATORS.names
 
 
-def test_the_aggregator_flag_names_every_factory_and_the_two_algorithms():
+def test_the_aggregator_flag_names_every_factory_and_the_three_algorithms():
     assert {AGGREGATORS.entry(n).kind for n in AGGREGATORS.names} == {"rule", "pre-aggregator"}
-    assert AGGREGATOR_CHOICES.names == AGGREGATORS.names + ["fedlaw", "pdmm"]
-    for name in ("fedlaw", "pdmm"):
+    assert AGGREGATOR_CHOICES.names == AGGREGATORS.names + ["fedlaw", "pdmm", "local"]
+    for name in ("fedlaw", "pdmm", "local"):
         assert AGGREGATOR_CHOICES.entry(name).kind == "algorithm"
         with pytest.raises(SpecError, match=f"unknown name '{name}'"):
             build_aggregator(name, CONTEXT)  # not a factory: `algorithms` builds its process

@@ -50,14 +50,19 @@ def test_resume_continues_exactly(tmp_path, tff_context, overrides):
     resumed = training.run_experiment(config(tmp_path / "b", 4, **overrides), resume=True,
                                       progress=False)
     assert resumed["final_test_accuracy"] == whole["final_test_accuracy"]
-    columns = list(COLUMNS)
+    columns = COLUMNS + ["test_accuracy_node_mean", "test_accuracy_node_min"]
     if "topology" in overrides:
-        columns += ["test_accuracy_node_mean", "test_accuracy_node_min", "pdmm/message_norm"]
+        # Sign flip (κ = −1) on 2 of 10 nodes, c = 0.4: λ_P = 2 · 0.2 · 0.4 / 0.6.
+        columns += ["pdmm/message_norm", "lambda_p"]
+        assert whole["lambda_p"] == pytest.approx(0.16 / 0.6)
     else:
-        columns += ["pdmm/consensus_gap"]
-    a = pd.read_csv(tmp_path / "a" / "run" / "metrics.csv")[columns]
-    b = pd.read_csv(tmp_path / "b" / "run" / "metrics.csv")[columns]
-    pd.testing.assert_frame_equal(a, b)
+        columns += ["pdmm/consensus_gap"]  # Gaussian noise is not linear: no λ_P
+        assert "lambda_p" not in whole
+    a = pd.read_csv(tmp_path / "a" / "run" / "metrics.csv")
+    b = pd.read_csv(tmp_path / "b" / "run" / "metrics.csv")
+    assert ("lambda_p" in a) == ("topology" in overrides)
+    pd.testing.assert_frame_equal(a[columns], b[columns])
+    assert a["test_accuracy_node_min"].iloc[-1] <= a["test_accuracy_node_mean"].iloc[-1]
 
 
 def test_baseline_runs_the_same_settings_and_prints_both(tmp_path, capsys, tff_context):
