@@ -84,6 +84,8 @@ class ExperimentConfig:
     q_mode: str = _setting("sample", "q-split mode: sample (paper) or exact (authors' code).")
     alpha: float = _setting(0.5, "Dirichlet concentration for --partition=dirichlet.")
     num_clients: int = _setting(20, "Number of clients (writers to keep for emnist; 0 = all).")
+    train_examples: int = _setting(0, "Train on a seeded sample of this many training examples, "
+                                   "split over the clients (0 = all of them).")
     clients_per_round: int = _setting(0, "Clients sampled per round (0 = all).")
     model: Optional[str] = _setting(None, "mlp, mlp_torch, small_mlp, wide_mlp, emnist_cnn, "
                                     "lenet, cifar_cnn (default: per dataset).")
@@ -197,6 +199,7 @@ class ExperimentConfig:
         number("q", self.q, 0.0, 1.0)
         number("alpha", self.alpha, 0.0, math.inf, low_open=True, high_open=True)
         integer("num_clients", self.num_clients, 1)
+        integer("train_examples", self.train_examples, 0)
         integer("clients_per_round", self.clients_per_round, 0)
         if self.clients_per_round > self.num_clients:
             raise ConfigError(f"--clients_per_round must be <= --num_clients={self.num_clients} "

@@ -40,6 +40,8 @@ def client_store(config: ExperimentConfig, dataset) -> store_lib.ClientStore:
         data_dir=os.path.abspath(config.data_dir) if config.data_dir else None,
         partition=config.partition, num_clients=config.num_clients, seed=config.seed,
         q=config.q, alpha=config.alpha, q_mode=config.q_mode)
+    if config.train_examples:  # absent otherwise, so existing stores keep their keys
+        key["train_examples"] = config.train_examples
     arrays = [dataset.client_arrays(i) for i in range(dataset.num_clients)]
     return store_lib.ensure_store(store_lib.store_directory(config.dataset, key), arrays, key,
                                   seed=config.seed)
@@ -53,7 +55,7 @@ class Experiment:
         self.dataset = datasets.load_federated_dataset(
             config.dataset, data_dir=config.data_dir, partition=config.partition,
             num_clients=config.num_clients, seed=config.seed, q=config.q, alpha=config.alpha,
-            q_mode=config.q_mode)
+            q_mode=config.q_mode, train_examples=config.train_examples)
         self.num_clients = len(self.dataset.client_ids)
         input_shape, num_classes = self.dataset.input_shape, self.dataset.num_classes
         keras_model = models.build_keras_model(

@@ -29,6 +29,11 @@ def run_cli(capsys, tmp_path, *args):
     (["--progress=maybe"], "--progress: expected true or false; got 'maybe'"),
     (["--round=3"], "unknown flag --round; valid flags: --aggregator, --alpha"),
     (["--num_clients=0"], "--num_clients must be an integer >= 1; got 0"),
+    (["--train_examples=-5"], "--train_examples must be an integer >= 0; got -5"),
+    (["--train_examples=5000"], "`train_examples` must be <= the 1438 training examples of "
+                                "digits; got train_examples=5000"),
+    (["--aggregator=local", "--attack=zero", "--byzantine_fraction=0.2"],
+     "--aggregator=local: clients exchange nothing, so no attack can act"),
     (["--num_clients=5", "--clients_per_round=6"], "--clients_per_round must be <= --num_clients=5"),
     (["--q=1.5"], "--q must be in [0, 1]; got 1.5"),
     (["--alpha=0"], "--alpha must be in (0, inf); got 0.0"),

@@ -180,3 +180,21 @@ def test_real_emnist_natural(require_data):
     pooled = datasets.load_federated_dataset("emnist", data_dir=data_dir, partition="iid",
                                              num_clients=50)
     assert pooled.client_ids[0] == "0000" and pooled.label_histograms.sum() == 10596
+
+
+def test_a_sample_of_the_training_pool():
+    full = datasets.load_federated_dataset("digits", partition="iid", num_clients=5, seed=3)
+    sample = datasets.load_federated_dataset("digits", partition="iid", num_clients=5, seed=3,
+                                    train_examples=300)
+    again = datasets.load_federated_dataset("digits", partition="iid", num_clients=5, seed=3,
+                                   train_examples=300)
+    assert sum(int(h.sum()) for h in sample.label_histograms) == 300
+    pooled = lambda d: np.concatenate([d.client_arrays(i)[0] for i in range(5)])
+    np.testing.assert_array_equal(pooled(sample), pooled(again))  # seeded
+    # Every sampled example is one of the pool's, and the test set is untouched.
+    pool = {row.tobytes() for row in pooled(full)}
+    assert all(row.tobytes() in pool for row in pooled(sample))
+    np.testing.assert_array_equal(sample.test_x, full.test_x)
+    with pytest.raises(ValueError, match="`train_examples` must be <= the 1438 training "
+                                         "examples of digits; got train_examples=1439"):
+        datasets.load_federated_dataset("digits", train_examples=1439)

@@ -213,6 +213,18 @@ def _check_arguments(name, partition, num_clients, seed, q, alpha, q_mode, only_
                 f"`num_clients` must be >= 0 (0: all writers); got num_clients={num_clients}.")
 
 
+def _sample_training_pool(data: source.SourceData, count: int, rng) -> source.SourceData:
+    """`data` with `count` training examples drawn without replacement (kept in pool order)."""
+    total = data.train_y.size
+    if count > total:
+        raise ValueError(f"`train_examples` must be <= the {total} training examples of "
+                         f"{data.name}; got train_examples={count}.")
+    keep = np.sort(rng.choice(total, size=count, replace=False))
+    writer = None if data.train_writer is None else data.train_writer[keep]
+    return dataclasses.replace(data, train_x=data.train_x[keep], train_y=data.train_y[keep],
+                               train_writer=writer)
+
+
 def _split(data: source.SourceData, partition: str, num_clients, rng, *, q, alpha, q_mode):
     """Runs the partitioner: (index arrays, label groups or None, client ids)."""
     groups = None
@@ -245,6 +257,7 @@ def load_federated_dataset(
     alpha: float = 0.5,
     q_mode: str = "sample",
     only_digits: bool = True,
+    train_examples: int = 0,
 ) -> FederatedDataset:
     """Loads dataset `name` and splits its training pool over clients.
 
@@ -268,6 +281,9 @@ def load_federated_dataset(
       alpha: Dirichlet concentration ("dirichlet" only), > 0.
       q_mode: "sample" (paper) or "exact" (authors' code); "q" only.
       only_digits: EMNIST only: 10 digit classes (True) or all 62.
+      train_examples: > 0: the training pool is a seeded sample of this many examples
+        (drawn from `seed` before partitioning; the test set is untouched), so clients hold
+        as few examples as collaboration needs; 0: every example.
 
     Returns:
       A `FederatedDataset`.
@@ -280,9 +296,17 @@ def load_federated_dataset(
     """
     # Validate everything that does not need the data before reading it.
     _check_arguments(name, partition, num_clients, seed, q, alpha, q_mode, only_digits)
-    split_seed, partition_seed = np.random.SeedSequence(int(seed)).spawn(2)
+    if isinstance(train_examples, bool) or not isinstance(train_examples, (int, np.integer)) \
+            or train_examples < 0:
+        raise ValueError(f"`train_examples` must be an int >= 0; got "
+                         f"train_examples={train_examples!r}.")
+    # The third child seeds only the sample: the first two are the same as without it.
+    split_seed, partition_seed, sample_seed = np.random.SeedSequence(int(seed)).spawn(3)
     data = load_source(name, data_dir=data_dir, seed=np.random.default_rng(split_seed),
                        only_digits=only_digits)
+    if train_examples:
+        data = _sample_training_pool(data, int(train_examples),
+                                     np.random.default_rng(sample_seed))
     rng = np.random.default_rng(partition_seed)
 
     parts, groups, client_ids = _split(
