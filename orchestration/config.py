@@ -17,6 +17,9 @@ import re
 import types
 from typing import Any, Optional
 
+from attacks.selection import SelectionError, parse_selection
+from pdmm.graphs import TOPOLOGIES
+from tff_byz import choices
 from tff_byz.errors import ConfigError
 from tff_byz.registry import SpecError
 
@@ -48,23 +51,16 @@ _NAMED_FIELDS = ("dataset", "partition", "num_clients", "aggregator", "attack",
 
 @functools.cache
 def _names() -> types.SimpleNamespace:
-    """What a config is checked against: the registries and every valid name. Imported on
-    first use, not with this module, so `python -m pipelines.train --help` and flag-syntax
-    errors answer without TensorFlow (its import takes ~5 s)."""
+    """The registries a config's specs are checked against. Imported on first use, not with
+    this module, and only after the settings that need no registry passed
+    (`ExperimentConfig.validate`): the registries import TensorFlow (~5 s), so `--help`,
+    flag-syntax errors and bad values of plain settings answer without it."""
     # pylint: disable=import-outside-toplevel  (start-up time: these import TensorFlow)
     from algorithms import AGGREGATOR_CHOICES, algorithm_class
     from attacks import ATTACKS, resolve_attack
-    from attacks.selection import SelectionError, parse_selection
-    from pdmm.graphs import TOPOLOGIES
-    from tff_byz import datasets
-    from tff_byz.context import parse_worker_addresses
-    from tff_byz.models import MODELS
     return types.SimpleNamespace(
         aggregators=AGGREGATOR_CHOICES, algorithm_class=algorithm_class, attacks=ATTACKS,
-        resolve_attack=resolve_attack,
-        selection_error=SelectionError, parse_selection=parse_selection, topologies=TOPOLOGIES,
-        datasets=datasets.DATASETS, partitions=datasets.PARTITIONS, models=tuple(MODELS),
-        parse_worker_addresses=parse_worker_addresses)
+        resolve_attack=resolve_attack)
 
 
 def _setting(default, help: str):  # pylint: disable=redefined-builtin
@@ -172,6 +168,27 @@ class ExperimentConfig:
         return re.sub(r"[^A-Za-z0-9_.=-]+", "-", name)
 
     def validate(self) -> None:
+        """Raises `ConfigError` naming the first bad setting: the plain settings first
+        (`validate_settings`), then the aggregator and attack specs and what the chosen
+        algorithm accepts (which imports the registries, and TensorFlow)."""
+        self.validate_settings()
+        names = _names()
+        try:
+            names.aggregators.resolve(self.aggregator)
+            attack = names.resolve_attack(self.attack)
+        except SpecError as error:
+            raise ConfigError(str(error)) from None
+        names.algorithm_class(names.aggregators.resolve(self.aggregator), self.client_work,
+                              self.topology).validate(self)
+        attacked = any(c.name != "none" for c in attack)
+        if attacked and self.byzantine_fraction == 0.0 and \
+                not self.byzantine_selection.startswith("ids:"):
+            raise ConfigError(f"--attack={self.attack!r} needs Byzantine clients: set "
+                              "--byzantine_fraction > 0 or --byzantine_selection=ids:...")
+
+    def validate_settings(self) -> None:
+        """Raises `ConfigError` for a bad value of a setting that needs no registry (names,
+        ranges, the selection and worker syntax); imports no TensorFlow."""
         def choice(flag, value, choices):
             if value not in choices:
                 raise ConfigError(f"--{flag}: invalid value {value!r}; valid choices: "
@@ -190,12 +207,12 @@ class ExperimentConfig:
                 interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
                 raise ConfigError(f"--{flag} must be in {interval}; got {value!r}.")
 
-        choice("dataset", self.dataset, _names().datasets)
-        choice("partition", self.partition, _names().partitions)
+        choice("dataset", self.dataset, choices.DATASETS)
+        choice("partition", self.partition, choices.PARTITIONS)
         choice("q_mode", self.q_mode, ("sample", "exact"))
         choice("client_work", self.client_work, CLIENT_WORKS)
         if self.model is not None:
-            choice("model", self.model, _names().models)
+            choice("model", self.model, choices.MODELS)
         number("q", self.q, 0.0, 1.0)
         number("alpha", self.alpha, 0.0, math.inf, low_open=True, high_open=True)
         integer("num_clients", self.num_clients, 1)
@@ -209,13 +226,13 @@ class ExperimentConfig:
             number("declared_byzantine_fraction", self.declared_byzantine_fraction, 0.0, 1.0,
                    high_open=True)
         try:
-            _names().parse_selection(self.byzantine_selection)
-        except _names().selection_error as error:
+            parse_selection(self.byzantine_selection)
+        except SelectionError as error:
             raise ConfigError(str(error)) from None
         integer("rounds", self.rounds, 1)
         integer("local_epochs", self.local_epochs, 1)
         integer("local_steps", self.local_steps, 0)
-        choice("topology", self.topology, _names().topologies)
+        choice("topology", self.topology, TOPOLOGIES)
         choice("attack_message", self.attack_message, ATTACK_MESSAGES)
         integer("batch_size", self.batch_size, 1)
         number("client_lr", self.client_lr, 0.0, math.inf, low_open=True, high_open=True)
@@ -231,22 +248,9 @@ class ExperimentConfig:
         if self.run_name is not None and (not self.run_name or "/" in self.run_name
                                           or self.run_name in (".", "..")):
             raise ConfigError(f"--run_name must be a non-empty name without '/'; got {self.run_name!r}.")
-        names = _names()
-        try:
-            names.aggregators.resolve(self.aggregator)
-            attack = names.resolve_attack(self.attack)
-        except SpecError as error:
-            raise ConfigError(str(error)) from None
-        names.algorithm_class(names.aggregators.resolve(self.aggregator), self.client_work,
-                              self.topology).validate(self)
-        attacked = any(c.name != "none" for c in attack)
-        if attacked and self.byzantine_fraction == 0.0 and \
-                not self.byzantine_selection.startswith("ids:"):
-            raise ConfigError(f"--attack={self.attack!r} needs Byzantine clients: set "
-                              "--byzantine_fraction > 0 or --byzantine_selection=ids:...")
         if self.tff_workers:
             try:
-                _names().parse_worker_addresses(self.tff_workers)
+                choices.parse_worker_addresses(self.tff_workers)
             except ValueError as error:
                 raise ConfigError(str(error)) from None
 

@@ -56,7 +56,15 @@ def _main(argv=None) -> int:
     if flags is None:
         return code
 
-    # Start-up time: --help and flag errors above answer without importing TensorFlow (~5 s).
+    config = ExperimentConfig(**{name: getattr(flags, name) for name in config_names})
+    if not (flags.list_aggregators or flags.list_attacks):
+        try:
+            config.validate_settings()
+        except ConfigError as error:
+            return cli.error(str(error))
+
+    # Start-up time: --help, flag errors and bad plain settings above answer without importing
+    # TensorFlow (~5 s).
     # pylint: disable=import-outside-toplevel
     from algorithms import AGGREGATOR_CHOICES
     from attacks import ATTACKS
@@ -70,7 +78,6 @@ def _main(argv=None) -> int:
             print(ATTACKS.describe())
         return 0
 
-    config = ExperimentConfig(**{name: getattr(flags, name) for name in config_names})
     try:
         resolved = config.resolved()
         runs = [resolved]

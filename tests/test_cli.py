@@ -8,6 +8,7 @@ from typing import Optional
 import pytest
 
 from pipelines import cli
+from tff_byz import choices, datasets, models
 
 
 @dataclasses.dataclass
@@ -72,3 +73,28 @@ def test_a_flag_syntax_error_answers_without_tensorflow():
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stderr == "error: --rounds: expected an integer; got 'x'\n"
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--rounds=0", "--rounds must be an integer >= 1; got 0."),
+    ("--dataset=bogus", "--dataset: invalid value 'bogus'; valid choices: digits, mnist, "
+                        "fashion_mnist, cifar10, emnist, olivetti, synthetic."),
+    ("--model=resnet", "--model: invalid value 'resnet'; valid choices: mlp, mlp_torch, "
+                       "small_mlp, wide_mlp, emnist_cnn, lenet, cifar_cnn."),
+    ("--topology=torus", "--topology: invalid value 'torus'; valid choices: star, complete, "
+                         "ring, rgg."),
+    ("--byzantine_selection=worst", "--byzantine_selection: invalid value 'worst'"),
+])
+def test_a_bad_plain_setting_answers_without_tensorflow(flag, message):
+    code = ("import sys\nfrom pipelines import train\n"
+            f"assert train.main(['train', '{flag}']) == 2\n"
+            "assert 'tensorflow' not in sys.modules, 'TensorFlow imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith(f"error: {message}") and done.stderr.count("\n") == 1
+
+
+def test_the_plain_names_are_the_implementations():
+    assert tuple(models.MODELS) == choices.MODELS
+    assert datasets.DATASETS is choices.DATASETS

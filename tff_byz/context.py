@@ -46,6 +46,7 @@ from tensorflow_federated.python.core.impl.execution_contexts import compiler_pi
 from tensorflow_federated.python.core.impl.types import type_conversions
 
 from tff_byz import processes
+from tff_byz.choices import parse_worker_addresses
 
 __all__ = [
     "ExecutionContext",
@@ -93,18 +94,6 @@ def worker_binary_path() -> str:
     if not os.path.isfile(path):
         raise RuntimeError(f"TFF worker binary not found at {path}; reinstall with `make install`.")
     return path
-
-
-def parse_worker_addresses(spec: str) -> list[str]:
-    """Parses `host:port,host:port` into a list, validating each entry."""
-    addresses = [part.strip() for part in spec.split(",") if part.strip()]
-    for address in addresses:
-        host, sep, port = address.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(
-                f"--tff_workers: invalid worker address {address!r}; expected host:port "
-                "with a port in 1..65535, e.g. localhost:8000,gpu-host:8000.")
-    return addresses
 
 
 # glibc serves allocations above its mmap threshold with their own mapping, returned on free;

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow_federated as tff
 
+from tff_byz.choices import DATASETS, NATURALLY_FEDERATED, PARTITIONS
 from tff_byz.datasets import cifar10, client_data, digits, emnist, idx, olivetti, source, synthetic
 # Imported under another name: `partition` is an argument of load_federated_dataset.
 from tff_byz.datasets import partition as partition_lib
@@ -36,11 +37,6 @@ __all__ = [
     "load_federated_dataset",
     "load_source",
 ]
-
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "emnist", "olivetti", "synthetic")
-PARTITIONS = ("iid", "q", "dirichlet", "natural")
-# Datasets whose examples carry a writer, so `partition="natural"` applies.
-NATURALLY_FEDERATED = ("emnist", "synthetic")
 
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 
