@@ -144,13 +144,22 @@ class StepAttacks:
     - `ascends(info, round)`: True when the client's gradient is negated;
     - `message(record, info, run_seed, round, trainable)`: the record it sends, after
       its group's `transform` attacks (`apply_record_attacks`); the aggregation weight
-      is not part of it.
+      is not part of it;
+    - `attacking(info, round)`: int32 1 when any attack of the client's group is active
+      (local or colluding, `schedules`), for the `attacked_clients` count.
     Honest clients get False and their record untouched (bit-identical). Attacks
     with `perturb_weights` define a model difference (ψ − θ) and have no place here.
     """
     attacks: tuple[ScheduledAttack, ...] = ()
     idle_groups: tuple[tuple[int, int], ...] = ()  # (group, start)
     mark_groups: bool = False
+    schedules: tuple[tuple[int, int], ...] = ()  # (group, start) of every attack of the plan
+
+    def attacking(self, info, round_num):
+        flags = [tf.logical_and(tf.equal(info["attack_group"], group),
+                                tf.greater_equal(round_num, tf.cast(start, tf.int64)))
+                 for group, start in self.schedules]
+        return tf.cast(tf.reduce_any(tf.stack(flags)), tf.int32) if flags else tf.constant(0)
 
     def idle(self, info, round_num):
         flags = [tf.logical_and(tf.equal(info["attack_group"], group),

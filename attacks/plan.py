@@ -104,7 +104,9 @@ class AttackPlan:
                      if c.collusion.replaces_update and not c.collusion.reads_own)
         if not attacks and not self.collusions:
             return None
-        return StepAttacks(attacks, idle, mark_groups=bool(self.collusions))
+        schedules = tuple((a.group, a.start) for a in self.local_attacks) + tuple(
+            (c.group, c.start) for c in self.collusions)
+        return StepAttacks(attacks, idle, mark_groups=bool(self.collusions), schedules=schedules)
 
     def aggregator(self, inner, *, seed: int):
         """`inner` wrapped with the colluding attacks (unchanged when there are none)."""

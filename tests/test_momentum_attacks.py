@@ -77,7 +77,7 @@ def _expected_weights(sent):
     return [t - SERVER_LR * a for t, a in zip(theta0, mean)]
 
 
-def _check(process, output, *, sent, states, losses, examples):
+def _check(process, output, *, sent, states, losses, examples, attacked=1):
     assert_close(process.get_model_weights(output["state"]).trainable, _expected_weights(sent))
     for state, expected in zip(output["client_states"], states):
         assert_close(leaves(state), expected)
@@ -85,6 +85,8 @@ def _check(process, output, *, sent, states, losses, examples):
     assert metrics["num_examples"] == examples
     np.testing.assert_allclose(metrics["train_loss"],
                                sum(losses[c] * SIZES[c] for c in losses) / examples, rtol=1e-5)
+    if "attacked_clients" in metrics or attacked:
+        assert metrics["attacked_clients"] == attacked
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,8 @@ def test_without_attack_the_byzantine_client_trains_honestly(honest):
     momenta, losses = honest
     process, output = _round("none")
     _check(process, output, sent=list(momenta.values()), states=list(momenta.values()),
-           losses=losses, examples=18)
+           losses=losses, examples=18, attacked=0)
+    assert "attacked_clients" not in output["metrics"]["client_work"]
 
 
 def test_a_local_attack_changes_the_sent_momentum_and_not_the_clients_own(honest):
@@ -122,7 +125,7 @@ def test_label_flip_computes_the_byzantine_gradient_on_flipped_labels(honest):
     assert not np.allclose(momenta[2][1], honest[0][2][1])
     process, output = _round("label_flip")
     _check(process, output, sent=list(momenta.values()), states=list(momenta.values()),
-           losses=losses, examples=18)
+           losses=losses, examples=18, attacked=0)  # data attacks act in the data, not here
 
 
 def test_an_omniscient_attack_sends_minus_the_honest_mean_and_skips_the_step(honest):
@@ -158,8 +161,9 @@ def test_an_attack_waits_for_its_start_round(honest):
     process = _build("ipm:eps=1,start=1")
     output = process.next(process.initialize(), _inputs(), _zero_states(process))
     _check(process, output, sent=list(momenta.values()), states=list(momenta.values()),
-           losses=losses, examples=18)
+           losses=losses, examples=18, attacked=0)
     # Round 1: the attack is active; client 2 skips its step and keeps its round-0 momentum.
     second = process.next(output["state"], _inputs(), list(output["client_states"]))
     assert_close(leaves(second["client_states"][2]), momenta[2])
     assert second["metrics"]["client_work"]["num_examples"] == 12
+    assert second["metrics"]["client_work"]["attacked_clients"] == 1

@@ -82,6 +82,9 @@ class ClientAttacks(Protocol):
     def message(self, record, info, run_seed, round_num, trainable):
         """The record the client sends, given its honest record and the received weights."""
 
+    def attacking(self, info, round_num):
+        """int32: 1 when the client's attack is active (counted as `attacked_clients`)."""
+
 
 def sample_batch_indices(num_examples, batch_size, seed):
     """Indices of one mini-batch: min(batch_size, num_examples) distinct examples.
@@ -160,7 +163,8 @@ def build_momentum_sgd_process(
       `OrderedDict(distributor=(), client_work=OrderedDict(train_loss,
       num_examples), aggregator=…, finalizer=OrderedDict(update_non_finite))`
       (the FedAvg process's names; `train_loss` is the example-weighted mean
-      batch loss, `num_examples` the examples used this round);
+      batch loss, `num_examples` the examples used this round; with `attacks`,
+      also `attacked_clients`, the Byzantine clients whose attack was active);
     - client state `OrderedDict(client_id=int32, momentum=float32[D])`, the
       momentum packed leaf by leaf (`tff_byz.packing`: TFF moves client values
       tensor by tensor at a fixed cost per tensor);
@@ -238,15 +242,18 @@ def build_momentum_sgd_process(
                 client_id=info["client_id"],
                 num_examples=num_examples,
                 loss=loss)
+            attacking = tf.constant(0)
             if attacks is not None:
                 record = attacks.message(record, info, round_info["seed"], round_info["round"],
                                          list(weights.trainable))
-            return record, new_momentum
+                attacking = attacks.attacking(info, round_info["round"])
+            return record, new_momentum, attacking
 
-        record, new_momentum = step(weights, packing.unpack(client_state["momentum"]))
+        record, new_momentum, attacking = step(weights,
+                                               packing.unpack(client_state["momentum"]))
         new_state = collections.OrderedDict(client_id=record["client_id"],
                                             momentum=packing.pack(new_momentum))
-        return record, new_state
+        return record, new_state, attacking
 
     record_type = client_update.type_signature.result[0]
     train_metrics = rounds.build_train_metrics(record_type)
@@ -295,9 +302,14 @@ def build_momentum_sgd_process(
             finalizer=finalized.state,
             seed=next_round.seed,
             round=next_round.round))
+        client_work = train_metrics(records)
+        if attacks is not None:
+            client_work = tff.federated_zip(collections.OrderedDict(
+                train_loss=client_work.train_loss, num_examples=client_work.num_examples,
+                attacked_clients=tff.federated_sum(client_outputs[2])))
         metrics = tff.federated_zip(collections.OrderedDict(
             distributor=tff.federated_value((), tff.SERVER),
-            client_work=train_metrics(records),
+            client_work=client_work,
             aggregator=aggregate.measurements,
             finalizer=finalized.measurements))
         return collections.OrderedDict(state=new_state, metrics=metrics,
