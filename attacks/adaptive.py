@@ -2,8 +2,9 @@
 each round (the Byzantine-FL libraries' Opt-ALIE / Opt-IPM; Allouah et al. 2023).
 
 Each round the colluding clients of the group send the same vector b(τ): IPM's −τ μ or
-LIE's μ + τ σ of the reference set (`attacks.reference`). τ is the one, among those a line
-search tries, that maximises
+LIE's μ − τ σ of the reference set (`attacks.reference`) of updates, which is the libraries'
+μ + τ σ of gradients or momenta (an update is a negative gradient: Δ = −η g, or −m under
+momentum SGD). τ is the one, among those a line search tries, that maximises
 
     F(τ) = ‖ Agg(the round's rows, the group's rows replaced by b(τ)) − μ_H ‖₂,
 
@@ -98,7 +99,7 @@ def ipm_optimal_attack(name, *, stats, tau0, delta, evals, ratio, start, loss):
 
 def lie_optimal_attack(name, *, stats, ddof, tau0, delta, evals, ratio, start, loss):
     _honest_loss_only(loss)
-    return _adaptive(name, lambda mu, sigma, tau: mu + tau * sigma, stats=stats, ddof=ddof,
+    return _adaptive(name, lambda mu, sigma, tau: mu - tau * sigma, stats=stats, ddof=ddof,
                      start=tau0, delta=delta, evals=evals, ratio=ratio, first_round=start)
 
 
@@ -120,7 +121,8 @@ ENTRIES = (
                  "adaptive IPM (Opt-IPM): −τ μ." + _ADAPTIVE, "colluding", stats=STATS,
                  **_SEARCH),
     attack_entry("lie_optimal", bound(lie_optimal_attack),
-                 "adaptive LIE (Opt-ALIE): μ + τ σ." + _ADAPTIVE, "colluding", stats=STATS,
+                 "adaptive LIE (Opt-ALIE): the update μ − τ σ (the libraries' μ + τ σ of "
+                 "gradients)." + _ADAPTIVE, "colluding", stats=STATS,
                  ddof=Param(int, 1, "0 (population) or 1 (unbiased, the libraries')",
                             check=lambda v: None if v in (0, 1) else "must be 0 or 1"),
                  **_SEARCH),

@@ -62,7 +62,7 @@ def defended(rule, byzantine_vector):
 
 @pytest.mark.parametrize("spec, base", [
     ("ipm_optimal", lambda tau: -tau * HONEST.mean(0)),
-    ("lie_optimal", lambda tau: HONEST.mean(0) + tau * HONEST.std(0, ddof=1)),
+    ("lie_optimal", lambda tau: HONEST.mean(0) - tau * HONEST.std(0, ddof=1)),
 ])
 @pytest.mark.parametrize("aggregator, rule", [
     ("median", lambda rows: np.median(rows, axis=0)),
