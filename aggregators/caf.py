@@ -31,7 +31,7 @@ import tensorflow as tf
 from aggregators.base import RobustAggregationFactory
 from aggregators.distances import gram64
 
-__all__ = ["caf_weights", "caf", "CAFFactory"]
+__all__ = ["caf_weights", "caf_mean", "caf", "CAFFactory"]
 
 
 def _centred_gram(gram, p):
@@ -81,6 +81,12 @@ def caf_weights(gram, *, f):
     return best_p, passes
 
 
+def caf_mean(rows, *, f):
+    """(the CAF mean `[D]` of `rows` `[n, D]`, its weights c/Σc `[n]`, the passes run)."""
+    p, passes = caf_weights(gram64(rows), f=f)
+    return tf.linalg.matvec(rows, tf.cast(p, rows.dtype), transpose_a=True), p, passes
+
+
 def caf(stacked, *, f) -> tf.Tensor:
     """`[n, ...] -> [...]`: the CAF estimate of the honest mean (module doc)."""
     stacked = tf.convert_to_tensor(stacked)
@@ -88,9 +94,7 @@ def caf(stacked, *, f) -> tf.Tensor:
     f = tf.cast(f, tf.int32)
     tf.debugging.assert_non_negative(f, message="caf needs f >= 0")
     tf.debugging.assert_less(2 * f, n, message="caf needs f < n/2")
-    rows = tf.reshape(stacked, [n, -1])
-    p, _ = caf_weights(gram64(rows), f=f)
-    mean = tf.linalg.matvec(rows, tf.cast(p, rows.dtype), transpose_a=True)
+    mean, _, _ = caf_mean(tf.reshape(stacked, [n, -1]), f=f)
     return tf.reshape(mean, tf.shape(stacked)[1:])
 
 
@@ -111,8 +115,7 @@ class CAFFactory(RobustAggregationFactory):
         return 2 * f + 1
 
     def aggregate(self, values, weights, client_ids, *, f, state, seed):
-        p, passes = caf_weights(gram64(values), f=f)
-        result = tf.linalg.matvec(values, tf.cast(p, values.dtype), transpose_a=True)
+        result, p, passes = caf_mean(values, f=f)
         kept = tf.reduce_sum(p) / tf.maximum(tf.reduce_max(p), 1e-300)
         return result, state, collections.OrderedDict(
             passes=passes, kept_weight=tf.cast(kept, tf.float32))

@@ -4,6 +4,7 @@ or decentralized over a graph (pdmm.md)."""
 from __future__ import annotations
 
 import collections
+import functools
 import math
 from typing import Optional
 
@@ -89,7 +90,7 @@ class PDMM(StatefulAlgorithm):
         leaves = self.client_models(self.setting.honest_ids, self._STATE_KEY, row=0)
         return leaves, [leaf.mean(axis=0) for leaf in leaves]
 
-    @property
+    @functools.cached_property
     def weight_decay(self) -> Optional[float]:
         """λ_P of the run's attack (`pdmm.regimes`), or None when the attack is not linear in
         the message (or there are several)."""

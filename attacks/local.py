@@ -17,7 +17,7 @@ A `LocalAttack` may
   work takes the predicate from `ascent_predicate`; momentum SGD from `StepAttacks`);
 - `reads_update=False`: its message does not depend on the client's own training
   (Gaussian replacement, constants), so a client that keeps its own state may skip
-  the local step (`StepAttacks.idle`).
+  the local step (`StepAttacks.is_idle`).
 
 Randomness: `ctx.seed` is `fold_in(client_seed(run seed, round, client id),
 tag, attack index)`, so draws are reproducible and independent of the honest
@@ -89,17 +89,19 @@ def _is_active(scheduled: ScheduledAttack, info, round_num):
                           tf.greater_equal(round_num, tf.cast(scheduled.start, tf.int64)))
 
 
+def any_active(schedules: Sequence[Any], info, round_num):
+    """bool: one of `schedules` (anything with `group` and `start`: scheduled local or
+    colluding attacks) is the client's and has started."""
+    flags = [_is_active(s, info, round_num) for s in schedules]
+    return tf.reduce_any(tf.stack(flags)) if flags else tf.constant(False)
+
+
 def ascent_predicate(attacks: Sequence[ScheduledAttack]):
     """`(info, round) -> bool` for `build_local_sgd_client_work(ascent=...)`, or None."""
     ascending = [a for a in attacks if a.attack.ascent]
     if not ascending:
         return None
-
-    def predicate(info, round_num):
-        flags = [_is_active(a, info, round_num) for a in ascending]
-        return tf.reduce_any(tf.stack(flags))
-
-    return predicate
+    return lambda info, round_num: any_active(ascending, info, round_num)
 
 
 def apply_record_attacks(attacks: Sequence[ScheduledAttack], record, weight, *, info, run_seed,
@@ -137,41 +139,32 @@ class StepAttacks:
 
     For processes whose client computation runs the step itself (momentum SGD;
     the hooks `tff_byz.momentum.build_momentum_sgd_process(attacks=...)` calls):
-    - `idle(info, round)`: True when every active attack of the client's group
-      replaces its message without reading it (`idle_groups`: the colluding
-      attacks that do not read their own vectors and the local `reads_update=False`
-      ones); the client then skips its local step and keeps its state;
+    - `is_idle(info, round)`: True when the client's active attack replaces its message
+      without reading it (`idle`: the colluding attacks that do not read their own
+      vectors and the local `reads_update=False` ones); the client then skips its local
+      step and keeps its state;
     - `ascends(info, round)`: True when the client's gradient is negated;
     - `message(record, info, run_seed, round, trainable)`: the record it sends, after
       its group's `transform` attacks (`apply_record_attacks`); the aggregation weight
       is not part of it;
     - `attacking(info, round)`: int32 1 when any attack of the client's group is active
-      (local or colluding, `schedules`), for the `attacked_clients` count.
+      (`every` schedule, local or colluding), for the `attacked_clients` count.
     Honest clients get False and their record untouched (bit-identical). Attacks
     with `perturb_weights` define a model difference (ψ − θ) and have no place here.
     """
     attacks: tuple[ScheduledAttack, ...] = ()
-    idle_groups: tuple[tuple[int, int], ...] = ()  # (group, start)
+    idle: tuple[Any, ...] = ()  # the schedules whose message ignores the client's vector
+    every: tuple[Any, ...] = ()  # every schedule of the plan, local and colluding
     mark_groups: bool = False
-    schedules: tuple[tuple[int, int], ...] = ()  # (group, start) of every attack of the plan
+
+    def is_idle(self, info, round_num):
+        return any_active(self.idle, info, round_num)
 
     def attacking(self, info, round_num):
-        flags = [tf.logical_and(tf.equal(info["attack_group"], group),
-                                tf.greater_equal(round_num, tf.cast(start, tf.int64)))
-                 for group, start in self.schedules]
-        return tf.cast(tf.reduce_any(tf.stack(flags)), tf.int32) if flags else tf.constant(0)
-
-    def idle(self, info, round_num):
-        flags = [tf.logical_and(tf.equal(info["attack_group"], group),
-                                tf.greater_equal(round_num, tf.cast(start, tf.int64)))
-                 for group, start in self.idle_groups]
-        flags += [_is_active(a, info, round_num) for a in self.attacks
-                  if a.attack.transform is not None and not a.attack.reads_update]
-        return tf.reduce_any(tf.stack(flags)) if flags else tf.constant(False)
+        return tf.cast(any_active(self.every, info, round_num), tf.int32)
 
     def ascends(self, info, round_num):
-        predicate = ascent_predicate(self.attacks)
-        return predicate(info, round_num) if predicate else tf.constant(False)
+        return any_active([a for a in self.attacks if a.attack.ascent], info, round_num)
 
     def message(self, record, info, run_seed, round_num, trainable):
         record, _ = apply_record_attacks(
@@ -269,8 +262,7 @@ def build_attacked_client_work(
 
     @tff.tensorflow.computation(info_type, attack_state_type)
     def is_attacking(info, attack_state):
-        flags = [_is_active(a, info, attack_state["round"]) for a in [*attacks, *colluding]]
-        return tf.cast(tf.reduce_any(tf.stack(flags)), tf.int32) if flags else tf.constant(0)
+        return tf.cast(any_active([*attacks, *colluding], info, attack_state["round"]), tf.int32)
 
     inner_measurements_type = honest.next.type_signature.result.measurements.member
 

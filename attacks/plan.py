@@ -98,15 +98,15 @@ class AttackPlan:
         """The plan's attacks inside a client step that keeps its own state (momentum SGD),
         or None when nothing acts there. The colluding wrapper (`aggregator`) still
         replaces the marked records."""
-        attacks = tuple(a for a in self.local_attacks
-                        if a.attack.transform is not None or a.attack.ascent)
-        idle = tuple((c.group, c.start) for c in self.collusions
-                     if c.collusion.replaces_update and not c.collusion.reads_own)
+        local = self.local_attacks
+        attacks = tuple(a for a in local if a.attack.transform is not None or a.attack.ascent)
         if not attacks and not self.collusions:
             return None
-        schedules = tuple((a.group, a.start) for a in self.local_attacks) + tuple(
-            (c.group, c.start) for c in self.collusions)
-        return StepAttacks(attacks, idle, mark_groups=bool(self.collusions), schedules=schedules)
+        idle = tuple(c for c in self.collusions
+                     if c.collusion.replaces_update and not c.collusion.reads_own) + tuple(
+            a for a in attacks if a.attack.transform is not None and not a.attack.reads_update)
+        return StepAttacks(attacks, idle=idle, every=(*local, *self.collusions),
+                           mark_groups=bool(self.collusions))
 
     def aggregator(self, inner, *, seed: int):
         """`inner` wrapped with the colluding attacks (unchanged when there are none)."""

@@ -73,7 +73,7 @@ class ClientAttacks(Protocol):
     int64 round index; honest clients must get False and their record untouched.
     """
 
-    def idle(self, info, round_num):
+    def is_idle(self, info, round_num):
         """bool: the client skips its local step (its message ignores it)."""
 
     def ascends(self, info, round_num):
@@ -235,7 +235,7 @@ def build_momentum_sgd_process(
                 new_momentum, num_examples, loss = train()
             else:
                 new_momentum, num_examples, loss = tf.cond(
-                    attacks.idle(info, round_info["round"]),
+                    attacks.is_idle(info, round_info["round"]),
                     lambda: (list(momentum), tf.constant(0.0), tf.constant(0.0)), train)
             record = collections.OrderedDict(
                 delta=[tf.negative(m) for m in new_momentum],
