@@ -1,12 +1,13 @@
 """tff_byz.registry: spec parsing, typed parameters, resolution, messages (a local registry)."""
 
+import collections
 import math
 import re
 
 import pytest
 
-from tff_byz.registry import (Entry, Param, Registry, Resolved, SpecError, at_least_one,
-                              in_unit_interval, non_negative, parse_spec, positive)
+from tff_byz.registry import (Entry, Param, Reference, Registry, Resolved, SpecError,
+                              at_least_one, in_unit_interval, non_negative, parse_spec, positive)
 
 
 def _build(**params):
@@ -352,3 +353,31 @@ def test_union_rejects_duplicates(registry):
 
 def test_union_of_nothing():
     assert Registry.union("--empty").names == []
+
+
+# ---------------------------------------------------------------- Reference (lazy builders)
+
+def test_a_string_builder_is_a_reference_imported_at_the_first_call():
+    entry = Entry(name="root", build="math:sqrt")
+    assert entry.build == Reference("math:sqrt") and entry == Entry(name="root", build="math:sqrt")
+    assert entry.build(9.0) == 3.0 and entry.build.resolve() is math.sqrt
+
+
+def test_a_reference_resolves_a_dotted_attribute_once():
+    reference = Reference("collections:OrderedDict.fromkeys")
+    assert reference.resolve() == collections.OrderedDict.fromkeys
+    assert reference(["a"]) == collections.OrderedDict(a=None)
+    assert repr(reference) == "Reference('collections:OrderedDict.fromkeys')"
+
+
+@pytest.mark.parametrize("target", ["math", "math:", ":sqrt", ""])
+def test_a_reference_needs_module_and_attribute(target):
+    with pytest.raises(ValueError, match="expected 'module:attribute'"):
+        Reference(target)
+
+
+def test_a_mistyped_reference_fails_when_resolved():
+    with pytest.raises(AttributeError):
+        Reference("math:no_such_function").resolve()
+    with pytest.raises(ModuleNotFoundError):
+        Reference("no_such_module:f")()

@@ -8,18 +8,22 @@ returning `Resolved` components whose `canonical` string names every parameter
 (written to config.json, so a run records exactly what it ran). Unknown names,
 unknown keys, wrong types and out-of-range values raise `SpecError` with one line
 naming the flag, the component, the value and the valid choices.
+
+An entry's builder may be a `Reference` ("module:attribute"), imported on first call, so that
+the tables and every check above import without TensorFlow.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import importlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
-__all__ = ["SpecError", "Param", "Entry", "Resolved", "Registry", "parse_spec", "non_negative",
-           "positive", "at_least_one", "in_unit_interval"]
+__all__ = ["SpecError", "Reference", "Param", "Entry", "Resolved", "Registry", "parse_spec",
+           "non_negative", "positive", "at_least_one", "in_unit_interval"]
 
 
 class SpecError(ValueError):
@@ -74,14 +78,61 @@ class Param:
         return raw
 
 
+class Reference:
+    """`"module:attribute"` (the attribute may be dotted): an object imported on first use.
+
+    The project's one deferred import, for start-up time: the registries, the spec checks and
+    each algorithm's flag checks import without TensorFlow (~5 s), so `--help`, `--list_*` and
+    a bad flag answer at once; the TensorFlow code they name is imported by the first call (or
+    `resolve`). Calling a reference calls its object.
+    """
+    __slots__ = ("target", "_value")
+    _UNRESOLVED = object()
+
+    def __init__(self, target: str):
+        module, sep, attribute = target.partition(":")
+        if not (sep and module and attribute):
+            raise ValueError(f"expected 'module:attribute'; got {target!r}")
+        self.target = target
+        self._value = self._UNRESOLVED
+
+    def resolve(self) -> Any:
+        """The object (imports its module once)."""
+        if self._value is self._UNRESOLVED:
+            module, _, attribute = self.target.partition(":")
+            value = importlib.import_module(module)
+            for name in attribute.split("."):
+                value = getattr(value, name)
+            self._value = value
+        return self._value
+
+    def __call__(self, *args, **kwargs):
+        return self.resolve()(*args, **kwargs)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Reference) and other.target == self.target
+
+    def __hash__(self) -> int:
+        return hash(self.target)
+
+    def __repr__(self) -> str:
+        return f"Reference({self.target!r})"
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
+    """A named component. `build` is a callable or a `"module:attribute"` string (kept as a
+    `Reference`, imported at the first build)."""
     name: str
-    build: Callable[..., Any]
+    build: Callable[..., Any] | str | None
     params: Mapping[str, Param] = dataclasses.field(default_factory=dict)
     help: str = ""
     aliases: Sequence[str] = ()
     kind: str = ""  # e.g. "rule" / "pre-aggregator" for aggregators
+
+    def __post_init__(self):
+        if isinstance(self.build, str):
+            object.__setattr__(self, "build", Reference(self.build))
 
 
 @dataclasses.dataclass(frozen=True)
