@@ -29,11 +29,11 @@ import tensorflow as tf
 
 from aggregators.base import RequirementError, RobustAggregationFactory
 from aggregators.distances import gram64
+from aggregators.registry import MAX_SUBSETS
 
 __all__ = ["subsets", "subset_count", "diameters", "max_eigenvalues", "best_subset_mean",
            "mda", "smea", "MDAFactory", "SMEAFactory", "MAX_SUBSETS"]
 
-MAX_SUBSETS = 100_000
 CHUNK = 4096
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aggregators import AggregatorContext, build_aggregator
+from aggregators.build import AggregatorContext, build_aggregator
 from algorithms.base import Algorithm, Setting
 from tff_byz import client_work, fedavg
 

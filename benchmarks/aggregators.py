@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
-from aggregators import AGGREGATORS, AggregatorContext, build_aggregator  # noqa: E402
+from aggregators import AGGREGATORS  # noqa: E402
+from aggregators.build import AggregatorContext, build_aggregator  # noqa: E402
 from aggregators.mean import StackedMeanFactory  # noqa: E402
 from benchmarks.procstat import cpu_seconds  # noqa: E402
 from tff_byz import files  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from aggregators import AggregatorContext, build_aggregator
+from aggregators.build import AggregatorContext, build_aggregator
 from tff_byz import client_inputs, client_work, datasets, fedavg, models
 
 INPUT_DIM, NUM_CLASSES = 3, 2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aggregators import AggregatorContext, build_aggregator
+from aggregators.build import AggregatorContext, build_aggregator
 from aggregators.base import RequirementError
 from aggregators.caf import CAFFactory, caf
 from aggregators.subsets import MDAFactory, SMEAFactory, mda, smea, subsets

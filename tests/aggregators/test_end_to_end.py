@@ -7,7 +7,7 @@ The Byzantine clients run the attack library's `sign_flip:scale=10` (they send
 import numpy as np
 import pytest
 
-from aggregators import AggregatorContext, build_aggregator
+from aggregators.build import AggregatorContext, build_aggregator
 from aggregators.base import TOO_FEW_CLIENTS, too_few_clients_reason
 from attacks import build_attack_plan
 from orchestration import evaluation, training

@@ -5,7 +5,8 @@ import collections
 import numpy as np
 import pytest
 
-from aggregators import AGGREGATORS, AggregatorContext, build_aggregator
+from aggregators import AGGREGATORS
+from aggregators.build import AggregatorContext, build_aggregator
 from algorithms import AGGREGATOR_CHOICES
 from tff_byz.registry import SpecError
 from tests.aggregators import helpers
@@ -34,6 +35,15 @@ def test_the_aggregator_flag_names_every_factory_and_the_three_algorithms():
         assert AGGREGATOR_CHOICES.entry(name).kind == "algorithm"
         with pytest.raises(SpecError, match=f"unknown name '{name}'"):
             build_aggregator(name, CONTEXT)  # not a factory: `algorithms` builds its process
+
+
+@pytest.mark.parametrize("name", FACTORY_NAMES)
+def test_every_aggregator_builds_at_its_defaults(name):
+    """Each entry's builder is imported at the first build ("module:attribute"): build them all,
+    alone and after a pre-aggregator (a rule is built `composed` there)."""
+    assert build_aggregator(spec_for(name), CONTEXT) is not None
+    if AGGREGATORS.entry(name).kind == "rule":
+        assert build_aggregator(f"nnm+{name}", CONTEXT) is not None
 
 
 @pytest.mark.parametrize("name", FACTORY_NAMES)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_federated as tff
 
-from aggregators import AggregatorContext, build_aggregator
+from aggregators.build import AggregatorContext, build_aggregator
 from attacks import build_attack_plan
 from attacks.adaptive import line_maximize
 from tests.attacks.test_colluding import (DELTAS, GROUPS, HONEST, RecordingFactory, aggregate,
