@@ -3,60 +3,25 @@
 `auto` leaves it to the attack (honest, unless the attack defines one), `honest`
 reports the honest loss, `value:x` a constant (set at the client), and
 `mean_minus_rho_std:ρ` / `mean_plus_z_std:z` forge it at the server from the honest
-clients' reported losses (a `Collusion` that replaces no update).
+clients' reported losses (a `Collusion` that replaces no update). `parse_loss` and
+`LossForgery` live in `attacks.params` (no TensorFlow) and are re-exported here.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 from typing import Optional
 
-import numpy as np
 import tensorflow as tf
 
 from attacks.checks import check_choice, is_number, plain_tf
 from attacks.colluding import Collusion
+from attacks.params import LOSS_MODES, LossForgery, check_loss, parse_loss
 
 __all__ = ["LOSS_MODES", "FORGERY_MODES", "LossForgery", "parse_loss", "check_loss",
            "forged_loss", "with_local_loss", "loss_collusion"]
 
-LOSS_MODES = ("auto", "honest", "value:<x>", "mean_minus_rho_std:<rho>", "mean_plus_z_std:<z>")
 FORGERY_MODES = ("mean_minus_rho_std", "mean_plus_z_std", "value")
-
-
-@dataclasses.dataclass(frozen=True)
-class LossForgery:
-    """What loss a Byzantine client reports (used by FedLAW's weight step)."""
-    mode: str  # "honest" | "value" | "mean_minus_rho_std" | "mean_plus_z_std"
-    amount: float = 0.0
-
-    @property
-    def needs_server(self) -> bool:
-        return self.mode in ("mean_minus_rho_std", "mean_plus_z_std")
-
-
-def parse_loss(text: str) -> Optional[LossForgery]:
-    """`auto` → None (the attack's own default), else a `LossForgery`; ValueError if bad."""
-    mode, sep, amount = text.partition(":")
-    if mode == "auto" and not sep:
-        return None
-    if mode == "honest" and not sep:
-        return LossForgery("honest")
-    if mode in ("value", "mean_minus_rho_std", "mean_plus_z_std") and sep:
-        number = float(amount)
-        if not np.isfinite(number):
-            raise ValueError(f"loss amount must be finite; got {amount!r}")
-        return LossForgery(mode, number)
-    raise ValueError(f"valid forms: {', '.join(LOSS_MODES)}")
-
-
-def check_loss(text: str) -> Optional[str]:
-    try:
-        parse_loss(text)
-    except ValueError as error:
-        return str(error)
-    return None
 
 
 @plain_tf

@@ -9,14 +9,19 @@ attack defines one; `honest`; `value:x`; `mean_minus_rho_std:ρ`;
 `mean_plus_z_std:z` of the honest losses).
 
 `build_attack_plan(spec, dataset)` returns the `attacks.plan.AttackPlan` a run
-wires in.
+wires in. The table and `resolve_attack` import no TensorFlow: each family's entries name
+their builders, imported at the first build.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from attacks import adaptive, ipm, lie, mimic, min_max, perturbations, poisoning
-from attacks.plan import AttackComponent, AttackPlan
-from tff_byz.registry import Entry, Param, Registry, Resolved, SpecError, non_negative
+from tff_byz.registry import Entry, Param, Reference, Registry, Resolved, SpecError, non_negative
+
+if TYPE_CHECKING:
+    from attacks.plan import AttackComponent, AttackPlan
 
 __all__ = ["ATTACKS", "build_attack_plan", "resolve_attack"]
 
@@ -57,6 +62,9 @@ def resolve_attack(spec: str) -> list[Resolved]:
     return components
 
 
+_ATTACK_PLAN = Reference("attacks.plan:AttackPlan")
+
+
 def build_attack_plan(spec: str, *, seed: int = 0, dataset=None) -> AttackPlan:
     """The plan for `spec` (raises SpecError with a one-line message when invalid).
 
@@ -73,4 +81,4 @@ def build_attack_plan(spec: str, *, seed: int = 0, dataset=None) -> AttackPlan:
                                                **component.params))
         except ValueError as error:
             raise SpecError(f"--attack: {name}: {str(error).splitlines()[0]}") from None
-    return AttackPlan(tuple(built))
+    return _ATTACK_PLAN(tuple(built))

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from attacks import poisoning
+from attacks.poisoning import transforms as poisoning
 from attacks.plan import Backdoor
 
 __all__ = ["Evaluator", "BackdoorScore"]

@@ -9,7 +9,7 @@ import tensorflow_federated as tff
 
 from aggregators.build import AggregatorContext, build_aggregator
 from attacks import build_attack_plan
-from attacks.adaptive import line_maximize
+from attacks.adaptive.search import line_maximize
 from tests.attacks.test_colluding import (DELTAS, GROUPS, HONEST, RecordingFactory, aggregate,
                                           record_type, records)
 from tff_byz.errors import ConfigError

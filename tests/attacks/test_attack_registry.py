@@ -1,6 +1,7 @@
 """The `--attack` registry and CLI: names, composition, invalid combinations (exit 2)."""
 
 import re
+import types
 
 import pytest
 
@@ -24,6 +25,15 @@ def test_every_attack_but_none_takes_start_and_loss():
         params = ATTACKS.entry(name).params
         if name not in ("none", "double"):
             assert {"start", "loss"} <= set(params), name
+
+
+@pytest.mark.parametrize("name", ATTACKS.names)
+def test_every_attack_builds_at_its_defaults(name):
+    """Each entry's builder is imported at the first build ("module:attribute"): build them all."""
+    digits = types.SimpleNamespace(input_shape=(8, 8, 1), num_classes=10, normalization=None)
+    plan = build_attack_plan(name, seed=0, dataset=digits)
+    assert plan.is_noop == (name == "none")
+    assert len(plan.components) == {"none": 0, "double": 2}.get(name, 1)
 
 
 def test_double_is_sign_flip_then_random_params_on_two_groups():

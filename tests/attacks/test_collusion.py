@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 
 from attacks import min_max
-from attacks.ipm import ipm_vector
-from attacks.lie import lie_vector, lie_z, lie_z_tensor
+from attacks.ipm.vector import ipm_vector
+from attacks.lie.vector import lie_vector, lie_z, lie_z_tensor
 from attacks.losses import forged_loss
-from attacks.mimic import max_variance_index, mimic_misaligned_vectors
-from attacks.min_max import min_max_gamma, min_sum_gamma, perturbation
+from attacks.mimic.vector import max_variance_index, mimic_misaligned_vectors
+from attacks.min_max.vector import min_max_gamma, min_sum_gamma, perturbation
 from attacks.reference import reference_statistics
 
 TOL = 1e-5

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from attacks import perturbations as pt
+from attacks.perturbations import updates as pt
 
 U = np.array([[1.5, -2.0, 0.0], [3.25, -0.5, 100.0]], np.float32)
 SEED = tf.constant([7, 11], tf.int64)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from attacks import poisoning as ps
+from attacks.poisoning import transforms as ps
 
 # --- label flips -----------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""A little is enough (LIE; Baruch et al. 2019, attacks.md §4): the Byzantine clients send
-μ + zσ of the reference set; its z, the attack bound to a run, and its `--attack` entry."""
+"""LIE's z and vector μ + zσ, and the attack bound to a run (its `--attack` entry is
+`attacks.lie`)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,11 @@ import tensorflow as tf
 
 from attacks.checks import check_choice, is_number, plain_tf
 from attacks.colluding import Collusion
-from attacks.params import STATS, attack_entry, bound
+from attacks.lie import LIE_PRESETS, LIE_Z_VARIANTS, parse_z
+from attacks.params import bound
 from attacks.reference import colluding_component, reference, statistics
-from tff_byz.registry import Param
 
-__all__ = ["ENTRIES", "LIE_Z_VARIANTS", "LIE_PRESETS", "lie_z", "lie_z_tensor", "lie_vector",
-           "lie_attack", "check_z"]
-
-LIE_Z_VARIANTS = ("baruch", "blades", "fedlaw_code")
+__all__ = ["lie_z", "lie_z_tensor", "lie_vector", "lie_attack", "build_lie"]
 
 
 def _check_lie_variant(variant):
@@ -99,19 +96,6 @@ def lie_vector(mu, sigma, z):
     return mu + tf.cast(z, sigma.dtype) * sigma
 
 
-LIE_PRESETS = {
-    # The FedLAW authors' code (amirhdaghestani/sparse-federated-learning, attack/attack.py
-    # and server/server_base.py) as it attacks FedLAW: on pseudo-gradients g = −Δ/α with
-    # +z, so on the update Δ it is μ − zσ; σ is torch.std (unbiased); the loss is μ_f + z σ_f
-    # (np.std) of the same reference set. (Their FedAvg server collects deltas, attacked
-    # with +z: that is plain lie:z=...,ddof=1.) Final release (ae74e1f3): honest statistics and
-    # z = Φ⁻¹((n − s)/n), s = ⌊n/2⌋ + 1 + m (−1.311 at n = 200, m = 80).
-    "fedlaw_code": dict(z="fedlaw_code", stats="honest"),
-    # An earlier version (a24dc218): the Byzantine clients' own statistics, Baruch's z.
-    "fedlaw_code_v1": dict(z="baruch", stats="byzantine"),
-}
-
-
 def lie_attack(name: str, *, z: str, stats: str, ddof: int, start: int, loss,
         preset: Optional[str] = None):
     """μ + zσ of the reference set; with `loss=auto` the reported loss is μ_f + z σ_f of the
@@ -125,7 +109,7 @@ def lie_attack(name: str, *, z: str, stats: str, ddof: int, start: int, loss,
                              f"z={z}, stats={stats}, ddof={ddof}")
         z, stats = LIE_PRESETS[preset]["z"], LIE_PRESETS[preset]["stats"]
         ddof, update_sign = 1, -1.0
-    fixed = _parse_z(z)
+    fixed = parse_z(z)
 
     def vector_fn(values, honest, own, client_ids, seed, memory):
         del client_ids, seed
@@ -156,31 +140,4 @@ def lie_attack(name: str, *, z: str, stats: str, ddof: int, start: int, loss,
                                        reads_own=stats == "byzantine"))
 
 
-def _parse_z(z: str):
-    if z in ("baruch", "blades", "fedlaw_code"):
-        return z
-    return float(z)
-
-
-def check_z(z: str) -> Optional[str]:
-    try:
-        _parse_z(z)
-    except ValueError:
-        return "must be baruch, blades, fedlaw_code or a number"
-    return None
-
-
-ENTRIES = (
-    attack_entry(
-        "lie", bound(lie_attack),
-        "a little is enough (Baruch et al. 2019): μ + zσ of the reference set.", "colluding",
-        z=Param(str, "baruch", "baruch|blades|fedlaw_code or a number", check=check_z),
-        stats=STATS, ddof=Param(int, 0, "0 (population) or 1", choices=None,
-                                 check=lambda v: None if v in (0, 1) else "must be 0 or 1"),
-        preset=Param(str, None, "the FedLAW authors' code: fedlaw_code (final release: honest "
-                     "statistics, z=fedlaw_code) or fedlaw_code_v1 (earlier: their own "
-                     "statistics, z=baruch) as it attacks FedLAW: ddof 1, the update mu - z "
-                     "sigma (it acts on pseudo-gradients), the loss mu_f + z sigma_f; their "
-                     "FedAvg is attacked on deltas: lie:z=fedlaw_code,ddof=1",
-                     choices=tuple(LIE_PRESETS))),
-)
+build_lie = bound(lie_attack)

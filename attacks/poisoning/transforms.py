@@ -1,5 +1,6 @@
-"""Data poisoning: label flips and the backdoor trigger (spec `attacks.md` §2), the two
-attacks bound to a run, and their `--attack` entries.
+"""Data poisoning: label flips and the backdoor trigger (spec `attacks.md` §2) and the two
+attacks bound to a run (`build_label_flip`, `build_backdoor`); their `--attack` entries are
+`attacks.poisoning`.
 
 Two forms of each attack:
 - TensorFlow, per example (`flip_labels_tf`, `backdoor_tf`): what runs in TFF's
@@ -29,13 +30,12 @@ import numpy as np
 import tensorflow as tf
 
 from attacks.losses import parse_loss
-from attacks.params import attack_entry, probability
-from attacks.perturbations import local_update_attack
+from attacks.perturbations.updates import local_update_attack
 from attacks.plan import Backdoor
-from tff_byz.registry import Param, non_negative, positive
 
 __all__ = [
-    "ENTRIES",
+    "build_label_flip",
+    "build_backdoor",
     "label_flip_attack",
     "backdoor_attack",
     "attack_success_rate",
@@ -358,51 +358,16 @@ def backdoor_attack(name: str, *, size: Optional[int], row: Optional[int], col: 
     return dataclasses.replace(component, poison=poison, backdoor=door)
 
 
-def _target(value) -> Optional[str]:
-    if value == "random":
-        return None
-    try:
-        return None if int(value) >= 0 else "must be random or a label >= 0"
-    except ValueError:
-        return "must be random or a label >= 0"
-
-
-def _fraction(value) -> Optional[str]:
-    return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
-
-
-def _label_flip(name, *, seed, dataset, label_map, loss, **values):
+def build_label_flip(name, *, seed, dataset, label_map, loss, **values):
     del seed, dataset
     return label_flip_attack(name, label_map=label_map.replace(";", ","), loss=parse_loss(loss),
                              **values)
 
 
-def _backdoor(name, *, seed, dataset, loss, start, **values):
+def build_backdoor(name, *, seed, dataset, loss, start, **values):
     del seed
     if dataset is None:
         raise ValueError("backdoor needs the dataset's image shape")
     return backdoor_attack(name, image_shape=dataset.input_shape,
                            num_classes=dataset.num_classes, normalization=dataset.normalization,
                            start=start, loss=parse_loss(loss), **values)
-
-
-ENTRIES = (
-    attack_entry(
-        "label_flip", _label_flip,
-        "data poisoning: every training label l → L−1−l, or `label_map=a:b;c:d`.", "data",
-        label_map=Param(str, "", "explicit label map a:b;c:d (identity elsewhere); empty: "
-                        "L−1−l")),
-    attack_entry(
-        "backdoor", _backdoor,
-        "data poisoning: stamp a k×k trigger patch and relabel; reports the attack success "
-        "rate on triggered test images each evaluation round.", "data",
-        size=Param(int, None, "patch size k (default min(8, min(H, W)//2))", check=positive),
-        row=Param(int, None, "patch top row (default centred)", check=non_negative),
-        col=Param(int, None, "patch left column (default centred)", check=non_negative),
-        value=Param(float, 0.0, "patch value in raw pixels [0, 1]", check=probability),
-        target=Param(str, "random", "random (per example) or a fixed label", check=_target),
-        fraction=Param(float, 1.0, "share of each Byzantine client's examples poisoned",
-                       check=_fraction),
-        preset=Param(str, "none", "fedlaw_code: k=10 at (9,9), value 0 after normalisation, "
-                     "target uniform in 0..8", choices=("none", "fedlaw_code"))),
-)

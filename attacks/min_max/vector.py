@@ -1,5 +1,5 @@
-"""Min-max and min-sum (Shejwalkar & Houmansadr 2021, attacks.md §4): μ − γp of the
-reference set, with the largest γ that keeps the sent vector's distances to R within R's own.
+"""Min-max and min-sum's perturbation and γ searches, and the attacks bound to a run (their
+`--attack` entries are `attacks.min_max`).
 
 Distances go through `aggregators.distances.pairwise_squared_distances` (float64 Gram
 matrix, never an `[r, r, D]` tensor). The γ searches use that ||μ − γp − x_i||² is a
@@ -15,15 +15,12 @@ import tensorflow as tf
 
 from aggregators.distances import pairwise_squared_distances
 from attacks.checks import check_choice, check_positive, plain_tf
-from attacks.params import STATS, attack_entry, bound
+from attacks.min_max import PERTURBATIONS, SUM_BOUNDS
+from attacks.params import bound
 from attacks.reference import colluding_component, reference, reference_statistics
-from tff_byz.registry import Param, positive
 
-__all__ = ["ENTRIES", "PERTURBATIONS", "SUM_BOUNDS", "perturbation", "min_max_gamma",
-           "min_sum_gamma", "min_max_attack", "min_sum_attack"]
-
-PERTURBATIONS = ("std", "unit", "sign")
-SUM_BOUNDS = ("min", "max")
+__all__ = ["perturbation", "min_max_gamma", "min_sum_gamma", "min_max_attack", "min_sum_attack",
+           "build_min_max", "build_min_sum"]
 
 
 @plain_tf
@@ -137,22 +134,5 @@ def _min_search(kind: str):
 
 min_max_attack = _min_search("min_max")
 min_sum_attack = _min_search("min_sum")
-
-
-_SEARCH = dict(p=Param(str, "std", "perturbation: std (σ), unit (μ/‖μ‖) or sign (sign μ)",
-                       choices=PERTURBATIONS),
-               gamma0=Param(float, 10.0, "initial γ of the search", check=positive),
-               stats=STATS)
-
-ENTRIES = (
-    attack_entry(
-        "min_max", bound(min_max_attack),
-        "min-max (Shejwalkar & Houmansadr 2021): μ − γp, the largest γ whose max distance to "
-        "the reference set stays within its diameter.", "colluding", **_SEARCH),
-    attack_entry(
-        "min_sum", bound(min_sum_attack),
-        "min-sum (Shejwalkar & Houmansadr 2021): μ − γp, the largest γ whose sum of squared "
-        "distances stays within the reference set's smallest (bound=min) or largest sum.",
-        "colluding", bound=Param(str, "min", "min (authors' code) or max (paper text)",
-                                 choices=SUM_BOUNDS), **_SEARCH),
-)
+build_min_max = bound(min_max_attack)
+build_min_sum = bound(min_sum_attack)

@@ -1,5 +1,4 @@
-"""Inner product manipulation (IPM; Xie et al. 2019, attacks.md §4): the Byzantine clients
-send −ε μ of the reference set (ε = 1: the omniscient sign flip of the honest mean)."""
+"""IPM's vector −ε μ and the attack bound to a run (its `--attack` entry is `attacks.ipm`)."""
 
 from __future__ import annotations
 
@@ -8,11 +7,10 @@ import collections
 import tensorflow as tf
 
 from attacks.checks import plain_tf
-from attacks.params import STATS, attack_entry, bound, finite
+from attacks.params import bound
 from attacks.reference import colluding_component, statistics
-from tff_byz.registry import Param
 
-__all__ = ["ENTRIES", "ipm_vector", "ipm_attack"]
+__all__ = ["ipm_vector", "ipm_attack", "build_ipm"]
 
 
 @plain_tf
@@ -31,8 +29,4 @@ def ipm_attack(name: str, *, eps: float, stats: str, start: int, loss):
                                reads_own=stats == "byzantine")
 
 
-ENTRIES = (
-    attack_entry("ipm", bound(ipm_attack),
-                 "inner product manipulation (Xie et al. 2019): −ε μ.", "colluding",
-                 eps=Param(float, 0.1, "ε", check=finite), stats=STATS),
-)
+build_ipm = bound(ipm_attack)

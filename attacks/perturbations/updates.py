@@ -1,5 +1,6 @@
-"""Local update attacks (spec `attacks.md` §3): the math on one tensor, each attack bound
-to the Byzantine clients' records, and their `--attack` entries.
+"""Local update attacks (spec `attacks.md` §3): the math on one tensor and each attack bound
+to the Byzantine clients' records (`build_<name>`); their `--attack` entries are
+`attacks.perturbations`.
 
 Pure TensorFlow, graph-mode safe (no Python control flow on tensor values), so
 the client-work transforms can call these inside a `tf.function` of a TFF
@@ -25,12 +26,10 @@ import tensorflow as tf
 
 from attacks.local import LocalAttack
 from attacks.losses import LossForgery, loss_collusion, parse_loss, with_local_loss
-from attacks.params import attack_entry, bound, finite, probability
+from attacks.params import bound
 from attacks.plan import AttackComponent
-from tff_byz.registry import Param, non_negative, positive
 
 __all__ = [
-    "ENTRIES",
     "local_update_attack",
     "BIT_GROUPS",
     "bit_flip",
@@ -252,62 +251,21 @@ def _leaf(fn, reads_update=lambda **params: True):
     return build
 
 
-_IGNORES_UPDATE = " (momentum_sgd: a Byzantine client skips its local step)"
-
-
 def _ignores(**params) -> bool:
     del params
     return False
 
 
-def _bits(value) -> Optional[str]:
-    parts = value.split("|") if value else []
-    valid = ("all", "sign", "exponent", "mantissa")
-    return None if parts and all(p in valid for p in parts) else \
-        "must be all, sign, exponent, mantissa or a |-combination such as sign|exponent"
-
-
-ENTRIES = (
-    attack_entry(
-        "sign_flip", bound(sign_flip_attack),
-        "u → −λu after honest training (mode=final), or gradient ascent during local training "
-        "(mode=ascent, Blades' sign flip).", "local",
-        aliases=("inverse_gradient",),
-        scale=Param(float, 1.0, "λ (final mode)", check=positive),
-        mode=Param(str, "final", "final or ascent", choices=("final", "ascent"))),
-    attack_entry("scaling", _leaf(lambda u, seed, scale: scaling(u, scale)),
-                 "boosting: u → λu.", "local", scale=Param(float, 10.0, "λ", check=finite)),
-    attack_entry(
-        "gaussian", _leaf(lambda u, seed, sigma, mu, mode: gaussian(
-            u, seed, sigma=sigma, mu=mu, mode=mode),
-            reads_update=lambda sigma, mu, mode: mode != "replace"),
-        "u → N(μ, σ²I) (mode=replace) or u + N(0, σ²I) (mode=add). Replace mode ignores u"
-        + _IGNORES_UPDATE + ".", "local",
-        sigma=Param(float, 1.0, "σ", check=non_negative),
-        mu=Param(float, 0.0, "μ (replace mode)", check=finite),
-        mode=Param(str, "replace", "replace or add", choices=("replace", "add"))),
-    attack_entry(
-        "bit_flip", _leaf(lambda u, seed, p, bits: bit_flip(u, seed, p=p,
-                                                             bits=bits.replace("|", ","))),
-        "flip each bit of the float32 representation with probability p (bits=sign,p=1 is "
-        "sign_flip; exponent flips make huge/Inf/NaN values).", "local",
-        p=Param(float, 1e-3, "flip probability per bit", check=probability),
-        bits=Param(str, "all", "all|sign|exponent|mantissa, or a |-combination", check=_bits)),
-    attack_entry("zero", _leaf(lambda u, seed: constant(u, 0.0), _ignores),
-                 "u → 0" + _IGNORES_UPDATE + ".", "local"),
-    attack_entry("constant", _leaf(lambda u, seed, c: constant(u, c), _ignores),
-                 "u → c·1" + _IGNORES_UPDATE + ".", "local",
-                 c=Param(float, 1.0, "c", check=finite)),
-    attack_entry("inf", _leaf(lambda u, seed: constant(u, math.inf), _ignores),
-                 "u → +∞·1" + _IGNORES_UPDATE + ".", "local"),
-    attack_entry("nan", _leaf(lambda u, seed: constant(u, math.nan), _ignores),
-                 "u → NaN·1" + _IGNORES_UPDATE + ".", "local"),
-    attack_entry(
-        "random_params", bound(random_params_attack),
-        "global-parameter attack: train from θ + ε, ε ~ N(ν1·mean θ, (ν2·std θ)²); report "
-        "ψ − θ.", "local", nu1=Param(float, -5.0, "ν1", check=finite),
-        nu2=Param(float, 1.5, "ν2", check=non_negative)),
-    attack_entry("weight_lying", bound(weight_lying_attack),
-                 "report `count` training examples (affects weighted rules only).", "local",
-                 count=Param(float, 1e6, "reported example count", check=positive)),
-)
+build_sign_flip = bound(sign_flip_attack)
+build_scaling = _leaf(lambda u, seed, scale: scaling(u, scale))
+build_gaussian = _leaf(lambda u, seed, sigma, mu, mode: gaussian(u, seed, sigma=sigma, mu=mu,
+                                                                 mode=mode),
+                       reads_update=lambda sigma, mu, mode: mode != "replace")
+build_bit_flip = _leaf(lambda u, seed, p, bits: bit_flip(u, seed, p=p,
+                                                         bits=bits.replace("|", ",")))
+build_zero = _leaf(lambda u, seed: constant(u, 0.0), _ignores)
+build_constant = _leaf(lambda u, seed, c: constant(u, c), _ignores)
+build_inf = _leaf(lambda u, seed: constant(u, math.inf), _ignores)
+build_nan = _leaf(lambda u, seed: constant(u, math.nan), _ignores)
+build_random_params = bound(random_params_attack)
+build_weight_lying = bound(weight_lying_attack)

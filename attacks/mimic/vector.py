@@ -1,13 +1,11 @@
-"""Mimic (Karimireddy et al. 2022) and mimic-misaligned (FedLAW appendix), attacks.md §4:
-every Byzantine client sends one honest client's vector; or, locally, −u_j + η e_j with
-a forged loss. Their math, the attacks bound to a run, and their `--attack` entries."""
+"""Mimic's target and mimic-misaligned's vectors, and the attacks bound to a run (their
+`--attack` entries are `attacks.mimic`)."""
 
 from __future__ import annotations
 
 import collections
 import math
 import numbers
-from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -16,13 +14,12 @@ from aggregators.distances import pairwise_squared_distances
 from attacks.checks import is_number, plain_tf
 from attacks.local import LocalAttack
 from attacks.losses import LossForgery, loss_collusion, parse_loss, with_local_loss
-from attacks.params import attack_entry, bound, finite
+from attacks.params import bound
 from attacks.plan import AttackComponent
 from attacks.reference import colluding_component
-from tff_byz.registry import Param, non_negative
 
-__all__ = ["ENTRIES", "max_variance_index", "mimic_misaligned_vectors", "mimic_attack",
-           "mimic_misaligned_attack"]
+__all__ = ["max_variance_index", "mimic_misaligned_vectors", "mimic_attack",
+           "mimic_misaligned_attack", "build_mimic", "build_mimic_misaligned"]
 
 
 @plain_tf
@@ -139,30 +136,9 @@ def mimic_misaligned_attack(name: str, *, eta: float, rho: float, start: int, lo
                            collusion=loss_collusion(name, forgery))
 
 
-def _mimic_target(value) -> Optional[str]:
-    if value in ("random", "max_variance"):
-        return None
-    try:
-        return None if int(value) >= 0 else "must be random, max_variance or a client id"
-    except ValueError:
-        return "must be random, max_variance or a client id"
-
-
-def _mimic(name, *, seed, dataset, loss, **values):
+def build_mimic(name, *, seed, dataset, loss, **values):
     del dataset
     return mimic_attack(name, seed=seed, loss=parse_loss(loss), **values)
 
 
-ENTRIES = (
-    attack_entry(
-        "mimic", _mimic,
-        "mimic (Karimireddy et al. 2022): every Byzantine client sends one honest client's "
-        "vector (target random, fixed for the run; a client id; or max_variance). Under "
-        "momentum_sgd a Byzantine client skips its local step.", "colluding",
-        target=Param(str, "random", "random|max_variance|<client id>", check=_mimic_target)),
-    attack_entry(
-        "mimic_misaligned", bound(mimic_misaligned_attack),
-        "FedLAW appendix: −u_j + η e_j (random unit e_j), loss μ_f − ρσ_f of the honest "
-        "losses.", "local", eta=Param(float, 0.1, "η (absolute norm)", check=non_negative),
-        rho=Param(float, 0.3, "ρ of the default loss forgery", check=finite)),
-)
+build_mimic_misaligned = bound(mimic_misaligned_attack)

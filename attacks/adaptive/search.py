@@ -1,5 +1,6 @@
 """Adaptive ("optimal") LIE and IPM: the attack's scale searched against the actual defence
-each round (the Byzantine-FL libraries' Opt-ALIE / Opt-IPM; Allouah et al. 2023).
+each round (the Byzantine-FL libraries' Opt-ALIE / Opt-IPM; Allouah et al. 2023). The
+search and the attacks bound to a run; their `--attack` entries are `attacks.adaptive`.
 
 Each round the colluding clients of the group send the same vector b(τ): IPM's −τ μ or
 LIE's μ − τ σ of the reference set (`attacks.reference`) of updates, which is the libraries'
@@ -26,12 +27,12 @@ import tensorflow as tf
 
 from attacks.checks import plain_tf
 from attacks.colluding import Collusion
-from attacks.params import STATS, attack_entry, bound
+from attacks.params import bound
 from attacks.plan import AttackComponent
 from attacks.reference import statistics
-from tff_byz.registry import Param, at_least_one, non_negative, positive
 
-__all__ = ["ENTRIES", "line_maximize", "attack_distance"]
+__all__ = ["line_maximize", "attack_distance", "ipm_optimal_attack", "lie_optimal_attack",
+           "build_ipm_optimal", "build_lie_optimal"]
 
 
 @plain_tf
@@ -103,27 +104,5 @@ def lie_optimal_attack(name, *, stats, ddof, tau0, delta, evals, ratio, start, l
                      start=tau0, delta=delta, evals=evals, ratio=ratio, first_round=start)
 
 
-def _ratio(value):
-    return None if 0.5 < value < 1.0 else "must be in (0.5, 1)"
-
-
-_SEARCH = dict(
-    tau0=Param(float, 0.0, "first τ of the search", check=non_negative),
-    delta=Param(float, 10.0, "first step δ", check=positive),
-    evals=Param(int, 20, "evaluations of the defence per round", check=at_least_one),
-    ratio=Param(float, 0.8, "step contraction", check=_ratio),
-)
-_ADAPTIVE = (" τ is searched each round against the run's own rule, maximising the distance of "
-             "its aggregate from the honest mean (line search: evals rule evaluations).")
-
-ENTRIES = (
-    attack_entry("ipm_optimal", bound(ipm_optimal_attack),
-                 "adaptive IPM (Opt-IPM): −τ μ." + _ADAPTIVE, "colluding", stats=STATS,
-                 **_SEARCH),
-    attack_entry("lie_optimal", bound(lie_optimal_attack),
-                 "adaptive LIE (Opt-ALIE): the update μ − τ σ (the libraries' μ + τ σ of "
-                 "gradients)." + _ADAPTIVE, "colluding", stats=STATS,
-                 ddof=Param(int, 1, "0 (population) or 1 (unbiased, the libraries')",
-                            check=lambda v: None if v in (0, 1) else "must be 0 or 1"),
-                 **_SEARCH),
-)
+build_ipm_optimal = bound(ipm_optimal_attack)
+build_lie_optimal = bound(lie_optimal_attack)
