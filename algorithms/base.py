@@ -10,7 +10,7 @@ config) and hides its TFF process behind a few calls:
 - `program_state`, `checkpoint_template`, `restore`: what a checkpoint holds.
 
 Each subclass validates the settings it reads (`validate(config)`, before anything
-is loaded). `StatefulAlgorithm` adds the clients' states (momentum, PDMM's
+is loaded; the modules of `algorithms` import no TensorFlow, so flag errors answer at once). `StatefulAlgorithm` adds the clients' states (momentum, PDMM's
 (w, v, u)): a `ClientStateStore` saved with every checkpoint, and a
 `StatefulRounds` that keeps the states on the TFF worker between rounds.
 """
@@ -20,22 +20,31 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
-import tensorflow_federated as tff
 
-from attacks.plan import AttackPlan
-from tff_byz import client_state
-from tff_byz.client_inputs import ByReference
 from tff_byz.errors import ConfigError
-from tff_byz.packing import unpack_numpy
-from tff_byz.registry import Resolved
+from tff_byz.registry import Reference, Resolved
+
+if TYPE_CHECKING:
+    import tensorflow_federated as tff
+
+    from attacks.plan import AttackPlan
+    from tff_byz import client_state
+    from tff_byz.client_inputs import ByReference
 
 __all__ = ["Setting", "RoundReport", "Algorithm", "StatefulAlgorithm", "MEMMAP_BYTES"]
 
 # Client-state stores bigger than this go to memory-mapped files in the run directory.
 MEMMAP_BYTES = 2 << 30
+
+# TensorFlow code, imported when the algorithm is built, not when its flags are checked
+# (start-up time; `tff_byz.registry.Reference`).
+ModelWeights = Reference("tensorflow_federated:learning.models.ModelWeights")
+ClientStateStore = Reference("tff_byz.client_state:ClientStateStore")
+StatefulRounds = Reference("tff_byz.client_state:StatefulRounds")
+unpack_numpy = Reference("tff_byz.packing:unpack_numpy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +127,7 @@ class Algorithm:
 
     def _trainable_weights(self, trainable) -> tff.learning.models.ModelWeights:
         """Model weights of `trainable` arrays (the initial non-trainable ones)."""
-        return tff.learning.models.ModelWeights(
+        return ModelWeights(
             trainable=list(trainable),
             non_trainable=list(self.setting.initial_weights.non_trainable))
 
@@ -129,7 +138,7 @@ class StatefulAlgorithm(Algorithm):
     def __init__(self, setting: Setting):
         super().__init__(setting)
         self.client_states = self.client_state_store()
-        self.rounds = client_state.StatefulRounds(self.process, self.client_states)
+        self.rounds = StatefulRounds(self.process, self.client_states)
 
     def client_state_store(self) -> client_state.ClientStateStore:
         """In memory, or in memory-mapped files under the run directory when the states of
@@ -137,11 +146,10 @@ class StatefulAlgorithm(Algorithm):
         process, num_clients = self.process, self.setting.num_clients
         initial = process.initial_client_state
         kwargs = dict(initial=None if callable(initial) else initial, id_key="client_id")
-        probe = client_state.ClientStateStore(process.client_state_template, 1, **kwargs)
+        probe = ClientStateStore(process.client_state_template, 1, **kwargs)
         if probe.bytes_per_client * num_clients <= MEMMAP_BYTES:
-            return client_state.ClientStateStore(process.client_state_template, num_clients,
-                                                 **kwargs)
-        return client_state.ClientStateStore(
+            return ClientStateStore(process.client_state_template, num_clients, **kwargs)
+        return ClientStateStore(
             process.client_state_template, num_clients, backend="memmap",
             directory=os.path.join(self.setting.run_directory, "client_states"), **kwargs)
 

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import collections
+from typing import TYPE_CHECKING
+
 from aggregators.registry import F_PARAM
 from algorithms.base import Algorithm, RoundReport
-from fedlaw import math as fedlaw_math
-from fedlaw.process import FedLAWOptions, build_fedlaw_process
-from tff_byz import client_work
 from tff_byz.errors import ConfigError
-from tff_byz.registry import Entry, Param, at_least_one, in_unit_interval, non_negative, positive
+from tff_byz.registry import (Entry, Param, Reference, at_least_one, in_unit_interval,
+                              non_negative, positive)
+
+if TYPE_CHECKING:
+    from fedlaw.process import FedLAWOptions
 
 __all__ = ["FEDLAW", "FedLAW"]
 
-
-
-
-
+# TensorFlow code, imported when the algorithm is built, not when its flags are checked
+# (start-up time; `tff_byz.registry.Reference`).
+build_fedlaw_process = Reference("fedlaw.process:build_fedlaw_process")
+detection_metrics = Reference("fedlaw.math:detection_metrics")
+build_local_sgd_client_work = Reference("tff_byz.client_work:build_local_sgd_client_work")
 
 FEDLAW = Entry(
-    name="fedlaw", build=FedLAWOptions, kind="algorithm",
+    name="fedlaw", build="fedlaw.process:FedLAWOptions", kind="algorithm",
     help="FedLAW (Parsa et al., arXiv 2511.03529): learnable sparse client weights, two client "
          "passes per learning round; a training algorithm, not a rule (no pre-aggregators).",
     params={
@@ -60,12 +64,12 @@ class FedLAW(Algorithm):
 
     @property
     def options(self) -> FedLAWOptions:
-        return FedLAWOptions(**self.setting.aggregator[0].params)
+        return FEDLAW.build(**self.setting.aggregator[0].params)
 
     def build_process(self):
         setting = self.setting
         config, plan, options = setting.config, setting.attack_plan, self.options
-        honest = client_work.build_local_sgd_client_work(
+        honest = build_local_sgd_client_work(
             setting.model_fn, epochs=config.local_epochs, batch_size=config.batch_size,
             learning_rate=config.client_lr, seed=config.seed, ascent=plan.ascent(),
             loss_at=options.loss, steps=config.local_steps, inputs=setting.inputs)
@@ -82,7 +86,7 @@ class FedLAW(Algorithm):
         report = RoundReport(client_weights=weights)
         byzantine = self.setting.byzantine
         if byzantine.any():  # precision and recall mean nothing without Byzantine clients
-            found = fedlaw_math.detection_metrics(weights, byzantine)
+            found = detection_metrics(weights, byzantine)
             detection = collections.OrderedDict(
                 (key, float(found[key])) for key in ("precision", "recall", "f1", "accuracy")
                 if key in found)

@@ -8,8 +8,7 @@ import math
 
 from algorithms.base import Algorithm, RoundReport, StatefulAlgorithm
 from tff_byz.errors import ConfigError
-from tff_byz.local_only import build_local_only_process
-from tff_byz.registry import Entry
+from tff_byz.registry import Entry, Reference
 
 __all__ = ["LOCAL_ENTRY", "LocalOnly"]
 
@@ -20,6 +19,10 @@ LOCAL_ENTRY = Entry(
          "worst test accuracy). A training algorithm, not a rule.")
 
 _NODES = ("test_accuracy_node_mean", "test_accuracy_node_min")
+
+# TensorFlow code, imported when the algorithm is built, not when its flags are checked
+# (start-up time; `tff_byz.registry.Reference`).
+build_local_only_process = Reference("tff_byz.local_only:build_local_only_process")
 
 
 class LocalOnly(StatefulAlgorithm):

@@ -4,10 +4,10 @@ any attack that can act on a momentum message."""
 from __future__ import annotations
 
 from algorithms.base import Algorithm, StatefulAlgorithm
-from algorithms.fedavg import robust_aggregator
+from algorithms.fedavg import check_robust_aggregator, robust_aggregator
 from attacks import resolve_attack
-from tff_byz import momentum
 from tff_byz.errors import ConfigError
+from tff_byz.registry import Reference
 
 __all__ = ["MomentumSGD", "UNSUPPORTED_ATTACKS"]
 
@@ -17,6 +17,10 @@ UNSUPPORTED_ATTACKS = {
                      "momentum_sgd client sends its momentum",
     "weight_lying": "it changes only the aggregation weight; momentum_sgd weighs every client 1",
 }
+
+# TensorFlow code, imported when the algorithm is built, not when its flags are checked
+# (start-up time; `tff_byz.registry.Reference`).
+build_momentum_sgd_process = Reference("tff_byz.momentum:build_momentum_sgd_process")
 
 
 class MomentumSGD(StatefulAlgorithm):
@@ -39,11 +43,12 @@ class MomentumSGD(StatefulAlgorithm):
             raise ConfigError(f"--attack_message={config.attack_message} needs "
                               f"--client_work=local_sgd: a momentum_sgd client sends its "
                               f"momentum, not a model.")
+        check_robust_aggregator(config)
 
     def build_process(self):
         setting = self.setting
         config = setting.config
-        return momentum.build_momentum_sgd_process(
+        return build_momentum_sgd_process(
             setting.model_fn, setting.initial_weights, aggregator=robust_aggregator(setting),
             batch_size=config.batch_size, momentum=config.momentum,
             weight_decay=config.weight_decay, server_lr=config.server_lr, seed=config.seed,

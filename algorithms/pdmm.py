@@ -6,22 +6,27 @@ from __future__ import annotations
 import collections
 import functools
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from algorithms.base import RoundReport, StatefulAlgorithm
 from attacks import resolve_attack
 from pdmm import graphs
-from pdmm.decentralized import build_decentralized_pdmm_process
-from pdmm.process import PDMMOptions, build_pdmm_process
 from pdmm.regimes import linear_factor, weight_decay
 from tff_byz.errors import ConfigError
-from tff_byz.registry import Entry, Param, at_least_one, positive
+from tff_byz.registry import Entry, Param, Reference, at_least_one, positive
+
+if TYPE_CHECKING:
+    from pdmm.process import PDMMOptions
 
 __all__ = ["PDMM_ENTRY", "PDMM", "DecentralizedPDMM"]
 
-
+# TensorFlow code, imported when the algorithm is built, not when its flags are checked
+# (start-up time; `tff_byz.registry.Reference`).
+build_pdmm_process = Reference("pdmm.process:build_pdmm_process")
+build_decentralized_pdmm_process = Reference(
+    "pdmm.decentralized:build_decentralized_pdmm_process")
 
 
 def _theta(value) -> Optional[str]:
@@ -29,7 +34,7 @@ def _theta(value) -> Optional[str]:
 
 
 PDMM_ENTRY = Entry(
-    name="pdmm", build=PDMMOptions, kind="algorithm",
+    name="pdmm", build="pdmm.process:PDMMOptions", kind="algorithm",
     help="PDMM (Xia, Yu & Li, arXiv 2503.10792): primal-dual consensus; the server is a data-less "
          "PDMM node, clients keep (w, v, u) between rounds and send only y = 2w − v; "
          "--topology=ring|complete|rgg runs it decentralized. A training algorithm, not a rule.",
@@ -67,7 +72,7 @@ class PDMM(StatefulAlgorithm):
 
     @property
     def options(self) -> PDMMOptions:
-        return PDMMOptions(**self.setting.aggregator[0].params)
+        return PDMM_ENTRY.build(**self.setting.aggregator[0].params)
 
     def build_process(self):
         setting = self.setting

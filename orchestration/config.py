@@ -9,14 +9,14 @@ one line naming the flag, the value and the valid choices.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import math
 import re
-import types
 from typing import Any, Optional
 
+from algorithms import AGGREGATOR_CHOICES, algorithm_class
+from attacks import ATTACKS, resolve_attack
 from attacks.selection import SelectionError, parse_selection
 from pdmm.graphs import TOPOLOGIES
 from tff_byz import choices
@@ -47,20 +47,6 @@ RESUMABLE_CHANGES = ("rounds", "tff_workers", "output_dir", "eval_every", "check
 # Settings `base_run_name` spells out.
 _NAMED_FIELDS = ("dataset", "partition", "num_clients", "aggregator", "attack",
                  "byzantine_fraction", "byzantine_selection", "topology", "seed")
-
-
-@functools.cache
-def _names() -> types.SimpleNamespace:
-    """The registries a config's specs are checked against. Imported on first use, not with
-    this module, and only after the settings that need no registry passed
-    (`ExperimentConfig.validate`): the registries import TensorFlow (~5 s), so `--help`,
-    flag-syntax errors and bad values of plain settings answer without it."""
-    # pylint: disable=import-outside-toplevel  (start-up time: these import TensorFlow)
-    from algorithms import AGGREGATOR_CHOICES, algorithm_class
-    from attacks import ATTACKS, resolve_attack
-    return types.SimpleNamespace(
-        aggregators=AGGREGATOR_CHOICES, algorithm_class=algorithm_class, attacks=ATTACKS,
-        resolve_attack=resolve_attack)
 
 
 def _setting(default, help: str):  # pylint: disable=redefined-builtin
@@ -129,8 +115,8 @@ class ExperimentConfig:
             config.model = DEFAULT_MODELS[config.dataset]
         if config.checkpoint_every == 0:
             config.checkpoint_every = config.eval_every
-        config.aggregator = "+".join(c.canonical for c in _names().aggregators.resolve(config.aggregator))
-        config.attack = "+".join(c.canonical for c in _names().attacks.resolve(config.attack))
+        config.aggregator = "+".join(c.canonical for c in AGGREGATOR_CHOICES.resolve(config.aggregator))
+        config.attack = "+".join(c.canonical for c in ATTACKS.resolve(config.attack))
         if config.run_name is None:
             config.run_name = config.default_run_name()
         return config
@@ -158,8 +144,8 @@ class ExperimentConfig:
     def base_run_name(self) -> str:
         """The name from the settings that define most experiments (specs name only their
         non-default parameters)."""
-        aggregator = "+".join(c.compact for c in _names().aggregators.resolve(self.aggregator))
-        attack = "+".join(c.compact for c in _names().attacks.resolve(self.attack))
+        aggregator = "+".join(c.compact for c in AGGREGATOR_CHOICES.resolve(self.aggregator))
+        attack = "+".join(c.compact for c in ATTACKS.resolve(self.attack))
         selection = "" if self.byzantine_selection == "random" else f"_{self.byzantine_selection}"
         if self.topology != "star":
             aggregator += f"_{self.topology}"
@@ -170,16 +156,14 @@ class ExperimentConfig:
     def validate(self) -> None:
         """Raises `ConfigError` naming the first bad setting: the plain settings first
         (`validate_settings`), then the aggregator and attack specs and what the chosen
-        algorithm accepts (which imports the registries, and TensorFlow)."""
+        algorithm accepts. Imports no TensorFlow (the registries name their builders)."""
         self.validate_settings()
-        names = _names()
         try:
-            names.aggregators.resolve(self.aggregator)
-            attack = names.resolve_attack(self.attack)
+            aggregator = AGGREGATOR_CHOICES.resolve(self.aggregator)
+            attack = resolve_attack(self.attack)
         except SpecError as error:
             raise ConfigError(str(error)) from None
-        names.algorithm_class(names.aggregators.resolve(self.aggregator), self.client_work,
-                              self.topology).validate(self)
+        algorithm_class(aggregator, self.client_work, self.topology).validate(self)
         attacked = any(c.name != "none" for c in attack)
         if attacked and self.byzantine_fraction == 0.0 and \
                 not self.byzantine_selection.startswith("ids:"):

@@ -17,6 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is impor
 
 import sys  # noqa: E402
 
+from algorithms import AGGREGATOR_CHOICES  # noqa: E402  (no TensorFlow)
+from attacks import ATTACKS  # noqa: E402  (no TensorFlow)
 from orchestration.config import ConfigError, ExperimentConfig  # noqa: E402  (no TensorFlow)
 from pipelines import cli  # noqa: E402  (no TensorFlow)
 from tff_byz import processes  # noqa: E402  (no TensorFlow)
@@ -56,21 +58,6 @@ def _main(argv=None) -> int:
     if flags is None:
         return code
 
-    config = ExperimentConfig(**{name: getattr(flags, name) for name in config_names})
-    if not (flags.list_aggregators or flags.list_attacks):
-        try:
-            config.validate_settings()
-        except ConfigError as error:
-            return cli.error(str(error))
-
-    # Start-up time: --help, flag errors and bad plain settings above answer without importing
-    # TensorFlow (~5 s).
-    # pylint: disable=import-outside-toplevel
-    from algorithms import AGGREGATOR_CHOICES
-    from attacks import ATTACKS
-    from orchestration import run_directory, training
-    from tff_byz import context
-    # pylint: enable=import-outside-toplevel
     if flags.list_aggregators or flags.list_attacks:
         if flags.list_aggregators:
             print(AGGREGATOR_CHOICES.describe())
@@ -78,8 +65,19 @@ def _main(argv=None) -> int:
             print(ATTACKS.describe())
         return 0
 
+    config = ExperimentConfig(**{name: getattr(flags, name) for name in config_names})
     try:
-        resolved = config.resolved()
+        resolved = config.resolved()  # every flag checked, without TensorFlow
+    except (ConfigError, ValueError) as error:
+        return cli.error(str(error))
+
+    # Start-up time: --help, --list_* and every flag error above answer without importing
+    # TensorFlow (~5 s).
+    # pylint: disable=import-outside-toplevel
+    from orchestration import run_directory, training
+    from tff_byz import context
+    # pylint: enable=import-outside-toplevel
+    try:
         runs = [resolved]
         if flags.baseline is not None:
             runs.append(baseline_config(resolved, flags.baseline, flags.run_name))
@@ -147,7 +145,6 @@ def _saved(run) -> str:
 def baseline_config(config, aggregator: str, run_name=None):
     """The same run settings with another aggregator (centralized), in its own run directory
     (`run_name`: the run's --run_name, if given)."""
-    from algorithms import AGGREGATOR_CHOICES  # pylint: disable=import-outside-toplevel  (start-up time)
     from pdmm.process import DEFAULT_LOCAL_STEPS  # pylint: disable=import-outside-toplevel  (start-up time)
     local_steps = config.local_steps
     main = AGGREGATOR_CHOICES.resolve(config.aggregator)[0]
