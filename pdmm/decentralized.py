@@ -45,9 +45,9 @@ from pdmm import math as pdmm_math
 from pdmm.graphs import Graph
 from tff_byz.packing import Packing, pack_numpy
 from pdmm.process import PDMMOptions
-from tff_byz import client_inputs, collection, fedavg, rounds
+from tff_byz import client_inputs, collection, fedavg, rounds, stateful_process
 from tff_byz import client_work as client_work_lib
-from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
+from tff_byz.client_state import StatefulClientsProcess
 
 __all__ = ["build_decentralized_pdmm_process"]
 
@@ -89,52 +89,87 @@ def build_decentralized_pdmm_process(
                 "clients train honestly and corrupt only their messages (pdmm.md §4).")
     attacks = [a for a in attacks if a.attack.transform is not None]
     c, theta = float(options.c), float(options.theta)
-    num_nodes = graph.num_nodes
-    neighbour, reverse, sign = graph.slot_tables()
-    width = neighbour.shape[1]
-    degrees = graph.degrees.astype(np.float32)
+    width = graph.slot_tables()[0].shape[1]
 
     inputs = client_inputs.ByValue() if inputs is None else inputs
     data_type, _ = client_work_lib.client_input_types(model_fn, inputs)
     init_weights = fedavg.initial_weights_fn(initial_weights)
     weights_type = init_weights.type_signature.result
     packing = Packing(initial_weights.trainable)
-    shapes, sizes, dimension = packing.shapes, packing.sizes, packing.dimension
     dual_type = tff.StructWithPythonType(
-        [(None, tff.TensorType(np.float32, [width, *shape])) for shape in shapes], list)
+        [(None, tff.TensorType(np.float32, [width, *shape])) for shape in packing.shapes], list)
     # w_i and the duals z_{i|j} packed as the rows of one [1 + width, D] matrix: TFF moves
     # CLIENTS-placed values tensor by tensor, at a fixed cost per tensor.
-    node_state_type = tff.StructWithPythonType(
-        [("client_id", np.int32), ("wz", tff.TensorType(np.float32, [1 + width, dimension])),
-         ("steps", np.int64)], collections.OrderedDict)
+    state_type = stateful_process.client_state_type(
+        wz=tff.TensorType(np.float32, [1 + width, packing.dimension]), steps=np.int64)
     record_type = client_work_lib.client_record_type(dual_type)
-    counter = rounds.round_counter(seed)
     train_metrics = rounds.build_train_metrics(record_type)
-
-    w0 = [np.asarray(t, np.float32) for t in initial_weights.trainable]
-
-    def initial_client_state(node: int):
-        flat_w0 = pack_numpy(w0)
-        wz = np.zeros([1 + width, dimension], np.float32)
-        wz[0] = flat_w0
-        if options.init == "consensus":
-            for k in range(width):  # z_{i|j} = −c B_{i|j} w_0 (padding: sign 0)
-                wz[1 + k] = -c * sign[node, k] * flat_w0
-        return collections.OrderedDict(client_id=np.int32(node), wz=wz, steps=np.int64(0))
-
-    unflatten, flatten = packing.unpack, packing.pack
-
-    def split_duals(z):
-        return packing.unpack_rows(z, width)
-
     collector = collection.build_update_aggregator(StackedRecordsFactory(), record_type)
     stacked_type = collector.next.type_signature.result.result.member
 
-    @tff.tensorflow.computation
-    def server_init():
-        return init_weights()
+    node_step = _build_node_step(
+        model_fn, inputs, packing, graph, weights_type, data_type, state_type, c=c,
+        local_steps=local_steps, batch_size=batch_size, learning_rate=learning_rate,
+        attacks=attacks)
+    relay_table = _build_relay_table(stacked_type, graph.num_nodes)
+    node_receive = _build_node_receive(packing, graph, relay_table.type_signature.result,
+                                       state_type, theta=theta)
+    message_norm = _build_message_norm(packing, graph, record_type)
 
-    @tff.tensorflow.computation(rounds.ROUND_TYPE, weights_type, data_type, node_state_type)
+    def initial_fields():
+        return collections.OrderedDict(reference=tff.federated_eval(init_weights, tff.SERVER))
+
+    def round_fn(state, round_info, client_data, node_states):
+        outputs = tff.federated_map(node_step, (
+            tff.federated_broadcast(round_info), tff.federated_broadcast(state.reference),
+            client_data, node_states))
+        records, weights, stepped = outputs[0], outputs[1], outputs[2]
+        stacked = collector.next(collector.initialize(), records, weights).result
+        table = tff.federated_broadcast(tff.federated_map(relay_table, stacked))
+        metrics = tff.federated_zip(collections.OrderedDict(
+            client_work=train_metrics(records),
+            pdmm=tff.federated_zip(collections.OrderedDict(
+                message_norm=message_norm(records)))))
+        return stateful_process.RoundOutput(
+            server=collections.OrderedDict(reference=state.reference), metrics=metrics,
+            client_states=tff.federated_map(node_receive, (table, stepped)))
+
+    return stateful_process.build_stateful_process(
+        seed=seed, inputs=inputs, data_type=data_type, client_state_type=state_type,
+        initial_fields=initial_fields, round_fn=round_fn,
+        model_weights=lambda state: state["reference"],
+        initial_client_state=_initial_node_state(initial_weights, packing, graph, c=c,
+                                                 init=options.init))
+
+
+def _initial_node_state(initial_weights, packing, graph, *, c, init):
+    """`node -> its initial state`: w_i = w_0, duals 0 (`zero`) or −c B_{i|j} w_0
+    (`consensus`; padding slots have sign 0)."""
+    _, _, sign = graph.slot_tables()
+    width = sign.shape[1]
+    flat_w0 = pack_numpy([np.asarray(t, np.float32) for t in initial_weights.trainable])
+
+    def initial_node_state(node: int):
+        wz = np.zeros([1 + width, packing.dimension], np.float32)
+        wz[0] = flat_w0
+        if init == "consensus":
+            for k in range(width):
+                wz[1 + k] = -c * sign[node, k] * flat_w0
+        return collections.OrderedDict(client_id=np.int32(node), wz=wz, steps=np.int64(0))
+
+    return initial_node_state
+
+
+def _build_node_step(model_fn, inputs, packing, graph, weights_type, data_type, state_type, *,
+                     c, local_steps, batch_size, learning_rate, attacks):
+    """A node's half of the round: K SGD steps on its augmented loss, then one message per
+    neighbour (attacked for a Byzantine node). Returns `(record, weight, stepped state)`."""
+    _, _, sign = graph.slot_tables()
+    width = sign.shape[1]
+    degrees = graph.degrees.astype(np.float32)
+    shapes = packing.shapes
+
+    @tff.tensorflow.computation(rounds.ROUND_TYPE, weights_type, data_type, state_type)
     def node_step(round_info, reference_weights, client_input, node_state):
         model = model_fn()
         model_weights = tff.learning.models.ModelWeights.from_model(model)
@@ -143,14 +178,14 @@ def build_decentralized_pdmm_process(
         def run(round_info, reference_weights, client_input, node_state):
             tf.nest.map_structure(lambda var, value: var.assign(value), model_weights,
                                   tff.learning.models.ModelWeights(
-                                      trainable=unflatten(node_state["wz"][0]),
+                                      trainable=packing.unpack(node_state["wz"][0]),
                                       non_trainable=list(reference_weights.non_trainable)))
             examples = inputs.open(client_input, round_info["round"])
             info = examples.info
             node = info["client_id"]
             signs = tf.gather(tf.constant(sign), node)  # [width]
             degree = tf.gather(tf.constant(degrees), node)
-            duals = split_duals(node_state["wz"][1:])
+            duals = packing.unpack_rows(node_state["wz"][1:], width)
             dual_sum = [tf.tensordot(signs, z, axes=1) for z in duals]  # Σ_j B_{i|j} z_{i|j}
             loss = client_work_lib.local_sgd_steps(
                 model, list(model_weights.trainable), examples, run_seed=round_info["seed"],
@@ -171,11 +206,18 @@ def build_decentralized_pdmm_process(
                 attacks, record, tf.constant(1.0), info=info, run_seed=round_info["seed"],
                 round_num=round_info["round"], weights=_as_list(reference_weights.trainable))
             state = collections.OrderedDict(
-                client_id=node, wz=tf.concat([flatten(w)[tf.newaxis], node_state["wz"][1:]], 0),
+                client_id=node,
+                wz=tf.concat([packing.pack(w)[tf.newaxis], node_state["wz"][1:]], 0),
                 steps=node_state["steps"] + local_steps)
             return record, weight, state
 
         return run(round_info, reference_weights, client_input, node_state)
+
+    return node_step
+
+
+def _build_relay_table(stacked_type, num_nodes):
+    """The relay: every node's outgoing messages stacked by node id, checked complete."""
 
     @tff.tensorflow.computation(stacked_type)
     def relay_table(stacked):
@@ -185,9 +227,16 @@ def build_decentralized_pdmm_process(
         with tf.control_dependencies([check]):
             return tf.identity(stacked["deltas"])
 
-    table_type = relay_table.type_signature.result
+    return relay_table
 
-    @tff.tensorflow.computation(table_type, node_state_type)
+
+def _build_node_receive(packing, graph, table_type, state_type, *, theta):
+    """A node reads y_{j|i} at (sender j, its slot in j's list) and relaxes its duals:
+    z_{i|j} ← (1 − θ) z_{i|j} + θ y_{j|i}."""
+    neighbour, reverse, _ = graph.slot_tables()
+    width = neighbour.shape[1]
+
+    @tff.tensorflow.computation(table_type, state_type)
     def node_receive(table, node_state):
         node = node_state["client_id"]
         senders = tf.gather(tf.constant(neighbour), node)  # [width], −1 = padding
@@ -195,7 +244,7 @@ def build_decentralized_pdmm_process(
         valid = senders >= 0
         rows = tf.gather(table, tf.maximum(senders, 0))  # [width, Dtot]
         offset, incoming = 0, []
-        for size in sizes:
+        for size in packing.sizes:
             block = tf.reshape(rows[:, offset:offset + width * size], [width, width, size])
             picked = tf.gather(block, slots, axis=1, batch_dims=1)  # [width, size]
             incoming.append(tf.where(valid[:, tf.newaxis], picked, tf.zeros_like(picked)))
@@ -205,54 +254,27 @@ def build_decentralized_pdmm_process(
                                        wz=tf.concat([node_state["wz"][:1], duals], 0),
                                        steps=node_state["steps"])
 
+    return node_receive
+
+
+def _build_message_norm(packing, graph, record_type):
+    """`records@CLIENTS → root mean square of the sent messages@SERVER` (padding slots
+    excluded), inside a federated computation."""
+    _, _, sign = graph.slot_tables()
+    dimension = float(sum(packing.sizes))
+
     @tff.tensorflow.computation(record_type)
     def message_square(record):
         degree_slots = tf.reduce_sum(tf.abs(tf.constant(sign)[record["client_id"]]))
         total = tf.add_n([tf.reduce_sum(tf.square(m)) for m in record["delta"]])
-        return total / tf.maximum(degree_slots, 1.0) / float(sum(sizes))
+        return total / tf.maximum(degree_slots, 1.0) / dimension
 
     @tff.tensorflow.computation(tf.float32)
     def root(value):
         return tf.sqrt(value)
 
-    @tff.federated_computation
-    def initialize():
-        round_info = tff.federated_eval(counter.initial, tff.SERVER)
-        return tff.federated_zip(collections.OrderedDict(
-            reference=tff.federated_eval(server_init, tff.SERVER),
-            seed=round_info.seed, round=round_info.round))
+    def message_norm(records):
+        return tff.federated_map(root, tff.federated_mean(
+            tff.federated_map(message_square, records)))
 
-    state_type = initialize.type_signature.result
-
-    @tff.federated_computation(
-        state_type,
-        tff.FederatedType(data_type, tff.CLIENTS),
-        tff.FederatedType(node_state_type, tff.CLIENTS))
-    def next_fn(state, client_data, node_states):
-        round_info = rounds.server_round(state)
-        outputs = tff.federated_map(node_step, (
-            tff.federated_broadcast(round_info), tff.federated_broadcast(state.reference),
-            client_data, node_states))
-        records, weights, stepped = outputs[0], outputs[1], outputs[2]
-        stacked = collector.next(collector.initialize(), records, weights).result
-        table = tff.federated_broadcast(tff.federated_map(relay_table, stacked))
-        new_states = tff.federated_map(node_receive, (table, stepped))
-        metrics = tff.federated_zip(collections.OrderedDict(
-            client_work=train_metrics(records),
-            pdmm=tff.federated_zip(collections.OrderedDict(
-                message_norm=tff.federated_map(root, tff.federated_mean(
-                    tff.federated_map(message_square, records)))))))
-        next_round = tff.federated_map(counter.advance, round_info)
-        new_state = tff.federated_zip(collections.OrderedDict(
-            reference=state.reference, seed=next_round.seed, round=next_round.round))
-        return collections.OrderedDict(state=new_state, metrics=metrics,
-                                       client_states=new_states)
-
-    @tff.tensorflow.computation(state_type.member)
-    def get_model_weights(state):
-        return state["reference"]
-
-    return inputs.compose(StatefulClientsProcess(
-        initialize=initialize, next=next_fn, get_model_weights=get_model_weights,
-        client_state_template=zeros_from_type(node_state_type),
-        initial_client_state=initial_client_state))
+    return message_norm

@@ -49,9 +49,9 @@ from tff_byz.collection import StackedRecordsFactory
 from attacks.local import GROUP_KEY, ScheduledAttack, apply_record_attacks
 from pdmm import math as pdmm_math
 from tff_byz.packing import Packing, pack_numpy, unpack_numpy  # noqa: F401  (re-exported)
-from tff_byz import client_inputs, collection, fedavg, rounds
+from tff_byz import client_inputs, collection, fedavg, rounds, stateful_process
 from tff_byz import client_work as client_work_lib
-from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
+from tff_byz.client_state import StatefulClientsProcess
 
 __all__ = ["PDMMOptions", "build_pdmm_process", "DEFAULT_LOCAL_STEPS", "INITS", "pack_numpy",
            "unpack_numpy"]
@@ -157,18 +157,14 @@ def build_pdmm_process(
             list(tff.structure.iter_elements(record_type)) + [(GROUP_KEY, np.int32)],
             collections.OrderedDict)
     packing = Packing(initial_weights.trainable)
-    dimension = packing.dimension
     # w, v, u packed as the rows of one [3, D] matrix: TFF moves CLIENTS-placed values
     # tensor by tensor, at a fixed cost per tensor (3 tensors instead of 3 × leaves).
-    client_state_type = tff.StructWithPythonType(
-        [("client_id", np.int32), ("wvu", tff.TensorType(np.float32, [3, dimension])),
-         ("steps", np.int64)], collections.OrderedDict)
-    counter = rounds.round_counter(seed)
+    state_type = stateful_process.client_state_type(
+        wvu=tff.TensorType(np.float32, [3, packing.dimension]), steps=np.int64)
     train_metrics = rounds.build_train_metrics(record_type)
 
-    consensus = options.init == "consensus"
     w0 = [np.asarray(t, np.float32) for t in initial_weights.trainable]
-    anchor = w0 if consensus else [np.zeros_like(t) for t in w0]
+    anchor = w0 if options.init == "consensus" else [np.zeros_like(t) for t in w0]
     initial_client_state = collections.OrderedDict(
         client_id=np.int32(0),
         wvu=np.stack([pack_numpy(w0), pack_numpy(anchor), pack_numpy(anchor)]),
@@ -181,10 +177,68 @@ def build_pdmm_process(
         collector = wrap_aggregator(collection.NonFiniteCountingFactory(
             tff.aggregators.MeanFactory()))
     update_aggregator = collection.build_update_aggregator(collector, record_type)
+    aggregate_type = update_aggregator.next.type_signature.result.result.member
 
-    unflatten, flatten = packing.unpack, packing.pack
+    server_init = _build_server_init(init_weights, anchor, num_clients if partial else 0)
+    server_type = server_init.type_signature.result
+    client_step = _build_client_step(
+        model_fn, inputs, packing, weights_type, data_type, state_type, c=c, theta=theta,
+        local_steps=local_steps, batch_size=batch_size, learning_rate=learning_rate,
+        attacks=attacks, mark_groups=mark_groups)
+    client_reply = _build_client_reply(packing, trainable_type, state_type, theta=theta)
+    if partial:
+        server_update = _build_partial_server_update(packing, server_type, aggregate_type,
+                                                     theta=theta)
+    else:
+        server_update = _build_server_update(server_type, aggregate_type, theta=theta)
 
-    # --- TF computations ---------------------------------------------------
+    @tff.tensorflow.computation(server_type)
+    def server_model(server):
+        return server["global_model_weights"]
+
+    @tff.tensorflow.computation(server_type)
+    def server_trainable(server):
+        return list(server["global_model_weights"].trainable)
+
+    @tff.tensorflow.computation(tf.float32)
+    def root(value):
+        return tf.sqrt(value)
+
+    def initial_fields():
+        return collections.OrderedDict(server=tff.federated_eval(server_init, tff.SERVER),
+                                       aggregator=update_aggregator.initialize())
+
+    def round_fn(state, round_info, client_data, client_states):
+        outputs = tff.federated_map(client_step, (
+            tff.federated_broadcast(round_info),
+            tff.federated_broadcast(tff.federated_map(server_model, state.server)),
+            client_data, client_states))
+        records, weights, stepped = outputs[0], outputs[1], outputs[2]
+        aggregate = update_aggregator.next(state.aggregator, records, weights)
+        server = tff.federated_map(server_update, (state.server, aggregate.result))
+        replied = tff.federated_map(client_reply, (
+            tff.federated_broadcast(tff.federated_map(server_trainable, server)), stepped))
+        new_client_states, gaps = replied[0], replied[1]
+        metrics = tff.federated_zip(collections.OrderedDict(
+            client_work=train_metrics(records),
+            aggregator=aggregate.measurements,
+            pdmm=tff.federated_zip(collections.OrderedDict(
+                consensus_gap=tff.federated_map(root, tff.federated_mean(gaps)))),
+        ))
+        return stateful_process.RoundOutput(
+            server=collections.OrderedDict(server=server, aggregator=aggregate.state),
+            metrics=metrics, client_states=new_client_states)
+
+    return stateful_process.build_stateful_process(
+        seed=seed, inputs=inputs, data_type=data_type, client_state_type=state_type,
+        initial_fields=initial_fields, round_fn=round_fn,
+        model_weights=lambda state: state["server"]["global_model_weights"],
+        initial_client_state=initial_client_state)
+
+
+def _build_server_init(init_weights, anchor, num_copies):
+    """The server's PDMM node: w_s = the anchor (w_0 or 0), and with `num_copies` > 0
+    (partial participation) one copy u_i^S = anchor per client id."""
 
     @tff.tensorflow.computation
     def server_init():
@@ -193,13 +247,23 @@ def build_pdmm_process(
             global_model_weights=tff.learning.models.ModelWeights(
                 trainable=[tf.constant(t) for t in anchor],
                 non_trainable=list(weights.non_trainable)))
-        if partial:
+        if num_copies:
             flat = np.concatenate([t.reshape(-1) for t in anchor]) if anchor else np.zeros([0])
             server["copies"] = tf.tile(tf.constant(flat, tf.float32)[tf.newaxis, :],
-                                       [num_clients, 1])
+                                       [num_copies, 1])
         return server
 
-    @tff.tensorflow.computation(rounds.ROUND_TYPE, weights_type, data_type, client_state_type)
+    return server_init
+
+
+def _build_client_step(model_fn, inputs, packing, weights_type, data_type, state_type, *, c,
+                       theta, local_steps, batch_size, learning_rate, attacks, mark_groups):
+    """A client's half of the round: the inexact prox (K SGD steps on f_i + (c/2)‖w − v_i‖²),
+    the message y_i = 2 w_i − v_i (attacked for a Byzantine client) and u_i's relaxation.
+    Returns `(record, weight, stepped state)`."""
+    unflatten, flatten = packing.unpack, packing.pack
+
+    @tff.tensorflow.computation(rounds.ROUND_TYPE, weights_type, data_type, state_type)
     def client_step(round_info, server_weights, client_input, client_state):
         model = model_fn()
         model_weights = tff.learning.models.ModelWeights.from_model(model)
@@ -239,105 +303,53 @@ def build_pdmm_process(
 
         return run(round_info, server_weights, client_input, client_state)
 
-    @tff.tensorflow.computation(trainable_type, client_state_type)
+    return client_step
+
+
+def _build_client_reply(packing, trainable_type, state_type, *, theta):
+    """A client's reply step: v_i ← (1 − θ) v_i + θ (2 w_s − u_i); also returns ‖w_i − w_s‖²."""
+
+    @tff.tensorflow.computation(trainable_type, state_type)
     def client_reply(server_trainable, client_state):
-        w_s = flatten(_as_list(server_trainable))
+        w_s = packing.pack(_as_list(server_trainable))
         w, v, u = tf.unstack(client_state["wvu"])
         v = pdmm_math.relax(v, pdmm_math.server_reply(w_s, u), theta=theta)
         state = collections.OrderedDict(client_id=client_state["client_id"],
                                         wvu=tf.stack([w, v, u]), steps=client_state["steps"])
         return state, pdmm_math.squared_distance(w, w_s)
 
-    @tff.tensorflow.computation(tf.float32)
-    def root(value):
-        return tf.sqrt(value)
+    return client_reply
 
-    server_type = server_init.type_signature.result
 
-    if partial:
-        stacked_type = update_aggregator.next.type_signature.result.result.member
+def _build_server_update(server_type, aggregate_type, *, theta):
+    """Full participation: w_s ← (1 − θ) w_s + θ · Agg(y)."""
 
-        @tff.tensorflow.computation(server_type, stacked_type)
-        def server_update(server, stacked):
-            ids = tf.cast(stacked["client_ids"], tf.int32)[:, tf.newaxis]
-            old = tf.gather_nd(server["copies"], ids)
-            new = old + theta * (stacked["deltas"] - old) if theta != 1.0 else stacked["deltas"]
-            copies = tf.tensor_scatter_nd_update(server["copies"], ids, new)
-            trainable = unflatten(tf.reduce_mean(copies, axis=0))
-            weights = server["global_model_weights"]
-            return collections.OrderedDict(
-                global_model_weights=tff.learning.models.ModelWeights(
-                    trainable=trainable, non_trainable=list(weights.non_trainable)),
-                copies=copies)
-    else:
-        aggregate_type = update_aggregator.next.type_signature.result.result.member
+    @tff.tensorflow.computation(server_type, aggregate_type)
+    def server_update(server, aggregate):
+        weights = server["global_model_weights"]
+        trainable = pdmm_math.relax(_as_list(weights.trainable), _as_list(aggregate),
+                                    theta=theta)
+        return collections.OrderedDict(global_model_weights=tff.learning.models.ModelWeights(
+            trainable=trainable, non_trainable=list(weights.non_trainable)))
 
-        @tff.tensorflow.computation(server_type, aggregate_type)
-        def server_update(server, aggregate):
-            weights = server["global_model_weights"]
-            trainable = pdmm_math.relax(_as_list(weights.trainable), _as_list(aggregate),
-                                        theta=theta)
-            return collections.OrderedDict(global_model_weights=tff.learning.models.ModelWeights(
-                trainable=trainable, non_trainable=list(weights.non_trainable)))
+    return server_update
 
-    @tff.tensorflow.computation(server_type)
-    def server_model(server):
-        return server["global_model_weights"]
 
-    @tff.tensorflow.computation(server_type)
-    def server_trainable(server):
-        return list(server["global_model_weights"].trainable)
+def _build_partial_server_update(packing, server_type, stacked_type, *, theta):
+    """Partial participation: the participants' copies u_i^S relax towards their messages;
+    w_s is the mean of all N copies."""
 
-    # --- federated computations -------------------------------------------
+    @tff.tensorflow.computation(server_type, stacked_type)
+    def server_update(server, stacked):
+        ids = tf.cast(stacked["client_ids"], tf.int32)[:, tf.newaxis]
+        old = tf.gather_nd(server["copies"], ids)
+        new = old + theta * (stacked["deltas"] - old) if theta != 1.0 else stacked["deltas"]
+        copies = tf.tensor_scatter_nd_update(server["copies"], ids, new)
+        trainable = packing.unpack(tf.reduce_mean(copies, axis=0))
+        weights = server["global_model_weights"]
+        return collections.OrderedDict(
+            global_model_weights=tff.learning.models.ModelWeights(
+                trainable=trainable, non_trainable=list(weights.non_trainable)),
+            copies=copies)
 
-    @tff.federated_computation
-    def initialize():
-        round_info = tff.federated_eval(counter.initial, tff.SERVER)
-        return tff.federated_zip(collections.OrderedDict(
-            server=tff.federated_eval(server_init, tff.SERVER),
-            aggregator=update_aggregator.initialize(),
-            seed=round_info.seed,
-            round=round_info.round))
-
-    state_type = initialize.type_signature.result
-
-    @tff.federated_computation(
-        state_type,
-        tff.FederatedType(data_type, tff.CLIENTS),
-        tff.FederatedType(client_state_type, tff.CLIENTS))
-    def next_fn(state, client_data, client_states):
-        round_info = rounds.server_round(state)
-        outputs = tff.federated_map(client_step, (
-            tff.federated_broadcast(round_info),
-            tff.federated_broadcast(tff.federated_map(server_model, state.server)),
-            client_data, client_states))
-        records, weights, stepped = outputs[0], outputs[1], outputs[2]
-        aggregate = update_aggregator.next(state.aggregator, records, weights)
-        server = tff.federated_map(server_update, (state.server, aggregate.result))
-        replied = tff.federated_map(client_reply, (
-            tff.federated_broadcast(tff.federated_map(server_trainable, server)), stepped))
-        new_client_states, gaps = replied[0], replied[1]
-        metrics = tff.federated_zip(collections.OrderedDict(
-            client_work=train_metrics(records),
-            aggregator=aggregate.measurements,
-            pdmm=tff.federated_zip(collections.OrderedDict(
-                consensus_gap=tff.federated_map(root, tff.federated_mean(gaps)))),
-        ))
-        next_round = tff.federated_map(counter.advance, round_info)
-        new_state = tff.federated_zip(collections.OrderedDict(
-            server=server, aggregator=aggregate.state, seed=next_round.seed,
-            round=next_round.round))
-        return collections.OrderedDict(state=new_state, metrics=metrics,
-                                       client_states=new_client_states)
-
-    @tff.tensorflow.computation(state_type.member)
-    def get_model_weights(state):
-        return state["server"]["global_model_weights"]
-
-    return inputs.compose(StatefulClientsProcess(
-        initialize=initialize,
-        next=next_fn,
-        get_model_weights=get_model_weights,
-        client_state_template=zeros_from_type(client_state_type),
-        initial_client_state=initial_client_state,
-    ))
+    return server_update

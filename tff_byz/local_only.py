@@ -24,9 +24,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_byz import client_inputs, fedavg, rounds
+from tff_byz import client_inputs, fedavg, rounds, stateful_process
 from tff_byz import client_work as client_work_lib
-from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
+from tff_byz.client_state import StatefulClientsProcess
 from tff_byz.packing import Packing, pack_numpy
 
 __all__ = ["build_local_only_process"]
@@ -49,15 +49,42 @@ def build_local_only_process(
     data_type, _ = client_work_lib.client_input_types(model_fn, inputs)
     init_weights = fedavg.initial_weights_fn(initial_weights)
     packing = Packing(initial_weights.trainable)
-    client_state_type = tff.StructWithPythonType(
-        [("client_id", np.int32), ("weights", tff.TensorType(np.float32, [packing.dimension]))],
-        collections.OrderedDict)
+    state_type = stateful_process.client_state_type(
+        weights=tff.TensorType(np.float32, [packing.dimension]))
     initial_client_state = collections.OrderedDict(
         client_id=np.int32(0), weights=pack_numpy(
             [np.asarray(t, np.float32) for t in initial_weights.trainable]))
-    counter = rounds.round_counter(seed)
+    client_update = _build_client_update(
+        model_fn, inputs, packing, data_type, state_type, epochs=epochs, steps=steps,
+        batch_size=batch_size, learning_rate=learning_rate)
+    train_metrics = rounds.build_train_metrics(client_update.type_signature.result[0])
 
-    @tff.tensorflow.computation(rounds.ROUND_TYPE, data_type, client_state_type)
+    def initial_fields():
+        return collections.OrderedDict(
+            global_model_weights=tff.federated_eval(init_weights, tff.SERVER))
+
+    def round_fn(state, round_info, client_data, client_states):
+        outputs = tff.federated_map(
+            client_update, (tff.federated_broadcast(round_info), client_data, client_states))
+        records, new_client_states = outputs[0], outputs[1]
+        return stateful_process.RoundOutput(
+            server=collections.OrderedDict(global_model_weights=state.global_model_weights),
+            metrics=tff.federated_zip(collections.OrderedDict(
+                client_work=train_metrics(records))),
+            client_states=new_client_states)
+
+    return stateful_process.build_stateful_process(
+        seed=seed, inputs=inputs, data_type=data_type, client_state_type=state_type,
+        initial_fields=initial_fields, round_fn=round_fn,
+        model_weights=lambda state: state["global_model_weights"],
+        initial_client_state=initial_client_state)
+
+
+def _build_client_update(model_fn, inputs, packing, data_type, state_type, *, epochs, steps,
+                         batch_size, learning_rate):
+    """One client's local training from its own model: `(record, new client state)`."""
+
+    @tff.tensorflow.computation(rounds.ROUND_TYPE, data_type, state_type)
     def client_update(round_info, client_input, client_state):
         model = model_fn()
         trainable = list(tff.learning.models.ModelWeights.from_model(model).trainable)
@@ -87,40 +114,4 @@ def build_local_only_process(
         record, packed = train(client_state["weights"])
         return record, collections.OrderedDict(client_id=record["client_id"], weights=packed)
 
-    record_type = client_update.type_signature.result[0]
-    train_metrics = rounds.build_train_metrics(record_type)
-
-    @tff.federated_computation
-    def initialize():
-        round_info = tff.federated_eval(counter.initial, tff.SERVER)
-        return tff.federated_zip(collections.OrderedDict(
-            global_model_weights=tff.federated_eval(init_weights, tff.SERVER),
-            seed=round_info.seed, round=round_info.round))
-
-    state_type = initialize.type_signature.result
-
-    @tff.federated_computation(
-        state_type,
-        tff.FederatedType(data_type, tff.CLIENTS),
-        tff.FederatedType(client_state_type, tff.CLIENTS))
-    def next_fn(state, client_data, client_states):
-        round_info = rounds.server_round(state)
-        outputs = tff.federated_map(
-            client_update, (tff.federated_broadcast(round_info), client_data, client_states))
-        records, new_client_states = outputs[0], outputs[1]
-        next_round = tff.federated_map(counter.advance, round_info)
-        new_state = tff.federated_zip(collections.OrderedDict(
-            global_model_weights=state.global_model_weights, seed=next_round.seed,
-            round=next_round.round))
-        metrics = tff.federated_zip(collections.OrderedDict(client_work=train_metrics(records)))
-        return collections.OrderedDict(state=new_state, metrics=metrics,
-                                       client_states=new_client_states)
-
-    @tff.tensorflow.computation(state_type.member)
-    def get_model_weights(state):
-        return state["global_model_weights"]
-
-    return inputs.compose(StatefulClientsProcess(
-        initialize=initialize, next=next_fn, get_model_weights=get_model_weights,
-        client_state_template=zeros_from_type(client_state_type),
-        initial_client_state=initial_client_state))
+    return client_update

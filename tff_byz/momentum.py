@@ -58,8 +58,8 @@ import tensorflow_federated as tff
 from tff_byz import collection
 from tff_byz import client_inputs
 from tff_byz import client_work as client_work_lib
-from tff_byz import fedavg, rounds
-from tff_byz.client_state import StatefulClientsProcess, zeros_from_type
+from tff_byz import fedavg, rounds, stateful_process
+from tff_byz.client_state import StatefulClientsProcess
 from tff_byz.packing import Packing
 
 __all__ = ["build_momentum_sgd_process", "sample_batch_indices", "momentum_step",
@@ -188,14 +188,67 @@ def build_momentum_sgd_process(
             f"initial_weights do not match model_fn's weights: {weights_type} vs "
             f"{model_weights_type}.")
     packing = Packing(initial_weights.trainable)
-    client_state_type = tff.StructWithPythonType(
-        [("client_id", np.int32), ("momentum", tff.TensorType(np.float32, [packing.dimension]))],
-        collections.OrderedDict)
-    counter = rounds.round_counter(seed)
+    state_type = stateful_process.client_state_type(
+        momentum=tff.TensorType(np.float32, [packing.dimension]))
+    client_update = _build_client_update(
+        model_fn, inputs, packing, weights_type, data_type, state_type, batch_size=batch_size,
+        beta=beta, weight_decay=weight_decay, dampening=dampening, attacks=attacks)
+    record_type = client_update.type_signature.result[0]
+    train_metrics = rounds.build_train_metrics(record_type)
+    update_aggregator = collection.build_update_aggregator(aggregator, record_type)
+    finalizer = fedavg.build_delta_finalizer(
+        tff.learning.optimizers.build_sgdm(learning_rate=server_lr), weights_type)
 
-    # --- TF computations ---------------------------------------------------
+    @tff.tensorflow.computation(record_type)
+    def unit_weight(record):
+        del record
+        return tf.constant(1.0, tf.float32)
 
-    @tff.tensorflow.computation(rounds.ROUND_TYPE, weights_type, data_type, client_state_type)
+    def initial_fields():
+        return collections.OrderedDict(
+            global_model_weights=tff.federated_eval(init_weights, tff.SERVER),
+            aggregator=update_aggregator.initialize(),
+            finalizer=finalizer.initialize())
+
+    def round_fn(state, round_info, client_data, client_states):
+        weights = state.global_model_weights
+        client_outputs = tff.federated_map(
+            client_update,
+            (tff.federated_broadcast(round_info), tff.federated_broadcast(weights),
+             client_data, client_states))
+        records, new_client_states = client_outputs[0], client_outputs[1]
+        aggregate = update_aggregator.next(
+            state.aggregator, records, tff.federated_map(unit_weight, records))
+        finalized = finalizer.next(state.finalizer, weights, aggregate.result)
+        client_work = train_metrics(records)
+        if attacks is not None:
+            client_work = tff.federated_zip(collections.OrderedDict(
+                train_loss=client_work.train_loss, num_examples=client_work.num_examples,
+                attacked_clients=tff.federated_sum(client_outputs[2])))
+        metrics = tff.federated_zip(collections.OrderedDict(
+            distributor=tff.federated_value((), tff.SERVER),
+            client_work=client_work,
+            aggregator=aggregate.measurements,
+            finalizer=finalized.measurements))
+        return stateful_process.RoundOutput(
+            server=collections.OrderedDict(global_model_weights=finalized.result,
+                                           aggregator=aggregate.state,
+                                           finalizer=finalized.state),
+            metrics=metrics, client_states=new_client_states)
+
+    return stateful_process.build_stateful_process(
+        seed=seed, inputs=inputs, data_type=data_type, client_state_type=state_type,
+        initial_fields=initial_fields, round_fn=round_fn,
+        model_weights=lambda state: state["global_model_weights"])
+
+
+def _build_client_update(model_fn, inputs, packing, weights_type, data_type, state_type, *,
+                         batch_size, beta, weight_decay, dampening, attacks):
+    """The client's step: one mini-batch gradient (plus weight decay, ascent when its attack
+    says so), the momentum update, and the record it sends (`-momentum`, possibly attacked).
+    Returns `(record, new client state, attacking)`."""
+
+    @tff.tensorflow.computation(rounds.ROUND_TYPE, weights_type, data_type, state_type)
     def client_update(round_info, weights, client_input, client_state):
         model = model_fn()
         model_weights = tff.learning.models.ModelWeights.from_model(model)
@@ -255,73 +308,4 @@ def build_momentum_sgd_process(
                                             momentum=packing.pack(new_momentum))
         return record, new_state, attacking
 
-    record_type = client_update.type_signature.result[0]
-    train_metrics = rounds.build_train_metrics(record_type)
-    update_aggregator = collection.build_update_aggregator(aggregator, record_type)
-    finalizer = fedavg.build_delta_finalizer(
-        tff.learning.optimizers.build_sgdm(learning_rate=server_lr), weights_type)
-
-    @tff.tensorflow.computation(record_type)
-    def unit_weight(record):
-        del record
-        return tf.constant(1.0, tf.float32)
-
-    # --- federated computations -------------------------------------------
-
-    @tff.federated_computation
-    def initialize():
-        round_info = tff.federated_eval(counter.initial, tff.SERVER)
-        return tff.federated_zip(collections.OrderedDict(
-            global_model_weights=tff.federated_eval(init_weights, tff.SERVER),
-            aggregator=update_aggregator.initialize(),
-            finalizer=finalizer.initialize(),
-            seed=round_info.seed,
-            round=round_info.round))
-
-    server_state_type = initialize.type_signature.result
-
-    @tff.federated_computation(
-        server_state_type,
-        tff.FederatedType(data_type, tff.CLIENTS),
-        tff.FederatedType(client_state_type, tff.CLIENTS))
-    def next_fn(state, client_data, client_states):
-        weights = state.global_model_weights
-        round_info = rounds.server_round(state)
-        client_outputs = tff.federated_map(
-            client_update,
-            (tff.federated_broadcast(round_info), tff.federated_broadcast(weights),
-             client_data, client_states))
-        records, new_client_states = client_outputs[0], client_outputs[1]
-        aggregate = update_aggregator.next(
-            state.aggregator, records, tff.federated_map(unit_weight, records))
-        finalized = finalizer.next(state.finalizer, weights, aggregate.result)
-        next_round = tff.federated_map(counter.advance, round_info)
-        new_state = tff.federated_zip(collections.OrderedDict(
-            global_model_weights=finalized.result,
-            aggregator=aggregate.state,
-            finalizer=finalized.state,
-            seed=next_round.seed,
-            round=next_round.round))
-        client_work = train_metrics(records)
-        if attacks is not None:
-            client_work = tff.federated_zip(collections.OrderedDict(
-                train_loss=client_work.train_loss, num_examples=client_work.num_examples,
-                attacked_clients=tff.federated_sum(client_outputs[2])))
-        metrics = tff.federated_zip(collections.OrderedDict(
-            distributor=tff.federated_value((), tff.SERVER),
-            client_work=client_work,
-            aggregator=aggregate.measurements,
-            finalizer=finalized.measurements))
-        return collections.OrderedDict(state=new_state, metrics=metrics,
-                                       client_states=new_client_states)
-
-    @tff.tensorflow.computation(server_state_type.member)
-    def get_model_weights(state):
-        return state["global_model_weights"]
-
-    return inputs.compose(StatefulClientsProcess(
-        initialize=initialize,
-        next=next_fn,
-        get_model_weights=get_model_weights,
-        client_state_template=zeros_from_type(client_state_type),
-    ))
+    return client_update
