@@ -7,7 +7,7 @@ returns
 - `results`: one row per run: every config field as a column, plus `heterogeneity`
   (iid, q=0.9, dirichlet α=0.5, natural), the summary (`status`, `reason`,
   `rounds_completed`, `final_test_accuracy`, `best_test_accuracy`, `wall_seconds`,
-  `actual_byzantine_fraction`, ...), `detection_{precision,recall,f1,accuracy}`
+  `actual_byzantine_fraction`, PDMM's `lambda_p` under a linear attack, ...), `detection_{precision,recall,f1,accuracy}`
   (FedLAW), `final_attack_success_rate` (backdoor: the last evaluated value),
   `diverged` (the run stopped because the model became non-finite) and
   `final_accuracy`: the final test accuracy, with a diverged run scored
@@ -50,7 +50,7 @@ _SUMMARY_FIELDS = {"status": "status", "reason": "reason", "rounds_completed": "
                    "num_parameters": "num_parameters", "num_clients": "clients_in_run",
                    "actual_byzantine_fraction": "actual_byzantine_fraction",
                    "declared_byzantine_fraction": "declared_fraction_used",
-                   "byzantine_ids": "byzantine_ids"}
+                   "byzantine_ids": "byzantine_ids", "lambda_p": "lambda_p"}
 RESULT_COLUMNS = ("final_accuracy", "aborted_round", "final_accuracy_honest_mean",
                   "final_accuracy_node_mean", "final_accuracy_node_min",
                   "final_test_accuracy", "best_test_accuracy", "final_test_loss",
