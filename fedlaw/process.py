@@ -184,7 +184,6 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
         raise ValueError(f"fedlaw: beta={options.beta} must be a finite number > 0.")
     n_all = num_clients
     init_weights = fedavg.initial_weights_fn(initial_weights)
-    model_type = init_weights.type_signature.result
     record_type = client_work.next.type_signature.result.result.member.update
     weight_type = client_work.next.type_signature.result.result.member.update_weight
     data_type = client_work.next.type_signature.parameter[2].member
@@ -205,158 +204,13 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
     wrapped = not isinstance(frozen_factory, LearnedWeightsFactory)
     stacked_type = collect_a.next.type_signature.result.result.member
     pass_b_type = collect_b.next.type_signature.result.result.member
-    trainable_like = tff.types.type_to_tf_tensor_specs(model_type.trainable)
-
-    @tff.tensorflow.computation
-    def server_init():
-        weights = init_weights()
-        return collections.OrderedDict(
-            model=weights, weights=tf.constant(uniform, tf.float64),
-            round=tf.constant(0, tf.int64))
-
+    server_init = _build_server_init(init_weights, uniform)
     server_type = server_init.type_signature.result
-
-    def add_to_model(model, vector):
-        sizes = [int(np.prod(s.shape)) for s in tf.nest.flatten(trainable_like)]
-        parts = tf.split(vector, sizes) if len(sizes) > 1 else [vector]
-        trainable = [t + tf.reshape(p, tf.shape(t)) for t, p in zip(model.trainable, parts)]
-        return tff.learning.models.ModelWeights(trainable=trainable,
-                                                non_trainable=list(model.non_trainable))
-
-    def finite_rows(deltas, losses):
-        return tf.logical_and(tf.reduce_all(tf.math.is_finite(deltas), axis=1),
-                              tf.math.is_finite(losses))
-
-    def zero_rows(deltas, keep):
-        return tf.where(keep[:, tf.newaxis], deltas, tf.zeros_like(deltas))
-
-    @tff.tensorflow.computation(server_type, stacked_type)
-    def look_ahead(server, stacked_a):
-        @tf.function
-        def run(server, stacked_a):
-            keep = finite_rows(stacked_a["deltas"], stacked_a["losses"])
-            ids = stacked_a["client_ids"]
-            w_hat, _ = fedlaw_math.participant_weights(server["weights"], ids)
-            w_finite = tf.where(keep, w_hat, tf.zeros_like(w_hat))
-            # Pass B's weights v_j, by client id: ŵ_j, 0 for clients non-finite in pass A.
-            pass_b_weights = tf.scatter_nd(tf.cast(ids, tf.int32)[:, tf.newaxis], w_finite,
-                                           [n_all])
-            # θ̃ looks ahead to the model the round will make, whose weights sum to 1 over
-            # the finite clients: renormalise over them (uniform if they hold no weight).
-            finite_mass = tf.reduce_sum(w_finite)
-            uniform = tf.cast(keep, tf.float64) / tf.maximum(
-                tf.reduce_sum(tf.cast(keep, tf.float64)), 1.0)
-            w_hat = tf.where(finite_mass > 0.0, w_finite / tf.maximum(finite_mass, 1e-300),
-                             uniform)
-            deltas = zero_rows(stacked_a["deltas"], keep)
-            if options.clip:
-                # θ̃ = θ_k − α G_k w_k with the clipped G_k, as the weight and θ steps use it:
-                # an unclipped huge update with weight 1/n would wreck θ̃ (every pass-B
-                # update non-finite) before the weight step could exclude it.
-                deltas, _, _ = fedlaw_math.clip_by_median_norm(deltas, valid=keep)
-            step = fedlaw_math.weighted_delta(deltas, w_hat)
-            return add_to_model(server["model"], step), pass_b_weights
-        return run(server, stacked_a)
-
-    s_final, s_start, s_end, cap = schedule.s_final, schedule.s_start, schedule.s_end, schedule.cap
-
-    def streamed_pass_b(ids, pass_b):
-        """(finite [m], losses [m], z) of a streamed pass B, in pass A's row order."""
-        present = tf.gather(pass_b["present"], ids)
-        checks = [tf.debugging.assert_equal(
-            present, tf.ones_like(present),
-            message="FedLAW: passes A and B saw different clients"),
-            tf.debugging.assert_equal(tf.reduce_sum(pass_b["present"]),
-                                      tf.cast(tf.size(ids), tf.float64),
-                                      message="FedLAW: passes A and B saw different clients")]
-        with tf.control_dependencies(checks):
-            finite = tf.gather(pass_b["finite"], ids) > 0.5
-        return finite, tf.gather(pass_b["losses"], ids), pass_b["z"]
-
-    @tff.tensorflow.computation(server_type, stacked_type, pass_b_type)
-    def server_step(server, stacked_a, pass_b):
-        @tf.function
-        def run(server, stacked_a, pass_b):
-            ids = stacked_a["client_ids"]
-            m = tf.shape(ids)[0]
-            w_hat, mass = fedlaw_math.participant_weights(server["weights"], ids)
-            metrics = collections.OrderedDict()
-            if stack_b:
-                tf.debugging.assert_equal(ids, pass_b["client_ids"],
-                                          message="FedLAW: passes A and B saw different clients")
-                keep = tf.logical_and(finite_rows(stacked_a["deltas"], stacked_a["losses"]),
-                                      finite_rows(pass_b["deltas"], pass_b["losses"]))
-                losses_b = pass_b["losses"]
-            else:
-                finite_b, losses_b, consensus = streamed_pass_b(ids, pass_b)
-                keep = tf.logical_and(finite_rows(stacked_a["deltas"], stacked_a["losses"]),
-                                      finite_b)
-            deltas_a = zero_rows(stacked_a["deltas"], keep)
-            losses_b = tf.where(keep, losses_b, tf.zeros_like(losses_b))
-            finite = keep
-            if stack_b:  # the clip ablation (§6) clips pass A and pass B by their median norms
-                deltas_b = zero_rows(pass_b["deltas"], keep)
-                deltas_a, radius_a, clipped_a = fedlaw_math.clip_by_median_norm(deltas_a,
-                                                                                valid=keep)
-                deltas_b, _, clipped_b = fedlaw_math.clip_by_median_norm(deltas_b, valid=keep)
-                metrics["clip_radius"] = tf.cast(radius_a, tf.float32)
-                metrics["clipped_clients"] = tf.cast(clipped_a, tf.int32) + tf.cast(
-                    clipped_b, tf.int32)
-                consensus = fedlaw_math.weighted_delta(deltas_b, w_hat, dtype=tf.float64)
-            # Z sums ŵ_j Δ̃_j over the clients finite in both passes (stacked: their rows are
-            # zeroed; streamed: v_j = 0 for pass-A non-finite clients, and pass-B non-finite
-            # ones add nothing).
-            if options.weight_step == "bsum":
-                h = fedlaw_math.weight_step(None, None, w_hat, losses_b, alpha=alpha,
-                                            beta=options.beta, mode="bsum")
-            else:
-                h = fedlaw_math.alignment_step(deltas_a, consensus, w_hat, losses_b, alpha=alpha,
-                                               beta=options.beta)
-            h = tf.where(keep, h, tf.fill(tf.shape(h), tf.constant(-np.inf, tf.float64)))
-            s_k = fedlaw_math.sparsity_tensor(server["round"], n_all, s_final, s_start, s_end)
-            s_p, t_p = fedlaw_math.participant_sparsity(s_k, cap, m, n_all)
-            s_p = tf.cast(s_p, tf.int32)
-            t_p = tf.cast(t_p, tf.float64)
-            if options.loss_filter:
-                min_keep = tf.cast(tf.math.ceil(1.0 / t_p - 1e-9), tf.int32)
-                passed, flagged, skipped = fedlaw_math.mad_loss_filter(losses_b, min_keep,
-                                                                       valid=keep)
-                keep = tf.logical_and(keep, passed)
-                h = tf.where(keep, h, tf.fill(tf.shape(h), tf.constant(-np.inf, tf.float64)))
-                metrics["loss_filter_flagged"] = tf.cast(flagged, tf.int32)
-                metrics["loss_filter_skipped"] = tf.cast(skipped, tf.int32)
-            # Fewer finite clients than the cap allows to carry all the weight (⌈1/t⌉):
-            # the projection would hand weight to excluded clients. Keep the learned
-            # weights and leave the model where it is this round (`weights_kept`).
-            enough = tf.reduce_sum(tf.cast(keep, tf.int32)) >= tf.cast(
-                tf.math.ceil(1.0 / t_p - 1e-9), tf.int32)
-            w_new = tf.cond(enough,
-                            lambda: fedlaw_math.project_sparse_capped_simplex(h, s_p, t_p),
-                            lambda: w_hat)
-            step = tf.where(enough, fedlaw_math.weighted_delta(deltas_a, w_new),
-                            tf.zeros([tf.shape(deltas_a)[1]], tf.float32))
-            metrics["weights_kept"] = tf.cast(tf.logical_not(enough), tf.int32)
-            new_weights = fedlaw_math.write_back(server["weights"], ids, w_new, mass)
-            metrics.update(collections.OrderedDict(
-                s=s_p, cap=tf.cast(t_p, tf.float32),
-                flagged_clients=tf.reduce_sum(tf.cast(w_new <= FLAG_THRESHOLD, tf.int32)),
-                weight_max=tf.cast(tf.reduce_max(w_new), tf.float32),
-                non_finite_clients=m - tf.reduce_sum(tf.cast(finite, tf.int32)),
-                learning=tf.constant(1, tf.int32)))
-            return collections.OrderedDict(
-                model=add_to_model(server["model"], step), weights=new_weights,
-                round=server["round"] + 1), metrics
-        return run(server, stacked_a, pass_b)
-
-    frozen_result_type = frozen.next.type_signature.result.result.member
-
-    @tff.tensorflow.computation(server_type, frozen_result_type)
-    def frozen_step(server, aggregate):
-        flat = tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1])
-                          for t in tf.nest.flatten(aggregate)], axis=0)
-        return collections.OrderedDict(
-            model=add_to_model(server["model"], flat), weights=server["weights"],
-            round=server["round"] + 1)
+    look_ahead = _build_look_ahead(server_type, stacked_type, n_all=n_all, clip=options.clip)
+    server_step = _build_server_step(server_type, stacked_type, pass_b_type, options=options,
+                                     schedule=schedule, alpha=alpha, n_all=n_all,
+                                     stack_b=stack_b)
+    frozen_step = _build_frozen_step(server_type, frozen.next.type_signature.result.result.member)
 
     @tff.tensorflow.computation(server_type)
     def model_of(server):
@@ -420,3 +274,181 @@ def build_fedlaw_process(model_fn, initial_weights, client_work, *, options: Fed
 
     return FedLAWProcess(init_fn, inputs.compose(learning_next), inputs.compose(frozen_next),
                          schedule, frozen_weights_path)
+
+
+def _add_to_model(model, vector):
+    """`model` with the flat `vector` added to its trainable weights, leaf by leaf."""
+    sizes = [int(np.prod(t.shape)) for t in model.trainable]
+    parts = tf.split(vector, sizes) if len(sizes) > 1 else [vector]
+    trainable = [t + tf.reshape(p, tf.shape(t)) for t, p in zip(model.trainable, parts)]
+    return tff.learning.models.ModelWeights(trainable=trainable,
+                                            non_trainable=list(model.non_trainable))
+
+
+def _finite_rows(deltas, losses):
+    return tf.logical_and(tf.reduce_all(tf.math.is_finite(deltas), axis=1),
+                          tf.math.is_finite(losses))
+
+
+def _zero_rows(deltas, keep):
+    return tf.where(keep[:, tf.newaxis], deltas, tf.zeros_like(deltas))
+
+
+def _streamed_pass_b(ids, pass_b):
+    """(finite [m], losses [m], z) of a streamed pass B, in pass A's row order."""
+    present = tf.gather(pass_b["present"], ids)
+    checks = [tf.debugging.assert_equal(
+        present, tf.ones_like(present),
+        message="FedLAW: passes A and B saw different clients"),
+        tf.debugging.assert_equal(tf.reduce_sum(pass_b["present"]),
+                                  tf.cast(tf.size(ids), tf.float64),
+                                  message="FedLAW: passes A and B saw different clients")]
+    with tf.control_dependencies(checks):
+        finite = tf.gather(pass_b["finite"], ids) > 0.5
+    return finite, tf.gather(pass_b["losses"], ids), pass_b["z"]
+
+
+def _build_server_init(init_weights, uniform):
+    """The server state: the initial model, uniform weights, learning-round counter 0."""
+
+    @tff.tensorflow.computation
+    def server_init():
+        weights = init_weights()
+        return collections.OrderedDict(
+            model=weights, weights=tf.constant(uniform, tf.float64),
+            round=tf.constant(0, tf.int64))
+
+    return server_init
+
+
+def _build_look_ahead(server_type, stacked_type, *, n_all, clip):
+    """Pass A → θ̃ = θ_k − α G_k ŵ (renormalised over the finite clients) and pass B's
+    weights by client id (ŵ_j, 0 for clients non-finite in pass A)."""
+
+    @tff.tensorflow.computation(server_type, stacked_type)
+    def look_ahead(server, stacked_a):
+        @tf.function
+        def run(server, stacked_a):
+            keep = _finite_rows(stacked_a["deltas"], stacked_a["losses"])
+            ids = stacked_a["client_ids"]
+            w_hat, _ = fedlaw_math.participant_weights(server["weights"], ids)
+            w_finite = tf.where(keep, w_hat, tf.zeros_like(w_hat))
+            pass_b_weights = tf.scatter_nd(tf.cast(ids, tf.int32)[:, tf.newaxis], w_finite,
+                                           [n_all])
+            # θ̃ looks ahead to the model the round will make, whose weights sum to 1 over
+            # the finite clients: renormalise over them (uniform if they hold no weight).
+            finite_mass = tf.reduce_sum(w_finite)
+            uniform = tf.cast(keep, tf.float64) / tf.maximum(
+                tf.reduce_sum(tf.cast(keep, tf.float64)), 1.0)
+            w_hat = tf.where(finite_mass > 0.0, w_finite / tf.maximum(finite_mass, 1e-300),
+                             uniform)
+            deltas = _zero_rows(stacked_a["deltas"], keep)
+            if clip:
+                # θ̃ = θ_k − α G_k w_k with the clipped G_k, as the weight and θ steps use it:
+                # an unclipped huge update with weight 1/n would wreck θ̃ (every pass-B
+                # update non-finite) before the weight step could exclude it.
+                deltas, _, _ = fedlaw_math.clip_by_median_norm(deltas, valid=keep)
+            step = fedlaw_math.weighted_delta(deltas, w_hat)
+            return _add_to_model(server["model"], step), pass_b_weights
+        return run(server, stacked_a)
+
+    return look_ahead
+
+
+def _build_server_step(server_type, stacked_type, pass_b_type, *, options, schedule, alpha,
+                       n_all, stack_b):
+    """The learning round's server step (fedlaw.md §4): the weight step from pass A's G and
+    pass B (streamed z and losses, or the stacked `clip` ablation), the sparse capped-simplex
+    projection, the model step and the weights written back by client id; with metrics."""
+    s_final, s_start, s_end, cap = schedule.s_final, schedule.s_start, schedule.s_end, schedule.cap
+
+    @tff.tensorflow.computation(server_type, stacked_type, pass_b_type)
+    def server_step(server, stacked_a, pass_b):
+        @tf.function
+        def run(server, stacked_a, pass_b):
+            ids = stacked_a["client_ids"]
+            m = tf.shape(ids)[0]
+            w_hat, mass = fedlaw_math.participant_weights(server["weights"], ids)
+            metrics = collections.OrderedDict()
+            if stack_b:
+                tf.debugging.assert_equal(ids, pass_b["client_ids"],
+                                          message="FedLAW: passes A and B saw different clients")
+                keep = tf.logical_and(_finite_rows(stacked_a["deltas"], stacked_a["losses"]),
+                                      _finite_rows(pass_b["deltas"], pass_b["losses"]))
+                losses_b = pass_b["losses"]
+            else:
+                finite_b, losses_b, consensus = _streamed_pass_b(ids, pass_b)
+                keep = tf.logical_and(_finite_rows(stacked_a["deltas"], stacked_a["losses"]),
+                                      finite_b)
+            deltas_a = _zero_rows(stacked_a["deltas"], keep)
+            losses_b = tf.where(keep, losses_b, tf.zeros_like(losses_b))
+            finite = keep
+            if stack_b:  # the clip ablation (§6) clips pass A and pass B by their median norms
+                deltas_b = _zero_rows(pass_b["deltas"], keep)
+                deltas_a, radius_a, clipped_a = fedlaw_math.clip_by_median_norm(deltas_a,
+                                                                                valid=keep)
+                deltas_b, _, clipped_b = fedlaw_math.clip_by_median_norm(deltas_b, valid=keep)
+                metrics["clip_radius"] = tf.cast(radius_a, tf.float32)
+                metrics["clipped_clients"] = tf.cast(clipped_a, tf.int32) + tf.cast(
+                    clipped_b, tf.int32)
+                consensus = fedlaw_math.weighted_delta(deltas_b, w_hat, dtype=tf.float64)
+            # Z sums ŵ_j Δ̃_j over the clients finite in both passes (stacked: their rows are
+            # zeroed; streamed: v_j = 0 for pass-A non-finite clients, and pass-B non-finite
+            # ones add nothing).
+            if options.weight_step == "bsum":
+                h = fedlaw_math.weight_step(None, None, w_hat, losses_b, alpha=alpha,
+                                            beta=options.beta, mode="bsum")
+            else:
+                h = fedlaw_math.alignment_step(deltas_a, consensus, w_hat, losses_b, alpha=alpha,
+                                               beta=options.beta)
+            h = tf.where(keep, h, tf.fill(tf.shape(h), tf.constant(-np.inf, tf.float64)))
+            s_k = fedlaw_math.sparsity_tensor(server["round"], n_all, s_final, s_start, s_end)
+            s_p, t_p = fedlaw_math.participant_sparsity(s_k, cap, m, n_all)
+            s_p = tf.cast(s_p, tf.int32)
+            t_p = tf.cast(t_p, tf.float64)
+            if options.loss_filter:
+                min_keep = tf.cast(tf.math.ceil(1.0 / t_p - 1e-9), tf.int32)
+                passed, flagged, skipped = fedlaw_math.mad_loss_filter(losses_b, min_keep,
+                                                                       valid=keep)
+                keep = tf.logical_and(keep, passed)
+                h = tf.where(keep, h, tf.fill(tf.shape(h), tf.constant(-np.inf, tf.float64)))
+                metrics["loss_filter_flagged"] = tf.cast(flagged, tf.int32)
+                metrics["loss_filter_skipped"] = tf.cast(skipped, tf.int32)
+            # Fewer finite clients than the cap allows to carry all the weight (⌈1/t⌉):
+            # the projection would hand weight to excluded clients. Keep the learned
+            # weights and leave the model where it is this round (`weights_kept`).
+            enough = tf.reduce_sum(tf.cast(keep, tf.int32)) >= tf.cast(
+                tf.math.ceil(1.0 / t_p - 1e-9), tf.int32)
+            w_new = tf.cond(enough,
+                            lambda: fedlaw_math.project_sparse_capped_simplex(h, s_p, t_p),
+                            lambda: w_hat)
+            step = tf.where(enough, fedlaw_math.weighted_delta(deltas_a, w_new),
+                            tf.zeros([tf.shape(deltas_a)[1]], tf.float32))
+            metrics["weights_kept"] = tf.cast(tf.logical_not(enough), tf.int32)
+            new_weights = fedlaw_math.write_back(server["weights"], ids, w_new, mass)
+            metrics.update(collections.OrderedDict(
+                s=s_p, cap=tf.cast(t_p, tf.float32),
+                flagged_clients=tf.reduce_sum(tf.cast(w_new <= FLAG_THRESHOLD, tf.int32)),
+                weight_max=tf.cast(tf.reduce_max(w_new), tf.float32),
+                non_finite_clients=m - tf.reduce_sum(tf.cast(finite, tf.int32)),
+                learning=tf.constant(1, tf.int32)))
+            return collections.OrderedDict(
+                model=_add_to_model(server["model"], step), weights=new_weights,
+                round=server["round"] + 1), metrics
+        return run(server, stacked_a, pass_b)
+
+    return server_step
+
+
+def _build_frozen_step(server_type, aggregate_type):
+    """A frozen round's server step: the model plus the fixed-weight aggregate."""
+
+    @tff.tensorflow.computation(server_type, aggregate_type)
+    def frozen_step(server, aggregate):
+        flat = tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1])
+                          for t in tf.nest.flatten(aggregate)], axis=0)
+        return collections.OrderedDict(
+            model=_add_to_model(server["model"], flat), weights=server["weights"],
+            round=server["round"] + 1)
+
+    return frozen_step
