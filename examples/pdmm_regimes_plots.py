@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from orchestration.report.results import load_results  # noqa: E402
@@ -82,7 +83,9 @@ def plot_versus_c(frame: pd.DataFrame, fraction: float, kappa: float, path: str,
     for theta, color in ((1.0, "tab:blue"), (0.5, "tab:green")):
         part = pdmm[pdmm["theta"] == theta]
         for metric, style in (("final_accuracy", "-o"), ("final_accuracy_node_mean", "--s")):
-            table = summarize(part, ["c"], metric).sort_values("c")
+            table = summarize(part, ["c"], metric).dropna(subset=["mean"]).sort_values("c")
+            if not len(table):
+                continue
             ax.plot(table["c"], table["mean"], style, color=color, markersize=4,
                     label=f"PDMM θ={theta:g}, {_PDMM_METRICS[metric]}")
             ax.fill_between(table["c"], table["min"], table["max"], color=color, alpha=0.12)
@@ -93,16 +96,18 @@ def plot_versus_c(frame: pd.DataFrame, fraction: float, kappa: float, path: str,
         ax.set_xscale("log")
         ax.set_xticks(cs)
         ax.set_xticklabels([f"{c:g}" for c in cs])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         top = ax.secondary_xaxis("top", functions=(
             lambda c: c * weight_decay(kappa, fraction, 1.0),
             lambda lam: lam / weight_decay(kappa, fraction, 1.0)))
         top.set_xlabel("λ_P = (1 − κ) β c / (1 − β + κβ)")
         top.set_xticks([c * weight_decay(kappa, fraction, 1.0) for c in cs])
         top.set_xticklabels([f"{c * weight_decay(kappa, fraction, 1.0):.2g}" for c in cs])
+        top.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("PDMM penalty c")
     ax.set_ylabel("final test accuracy")
     ax.set_ylim(0, 1)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, pad=12)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
