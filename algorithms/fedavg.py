@@ -51,8 +51,8 @@ class FedAvg(Algorithm):
         config, plan = setting.config, setting.attack_plan
         honest = build_local_sgd_client_work(
             setting.model_fn, epochs=config.local_epochs, batch_size=config.batch_size,
-            learning_rate=config.client_lr, seed=config.seed, ascent=plan.ascent(),
-            steps=config.local_steps, inputs=setting.inputs)
+            learning_rate=config.client_lr, seed=config.seed, steps=config.local_steps,
+            inputs=setting.inputs, training=plan.local_training())
         work = plan.client_work(honest, seed=config.seed, message=config.attack_message,
                                 inputs=setting.inputs)
         return build_fedavg_process(

@@ -21,6 +21,7 @@ __all__ = ["FEDLAW", "FedLAW"]
 build_fedlaw_process = Reference("fedlaw.process:build_fedlaw_process")
 detection_metrics = Reference("fedlaw.math:detection_metrics")
 build_local_sgd_client_work = Reference("tff_byz.client_work:build_local_sgd_client_work")
+reported_loss = Reference("fedlaw.reported_loss:reported_loss")
 
 FEDLAW = Entry(
     name="fedlaw", build="fedlaw.process:FedLAWOptions", kind="algorithm",
@@ -71,8 +72,9 @@ class FedLAW(Algorithm):
         config, plan, options = setting.config, setting.attack_plan, self.options
         honest = build_local_sgd_client_work(
             setting.model_fn, epochs=config.local_epochs, batch_size=config.batch_size,
-            learning_rate=config.client_lr, seed=config.seed, ascent=plan.ascent(),
-            loss_at=options.loss, steps=config.local_steps, inputs=setting.inputs)
+            learning_rate=config.client_lr, seed=config.seed, steps=config.local_steps,
+            inputs=setting.inputs, training=reported_loss(
+                options.loss, config.batch_size, inner=plan.local_training()))
         return build_fedlaw_process(
             setting.model_fn, setting.initial_weights,
             plan.client_work(honest, seed=config.seed, inputs=setting.inputs),

@@ -13,8 +13,8 @@ A `LocalAttack` may
   `OrderedDict(delta, client_id, num_examples, loss)` and its aggregation weight;
 - `perturb_weights(trainable, ctx) -> noise`: the client trains from θ + ε
   instead of θ, and the wrapper reports Δ relative to the true θ (random_params);
-- `ascent=True`: negate every mini-batch gradient (the project's local SGD client
-  work takes the predicate from `ascent_predicate`; momentum SGD from `StepAttacks`);
+- `ascent=True`: negate every mini-batch gradient (the local SGD client work is wrapped
+  with `GradientAscent`; momentum SGD asks `StepAttacks`);
 - `reads_update=False`: its message does not depend on the client's own training
   (Gaussian replacement, constants), so a client that keeps its own state may skip
   the local step (`StepAttacks.is_idle`).
@@ -42,11 +42,11 @@ import tensorflow_federated as tff
 
 from tff_byz import client_inputs, rounds
 from tff_byz.collection import build_measurement_merger
-from tff_byz.client_work import client_seed
+from tff_byz.client_work import client_seed, honest_training
 
 __all__ = ["LocalAttack", "ScheduledAttack", "AttackContext", "build_attacked_client_work",
            "apply_record_attacks", "StepAttacks",
-           "ascent_predicate", "attack_seed", "GROUP_KEY"]
+           "GradientAscent", "local_training", "attack_seed", "GROUP_KEY"]
 
 GROUP_KEY = "byzantine_group"
 _ATTACK_TAG = 0xA77AC
@@ -96,12 +96,31 @@ def any_active(schedules: Sequence[Any], info, round_num):
     return tf.reduce_any(tf.stack(flags)) if flags else tf.constant(False)
 
 
-def ascent_predicate(attacks: Sequence[ScheduledAttack]):
-    """`(info, round) -> bool` for `build_local_sgd_client_work(ascent=...)`, or None."""
-    ascending = [a for a in attacks if a.attack.ascent]
-    if not ascending:
-        return None
-    return lambda info, round_num: any_active(ascending, info, round_num)
+@dataclasses.dataclass(frozen=True)
+class GradientAscent:
+    """A `tff_byz.client_work.LocalTraining`: a client whose ascent attack is active negates
+    every mini-batch gradient of its local training; every other client trains through
+    `inner` unchanged (bit-identical to a process built without the attack)."""
+    attacks: Sequence[ScheduledAttack]
+    inner: Callable = honest_training
+
+    def __call__(self, model, examples, round_info, train):
+        ascending = any_active(self.attacks, examples.info, round_info["round"])
+
+        def ascend(gradient_transform=None):
+            def negate(gradients):
+                if gradient_transform is not None:
+                    gradients = gradient_transform(gradients)
+                return [tf.where(ascending, -g, g) for g in gradients]
+            return train(gradient_transform=negate)
+
+        return self.inner(model, examples, round_info, ascend)
+
+
+def local_training(attacks: Sequence[ScheduledAttack], inner: Callable = honest_training):
+    """`inner` wrapped with the gradient ascent of `attacks` that ascend, if any."""
+    ascending = tuple(a for a in attacks if a.attack.ascent)
+    return GradientAscent(ascending, inner) if ascending else inner
 
 
 def apply_record_attacks(attacks: Sequence[ScheduledAttack], record, weight, *, info, run_seed,

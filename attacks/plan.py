@@ -20,9 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from attacks.colluding import Collusion, CollusionFactory, ScheduledCollusion
-from attacks.local import (LocalAttack, ScheduledAttack, StepAttacks, ascent_predicate,
-                           build_attacked_client_work)
-from tff_byz.client_work import client_seed
+from attacks.local import (LocalAttack, ScheduledAttack, StepAttacks, build_attacked_client_work,
+                           local_training as wrap_local_training)
+from tff_byz.client_work import client_seed, honest_training
 
 __all__ = ["AttackComponent", "AttackPlan", "Backdoor"]
 
@@ -78,9 +78,10 @@ class AttackPlan:
         doors = [c.backdoor for c in self.components if c.backdoor is not None]
         return doors[0] if doors else None
 
-    def ascent(self):
-        """The predicate for `build_local_sgd_client_work(ascent=...)`, or None."""
-        return ascent_predicate(self.local_attacks)
+    def local_training(self, inner=honest_training):
+        """The `training=` of `build_local_sgd_client_work`: `inner` wrapped with the plan's
+        gradient-ascent attacks (`inner` itself when there are none)."""
+        return wrap_local_training(self.local_attacks, inner)
 
     def client_work(self, honest, *, seed: int, message: str = "delta", inputs=None):
         """`honest` wrapped with the local attacks (unchanged when there are none);

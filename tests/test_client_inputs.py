@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from fedlaw.reported_loss import reported_loss
 from tff_byz import client_inputs, client_work, fedavg, models, momentum
 from tff_byz.client_state import ClientStateStore
 from tff_byz.datasets import store as store_lib
@@ -101,7 +102,7 @@ def test_fedavg_rounds_are_bit_identical_by_value_and_by_reference(data, tff_con
         _model_fn(), _initial(), local_epochs=2, batch_size=3, client_lr=0.1, seed=4,
         client_work=client_work.build_local_sgd_client_work(
             _model_fn(), epochs=2, batch_size=3, learning_rate=0.1, seed=4, steps=steps,
-            loss_at="end", inputs=inputs), inputs=inputs)
+            training=reported_loss("end", batch_size=3), inputs=inputs), inputs=inputs)
         for inputs in (client_inputs.ByValue(), client_inputs.ByReference(store))]
     values = [_by_value(clients), [np.int32(i) for i in (2, 0, 1)]]
     values[0] = [values[0][i] for i in (2, 0, 1)]

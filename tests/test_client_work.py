@@ -8,6 +8,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from aggregators.build import AggregatorContext, build_aggregator
+from fedlaw.reported_loss import reported_loss
 from tff_byz import client_inputs, client_work, datasets, fedavg, models
 
 INPUT_DIM, NUM_CLASSES = 3, 2
@@ -160,14 +161,15 @@ def test_fedavg_equals_tff_build_weighted_fed_avg(tff_context, initial_weights, 
 
 @pytest.mark.parametrize("loss_at", ["start", "end"])
 def test_reported_loss_on_the_whole_local_set(tff_context, loss_at):
-    """`loss_at=start|end`: the loss on all of the client's examples before / after training."""
+    """FedLAW's `loss=start|end` wrapper: the loss on all of the client's examples before /
+    after training."""
     data = datasets.load_federated_dataset("digits", num_clients=3, seed=0)
     shape, classes, norm = data.input_shape, data.num_classes, data.normalization
     weights = fedavg.model_weights_from_keras(
         models.build_keras_model("small_mlp", shape, classes, norm, seed=0))
     work = client_work.build_local_sgd_client_work(
         models.make_model_fn("small_mlp", shape, classes, norm), epochs=2, batch_size=16,
-        learning_rate=0.1, seed=0, loss_at=loss_at)
+        learning_rate=0.1, seed=0, training=reported_loss(loss_at, batch_size=16))
     # Keras models built before TFF traces are left invalid (BUILD_NOTES.md): build it now.
     keras_model = models.build_keras_model("small_mlp", shape, classes, norm, seed=0)
     inputs = [client_inputs.make_client_input(data.client_data.create_tf_dataset_for_client(c), i)
@@ -184,6 +186,7 @@ def test_reported_loss_on_the_whole_local_set(tff_context, loss_at):
         assert result.update["loss"] == pytest.approx(expected, rel=1e-4)
 
 
-def test_unknown_loss_choice_is_rejected():
-    with pytest.raises(client_work.ClientWorkConfigError, match="valid choices: last_epoch"):
-        client_work.build_local_sgd_client_work(lambda: None, loss_at="middle")
+def test_unknown_loss_choice_is_rejected_and_last_epoch_is_the_training_loss():
+    with pytest.raises(ValueError, match="loss='middle'; valid choices: last_epoch"):
+        reported_loss("middle", batch_size=16)
+    assert reported_loss("last_epoch", batch_size=16) is client_work.honest_training

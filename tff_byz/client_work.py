@@ -29,11 +29,22 @@ from tff_byz import client_inputs, rounds
 
 __all__ = ["build_local_sgd_client_work", "client_record_type", "client_input_types",
            "local_sgd_update", "local_sgd_steps", "stream_batch_indices", "client_seed",
-           "dataset_loss", "validate_local_sgd", "ClientWorkConfigError", "LOSS_AT"]
+           "dataset_loss", "validate_local_sgd", "ClientWorkConfigError", "LocalTraining",
+           "honest_training"]
 
-# Which loss a client reports (FedLAW uses it, fedlaw.md §3): the mean mini-batch loss of
-# the last local epoch, or the loss on the client's whole training set before/after training.
-LOSS_AT = ("last_epoch", "start", "end")
+LocalTraining = Callable[..., tf.Tensor]
+"""`training(model, examples, round_info, train) -> loss`: one client's local training as
+another package shapes it. `train(gradient_transform=None) -> loss` runs the honest local
+SGD (with `gradient_transform(gradients) -> gradients` applied to every mini-batch
+gradient) and returns its reported loss; the wrapper calls it once and returns the loss the
+client reports. Wrappers nest by holding an inner training (an attack's gradient ascent,
+`attacks.local.GradientAscent`; FedLAW's reported loss, `fedlaw.reported_loss`)."""
+
+
+def honest_training(model, examples, round_info, train) -> tf.Tensor:
+    """The `LocalTraining` that changes nothing."""
+    del model, examples, round_info
+    return train()
 
 
 class ClientWorkConfigError(ValueError):
@@ -190,10 +201,9 @@ def build_local_sgd_client_work(
     learning_rate: float = 0.1,
     seed: int = 0,
     shuffle: bool = True,
-    ascent: Callable[[collections.OrderedDict, tf.Tensor], tf.Tensor] | None = None,
-    loss_at: str = "last_epoch",
     steps: int = 0,
     inputs: client_inputs.ClientInputs | None = None,
+    training: LocalTraining = honest_training,
 ) -> tff.learning.templates.ClientWorkProcess:
     """FedAvg's honest client work: `epochs` of SGD from the broadcast model.
 
@@ -209,20 +219,15 @@ def build_local_sgd_client_work(
     `OrderedDict(train_loss, num_examples)` (example-weighted mean loss, total
     examples) and the round counter advanced.
 
-    `ascent(info, round) -> bool` (used by `sign_flip:mode=ascent`) selects the
-    clients that negate every mini-batch gradient (gradient ascent); the others
-    train bit-identically to a process built without it. `loss_at` chooses the
-    reported loss (`LOSS_AT`): `last_epoch` (default, free), or one extra pass
-    over the client's data before (`start`) or after (`end`) training.
+    `training` (`LocalTraining`) wraps each client's local training: an attack's gradient
+    ascent or FedLAW's reported loss; the default trains honestly and reports the mean
+    mini-batch loss of the last epoch (of the K steps).
 
     `inputs` (`tff_byz.client_inputs`): how clients arrive, `ByValue()` (default:
     `make_client_input` values) or `ByReference(store, ...)` (client ids). Each
     client reads only the rows its batches use.
     """
     validate_local_sgd(epochs, batch_size, learning_rate, steps)
-    if loss_at not in LOSS_AT:
-        raise ClientWorkConfigError(f"loss: invalid value {loss_at!r}; valid choices: "
-                                    f"{', '.join(LOSS_AT)}.")
     inputs = client_inputs.ByValue() if inputs is None else inputs
     data_type, weights_type = client_input_types(model_fn, inputs)
     counter = rounds.round_counter(seed)
@@ -239,28 +244,21 @@ def build_local_sgd_client_work(
             tf.nest.map_structure(lambda v, w: v.assign(w), model_weights, weights)
             examples = inputs.open(client_input, state["round"])
             info = examples.info
-            gradient_transform = None
-            if ascent is not None:
-                ascending = ascent(info, state["round"])
-                gradient_transform = lambda grads: [tf.where(ascending, -g, g) for g in grads]
-            if loss_at == "start":
-                start_loss = dataset_loss(model, examples, batch_size)
-            if steps:
-                loss = local_sgd_steps(
-                    model, list(model_weights.trainable), examples, run_seed=state["seed"],
-                    client_id=info["client_id"], start_step=state["round"] * steps, steps=steps,
-                    batch_size=batch_size, learning_rate=learning_rate,
-                    gradient_transform=gradient_transform)
-            else:
-                loss = local_sgd_update(
+
+            def train(gradient_transform=None):
+                if steps:
+                    return local_sgd_steps(
+                        model, list(model_weights.trainable), examples,
+                        run_seed=state["seed"], client_id=info["client_id"],
+                        start_step=state["round"] * steps, steps=steps, batch_size=batch_size,
+                        learning_rate=learning_rate, gradient_transform=gradient_transform)
+                return local_sgd_update(
                     model, list(model_weights.trainable), examples,
                     client_seed(state["seed"], state["round"], info["client_id"]),
                     epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                     shuffle=shuffle, gradient_transform=gradient_transform)
-            if loss_at == "start":
-                loss = start_loss
-            elif loss_at == "end":
-                loss = dataset_loss(model, examples, batch_size)
+
+            loss = training(model, examples, state, train)
             delta = tf.nest.map_structure(tf.subtract, model_weights.trainable, weights.trainable)
             num_examples = tf.cast(examples.num_examples, tf.float32)
             record = collections.OrderedDict(delta=delta, client_id=info["client_id"],

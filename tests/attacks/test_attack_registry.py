@@ -6,7 +6,9 @@ import types
 import pytest
 
 from attacks import ATTACKS, build_attack_plan
+from attacks.local import GradientAscent
 from orchestration.config import ConfigError, ExperimentConfig
+from tff_byz.client_work import honest_training
 from tff_byz.registry import SpecError
 
 STABLE_NAMES = ["none", "sign_flip", "gaussian", "bit_flip", "scaling", "zero", "constant", "inf",
@@ -52,8 +54,8 @@ def test_composition_and_what_each_part_needs():
     assert plan.data_poisoning(seed=0, num_classes=10) is not None
     assert build_attack_plan("lie").data_poisoning(seed=0, num_classes=10) is None
     assert [c.group for c in plan.collusions] == [1]
-    assert build_attack_plan("sign_flip:mode=ascent").ascent() is not None
-    assert build_attack_plan("sign_flip").ascent() is None
+    assert isinstance(build_attack_plan("sign_flip:mode=ascent").local_training(), GradientAscent)
+    assert build_attack_plan("sign_flip").local_training() is honest_training
     assert build_attack_plan("none").is_noop
 
 

@@ -5,8 +5,6 @@ bit-identical to the unattacked process; Byzantine ones must be exactly the
 transform of their own honest result.
 """
 
-import collections
-
 import numpy as np
 import pytest
 
@@ -34,10 +32,10 @@ def make_inputs(data, groups):
             for i, cid in enumerate(data.client_ids)]
 
 
-def honest_work(model_fn, ascent=None):
+def honest_work(model_fn, training=client_work.honest_training):
     # One batch holds every example (batch_size 1000): ascent is then exactly −Δ up to rounding.
     return client_work.build_local_sgd_client_work(model_fn, epochs=1, batch_size=1000,
-                                                   learning_rate=0.1, seed=4, ascent=ascent)
+                                                   learning_rate=0.1, seed=4, training=training)
 
 
 def run_rounds(work, weights, inputs, rounds):
@@ -62,7 +60,7 @@ def attacked(setup, spec, rounds=2, seed=0):
     data, weights, model_fn = setup
     plan = build_attack_plan(spec, seed=seed, dataset=data)
     groups = split_groups(BYZANTINE, plan.num_groups, seed=seed).groups
-    work = plan.client_work(honest_work(model_fn, plan.ascent()), seed=seed)
+    work = plan.client_work(honest_work(model_fn, plan.local_training()), seed=seed)
     return run_rounds(work, weights, make_inputs(data, groups), rounds), groups
 
 
