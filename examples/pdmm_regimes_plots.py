@@ -1,5 +1,6 @@
-"""The regime map's two figures and their tables: accuracy vs PDMM's penalty c at a fixed
-Byzantine fraction, and accuracy vs the fraction at a fixed c, with the baselines beside.
+"""The regime map's figures and tables: accuracy vs PDMM's penalty c at a fixed Byzantine
+fraction, accuracy vs the fraction at a fixed c (the baselines beside both), and accuracy vs
+λ_P under every linear attack.
 
     python -m examples.pdmm_regimes_plots runs/pdmm_regimes [--attack=sign_flip]
         [--data=iid] [--fraction=0.3] [--c=0.4] [--output=runs/pdmm_regimes/report/plots]
@@ -9,7 +10,9 @@ of one data setting and one attack, and plots the mean over seeds with the min-m
 PDMM's server model w_s and its honest clients' own models (mean) for θ = 1 and θ = ½;
 FedAvg (model / delta attacked), the median and the local-only baseline as references. The
 top axis of the c plot is λ_P, the weight decay the attack puts on PDMM's fixed point
-(`pdmm.regimes`). Prints the tables as markdown.
+(`pdmm.regimes`). The λ_P plot pools every attack that is linear in the message (sign flip,
+`bit_flip:bits=sign`, scaling): if PDMM's fixed point is training with the weight decay λ_P,
+they fall on one curve. Prints the tables as markdown.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def method_frame(results: pd.DataFrame) -> pd.DataFrame:
             topology=run.get("topology", "star"), data=run.get("data", run.get("partition")),
             attack=run["attack"], byzantine_fraction=float(run["byzantine_fraction"]),
             seed=int(run["seed"]), status=run["status"],
+            lambda_p=float(run.get("lambda_p", float("nan"))),
             final_accuracy=run["final_accuracy"],
             final_accuracy_node_mean=run.get("final_accuracy_node_mean", float("nan"))))
     return pd.DataFrame(rows)
@@ -143,6 +147,33 @@ def plot_versus_fraction(frame: pd.DataFrame, c: float, path: str, title: str):
     plt.close(fig)
 
 
+def plot_versus_lambda(frame: pd.DataFrame, path: str, title: str):
+    """The honest clients' own models against λ_P, one marker per linear attack: if the
+    fixed-point account holds, every attack falls on one curve."""
+    pdmm = frame[(frame["kind"] == "pdmm") & (frame["topology"] == "star")
+                 & frame["lambda_p"].notna()]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = iter("os^vDP*X")
+    for (attack, theta), part in pdmm.groupby(["attack", "theta"]):
+        table = summarize(part, ["lambda_p"], "final_accuracy_node_mean").dropna(
+            subset=["mean"]).sort_values("lambda_p")
+        if not len(table):
+            continue
+        ax.errorbar(table["lambda_p"], table["mean"],
+                    yerr=[table["mean"] - table["min"], table["max"] - table["mean"]],
+                    fmt=next(markers, "o"), capsize=2, markersize=5,
+                    label=f"{attack}, θ={theta:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("λ_P, the weight decay on PDMM's fixed point")
+    ax.set_ylabel("final test accuracy, honest clients' own models")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("directory")
@@ -176,12 +207,17 @@ def main(argv=None) -> int:
                   "(mean over seeds, band min-max)")
     plot_versus_fraction(attacked, args.c, os.path.join(output, f"pdmm_vs_fraction_{tag}.png"),
                          f"MNIST {args.data}, {args.attack}, PDMM c = {args.c:g}: accuracy vs β")
+    plot_versus_lambda(frame[frame["data"] == args.data],
+                       os.path.join(output, f"pdmm_vs_lambda_{args.data.replace(' ', '_')}.png"),
+                       f"MNIST {args.data}, PDMM (c swept) under every linear attack: "
+                       "accuracy vs λ_P")
     for metric in ("final_accuracy", "final_accuracy_node_mean"):
         table = summarize(attacked, ["kind", "topology", "theta", "c", "byzantine_fraction"],
                           metric).dropna(subset=["mean"])
         print(f"\n{metric}, data={args.data}, attack={args.attack}\n")
         print(table.to_markdown(index=False, floatfmt=".3f"))
-    print(f"\nwrote {output}/pdmm_vs_c_{tag}.png and pdmm_vs_fraction_{tag}.png")
+    print(f"\nwrote {output}/pdmm_vs_c_{tag}.png, pdmm_vs_fraction_{tag}.png and "
+          f"pdmm_vs_lambda_{args.data.replace(' ', '_')}.png")
     return 0
 
 

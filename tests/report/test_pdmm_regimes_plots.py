@@ -58,6 +58,7 @@ def test_results_carry_lambda_p_and_the_frame_names_each_method(grid):
     assert frame.loc["fd_s0", "kind"] == "fedavg delta"
     assert frame.loc["local", "kind"] == "local"
     assert frame.loc["local", "final_accuracy_node_mean"] == pytest.approx(0.85)
+    assert frame.loc["p2_s0", "lambda_p"] == pytest.approx(0.3)
 
 
 def test_summaries_over_seeds(grid):
@@ -75,7 +76,8 @@ def test_main_writes_both_figures_and_prints_the_tables(grid, capsys):
     out = os.path.join(grid, "plots")
     assert regime_plots.main([grid, "--attack=sign_flip", "--data=iid", "--output", out]) == 0
     assert sorted(os.listdir(out)) == ["pdmm_vs_c_iid_sign_flip.png",
-                                       "pdmm_vs_fraction_iid_sign_flip.png"]
+                                       "pdmm_vs_fraction_iid_sign_flip.png",
+                                       "pdmm_vs_lambda_iid.png"]
     printed = capsys.readouterr().out
     assert "| pdmm" in printed and "0.920" in printed
 
