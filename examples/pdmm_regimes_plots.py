@@ -79,6 +79,17 @@ def _reference_lines(ax, frame, x_range):
         ax.hlines(value, *x_range, colors=color, linestyles=style, label=label)
 
 
+def _finish(fig, ax, path: str, *, xlabel: str, ylabel: str, title: str, pad: float = 6.0):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10, pad=pad)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_versus_c(frame: pd.DataFrame, fraction: float, kappa: float, path: str, title: str):
     pdmm = frame[(frame["kind"] == "pdmm") & (frame["topology"] == "star")
                  & (frame["byzantine_fraction"] == fraction)]
@@ -108,14 +119,8 @@ def plot_versus_c(frame: pd.DataFrame, fraction: float, kappa: float, path: str,
         top.set_xticks([c * weight_decay(kappa, fraction, 1.0) for c in cs])
         top.set_xticklabels([f"{c * weight_decay(kappa, fraction, 1.0):.2g}" for c in cs])
         top.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.set_xlabel("PDMM penalty c")
-    ax.set_ylabel("final test accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(title, fontsize=10, pad=12)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, xlabel="PDMM penalty c", ylabel="final test accuracy", title=title,
+            pad=12)
 
 
 def plot_versus_fraction(frame: pd.DataFrame, c: float, path: str, title: str):
@@ -137,14 +142,8 @@ def plot_versus_fraction(frame: pd.DataFrame, c: float, path: str, title: str):
                 label=label)
         ax.fill_between(table["byzantine_fraction"], table["min"], table["max"], color=color,
                         alpha=0.12)
-    ax.set_xlabel("Byzantine fraction β")
-    ax.set_ylabel("final test accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, xlabel="Byzantine fraction β", ylabel="final test accuracy",
+            title=title)
 
 
 def plot_versus_lambda(frame: pd.DataFrame, path: str, title: str):
@@ -164,14 +163,8 @@ def plot_versus_lambda(frame: pd.DataFrame, path: str, title: str):
                     fmt=next(markers, "o"), capsize=2, markersize=5,
                     label=f"{attack}, θ={theta:g}")
     ax.set_xscale("log")
-    ax.set_xlabel("λ_P, the weight decay on PDMM's fixed point")
-    ax.set_ylabel("final test accuracy, honest clients' own models")
-    ax.set_ylim(0, 1)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, xlabel="λ_P, the weight decay on PDMM's fixed point",
+            ylabel="final test accuracy, honest clients' own models", title=title)
 
 
 def main(argv=None) -> int:
