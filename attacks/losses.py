@@ -3,8 +3,8 @@
 `auto` leaves it to the attack (honest, unless the attack defines one), `honest`
 reports the honest loss, `value:x` a constant (set at the client), and
 `mean_minus_rho_std:ρ` / `mean_plus_z_std:z` forge it at the server from the honest
-clients' reported losses (a `Collusion` that replaces no update). `parse_loss` and
-`LossForgery` live in `attacks.params` (no TensorFlow) and are re-exported here.
+clients' reported losses (a `Collusion` that replaces no update). The `loss=` parameter
+itself (`parse_loss`, `LossForgery`) is read in `attacks.params` (no TensorFlow).
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import tensorflow as tf
 
 from attacks.checks import check_choice, is_number, plain_tf
 from attacks.colluding import Collusion
-from attacks.params import LOSS_MODES, LossForgery, check_loss, parse_loss
+from attacks.params import LossForgery
 
-__all__ = ["LOSS_MODES", "FORGERY_MODES", "LossForgery", "parse_loss", "check_loss",
-           "forged_loss", "with_local_loss", "loss_collusion"]
+__all__ = ["FORGERY_MODES", "forged_loss", "with_local_loss", "loss_collusion"]
 
 FORGERY_MODES = ("mean_minus_rho_std", "mean_plus_z_std", "value")
 

@@ -13,8 +13,8 @@ import tensorflow as tf
 from aggregators.distances import pairwise_squared_distances
 from attacks.checks import is_number, plain_tf
 from attacks.local import LocalAttack
-from attacks.losses import LossForgery, loss_collusion, parse_loss, with_local_loss
-from attacks.params import bound
+from attacks.losses import loss_collusion, with_local_loss
+from attacks.params import LossForgery, bound, parse_loss
 from attacks.plan import AttackComponent
 from attacks.reference import colluding_component
 

@@ -25,8 +25,8 @@ from typing import Optional
 import tensorflow as tf
 
 from attacks.local import LocalAttack
-from attacks.losses import LossForgery, loss_collusion, parse_loss, with_local_loss
-from attacks.params import bound
+from attacks.losses import loss_collusion, with_local_loss
+from attacks.params import LossForgery, bound, parse_loss
 from attacks.plan import AttackComponent
 
 __all__ = [

@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from attacks.losses import parse_loss
+from attacks.params import parse_loss
 from attacks.perturbations.updates import local_update_attack
 from attacks.plan import Backdoor
 

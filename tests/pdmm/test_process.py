@@ -14,7 +14,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from attacks import build_attack_plan
-from pdmm.process import PDMMOptions, build_pdmm_process, pack_numpy, unpack_numpy
+from pdmm.process import PDMMOptions, build_pdmm_process
+from tff_byz.packing import pack_numpy, unpack_numpy
 from tff_byz import client_inputs, client_state
 
 DIM, CLIENTS, STEPS, LR = 3, 4, 5, 0.05
