@@ -10,7 +10,8 @@ config) and hides its TFF process behind a few calls:
 - `program_state`, `checkpoint_template`, `restore`: what a checkpoint holds.
 
 Each subclass validates the settings it reads (`validate(config)`, before anything
-is loaded; the modules of `algorithms` import no TensorFlow, so flag errors answer at once). `StatefulAlgorithm` adds the clients' states (momentum, PDMM's
+is loaded; the modules of `algorithms` import no TensorFlow, so flag errors answer at
+once). `StatefulAlgorithm` adds the clients' states (momentum, PDMM's
 (w, v, u)): a `ClientStateStore` saved with every checkpoint, and a
 `StatefulRounds` that keeps the states on the TFF worker between rounds.
 """

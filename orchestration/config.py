@@ -115,7 +115,8 @@ class ExperimentConfig:
             config.model = DEFAULT_MODELS[config.dataset]
         if config.checkpoint_every == 0:
             config.checkpoint_every = config.eval_every
-        config.aggregator = "+".join(c.canonical for c in AGGREGATOR_CHOICES.resolve(config.aggregator))
+        config.aggregator = "+".join(
+            c.canonical for c in AGGREGATOR_CHOICES.resolve(config.aggregator))
         config.attack = "+".join(c.canonical for c in ATTACKS.resolve(config.attack))
         if config.run_name is None:
             config.run_name = config.default_run_name()

@@ -47,15 +47,15 @@ import tensorflow_federated as tff
 
 from tff_byz.collection import StackedRecordsFactory
 from attacks.local import GROUP_KEY, ScheduledAttack, apply_record_attacks
+from pdmm import DEFAULT_LOCAL_STEPS
 from pdmm import math as pdmm_math
 from tff_byz.packing import Packing, pack_numpy
 from tff_byz import client_inputs, collection, fedavg, rounds, stateful_process
 from tff_byz import client_work as client_work_lib
 from tff_byz.client_state import StatefulClientsProcess
 
-__all__ = ["PDMMOptions", "build_pdmm_process", "DEFAULT_LOCAL_STEPS", "INITS"]
+__all__ = ["PDMMOptions", "build_pdmm_process", "INITS"]
 
-DEFAULT_LOCAL_STEPS = 10  # pdmm.md §5 (the authors' group's code)
 INITS = ("consensus", "zero")
 
 

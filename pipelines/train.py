@@ -20,6 +20,7 @@ import sys  # noqa: E402
 from algorithms import AGGREGATOR_CHOICES  # noqa: E402  (no TensorFlow)
 from attacks import ATTACKS  # noqa: E402  (no TensorFlow)
 from orchestration.config import ConfigError, ExperimentConfig  # noqa: E402  (no TensorFlow)
+from pdmm import DEFAULT_LOCAL_STEPS  # noqa: E402  (no TensorFlow)
 from pipelines import cli  # noqa: E402  (no TensorFlow)
 from tff_byz import processes  # noqa: E402  (no TensorFlow)
 
@@ -145,7 +146,6 @@ def _saved(run) -> str:
 def baseline_config(config, aggregator: str, run_name=None):
     """The same run settings with another aggregator (centralized), in its own run directory
     (`run_name`: the run's --run_name, if given)."""
-    from pdmm.process import DEFAULT_LOCAL_STEPS  # pylint: disable=import-outside-toplevel  (start-up time)
     local_steps = config.local_steps
     main = AGGREGATOR_CHOICES.resolve(config.aggregator)[0]
     if main.name == "pdmm" and not local_steps:  # FedAvg takes PDMM's K local steps too
