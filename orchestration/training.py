@@ -145,71 +145,80 @@ def _run(config: ExperimentConfig, experiment: Experiment, paths: RunPaths, *, r
             processes.raise_if_interrupted()  # a Ctrl-C swallowed in a __del__ (processes.py)
             clients = experiment_lib.sample_clients(
                 experiment.num_clients, config.clients_per_round, config.seed, round_index)
-            t0 = time.monotonic()
+            # The worker may die anywhere in a round (its step, a report, fetching client
+            # states for a checkpoint): a new worker goes back to the latest checkpoint.
             try:
-                new_state, metrics = algorithm.next(state, clients)
+                t0 = time.monotonic()
+                try:
+                    new_state, metrics = algorithm.next(state, clients)
+                except Exception as error:  # pylint: disable=broad-except  (TFF wraps errors)
+                    reason = too_few_clients_reason(str(error))
+                    if reason is None:
+                        raise
+                    raise stopping.RoundFailedError(
+                        f"round {round_index + 1}: {config.aggregator}: {reason}") from None
+                round_seconds = time.monotonic() - t0
+                state, round_num = new_state, round_index + 1
+                weights = algorithm.model_weights(state)
+                finite = _is_finite(weights)
+                evaluate = finite and (round_num % config.eval_every == 0
+                                       or round_num == config.rounds)
+                evaluator = experiment.evaluator if evaluate else None
+                test_loss, test_accuracy = (evaluator(weights) if evaluate
+                                            else (math.nan, math.nan))
+                flat = _flatten(metrics)
+                report = algorithm.report(state, evaluator)
+                flat.update(report.metrics)
+                summary.update(report.summary)
+                if experiment.backdoor_score is not None:
+                    flat.update(experiment.backdoor_score(experiment.evaluator, weights,
+                                                          test_accuracy, evaluate))
+                if report.client_weights is not None:
+                    if weights_manager is None:
+                        weights_manager = tff.program.CSVFileReleaseManager(
+                            paths.weights, key_fieldname="round")
+                    checkpoints.run_sync(weights_manager.release(collections.OrderedDict(
+                        zip(experiment.dataset.client_ids, report.client_weights.tolist())),
+                        key=round_num))
+                row = collections.OrderedDict(
+                    test_accuracy=test_accuracy, test_loss=test_loss,
+                    train_loss=flat.get("client_work/train_loss", math.nan),
+                    round_seconds=round_seconds, clients=len(clients))
+                row.update(flat)
+                checkpoints.run_sync(csv_manager.release(row, key=round_num))
+                released_round, released_state = round_num, state
+                checkpoints.run_sync(tensorboard_manager.release(collections.OrderedDict(
+                    (k, v) for k, v in row.items() if np.isscalar(v)), key=round_num))
+                summary["rounds_completed"] = round_num
+                summary["wall_seconds"] = wall_before + time.monotonic() - started
+                if evaluate:
+                    summary["final_test_accuracy"] = test_accuracy
+                    summary["final_test_loss"] = test_loss
+                    best = summary["best_test_accuracy"]
+                    summary["best_test_accuracy"] = (test_accuracy if best is None
+                                                     else max(best, test_accuracy))
+                if evaluate and stopping.breaks_loss_limit(test_loss, config.stop_test_loss):
+                    stopped = True
+                    stopping.mark_stopped(summary, round_num, test_loss, config.stop_test_loss)
+                if not finite:
+                    raise stopping.NonFiniteModelError(
+                        stopping.non_finite_reason(round_num, flat, config.aggregator))
+                if (round_num % config.checkpoint_every == 0 or round_num == config.rounds
+                        or stopped):
+                    with checkpoints.signals_deferred():  # Ctrl-C never half-writes one
+                        checkpoints.run_sync(state_manager.save(algorithm.program_state(
+                            state, round_num, summary["wall_seconds"]), round_num))
+                        saved_round = round_num
             except context_lib.WorkerDiedError as error:
                 loaded = _restart_worker(error, restarts, state_manager, algorithm, paths)
                 restarts += 1
                 summary["worker_restarts"] = restarts
                 state, round_index, _ = algorithm.restore(loaded)
-                saved_round = round_num = round_index
+                saved_round = round_num = released_round = round_index
+                released_state, stopped = state, False
                 bar.reset(total=config.rounds)
                 bar.update(round_index)
                 continue
-            except Exception as error:  # pylint: disable=broad-except  (TFF wraps worker errors)
-                reason = too_few_clients_reason(str(error))
-                if reason is None:
-                    raise
-                raise stopping.RoundFailedError(f"round {round_index + 1}: {config.aggregator}: "
-                                       f"{reason}") from None
-            round_seconds = time.monotonic() - t0
-            state, round_num = new_state, round_index + 1
-            weights = algorithm.model_weights(state)
-            finite = _is_finite(weights)
-            evaluate = finite and (round_num % config.eval_every == 0 or round_num == config.rounds)
-            evaluator = experiment.evaluator if evaluate else None
-            test_loss, test_accuracy = evaluator(weights) if evaluate else (math.nan, math.nan)
-            flat = _flatten(metrics)
-            report = algorithm.report(state, evaluator)
-            flat.update(report.metrics)
-            summary.update(report.summary)
-            if experiment.backdoor_score is not None:
-                flat.update(experiment.backdoor_score(experiment.evaluator, weights, test_accuracy,
-                                                      evaluate))
-            if report.client_weights is not None:
-                if weights_manager is None:
-                    weights_manager = tff.program.CSVFileReleaseManager(
-                        paths.weights, key_fieldname="round")
-                checkpoints.run_sync(weights_manager.release(collections.OrderedDict(
-                    zip(experiment.dataset.client_ids, report.client_weights.tolist())),
-                    key=round_num))
-            row = collections.OrderedDict(
-                test_accuracy=test_accuracy, test_loss=test_loss,
-                train_loss=flat.get("client_work/train_loss", math.nan),
-                round_seconds=round_seconds, clients=len(clients))
-            row.update(flat)
-            checkpoints.run_sync(csv_manager.release(row, key=round_num))
-            released_round, released_state = round_num, state
-            checkpoints.run_sync(tensorboard_manager.release(
-                collections.OrderedDict((k, v) for k, v in row.items() if np.isscalar(v)), key=round_num))
-            summary["rounds_completed"] = round_num
-            summary["wall_seconds"] = wall_before + time.monotonic() - started
-            if evaluate:
-                summary["final_test_accuracy"], summary["final_test_loss"] = test_accuracy, test_loss
-                best = summary["best_test_accuracy"]
-                summary["best_test_accuracy"] = test_accuracy if best is None else max(best, test_accuracy)
-            if evaluate and stopping.breaks_loss_limit(test_loss, config.stop_test_loss):
-                stopped = True
-                stopping.mark_stopped(summary, round_num, test_loss, config.stop_test_loss)
-            if not finite:
-                raise stopping.NonFiniteModelError(
-                    stopping.non_finite_reason(round_num, flat, config.aggregator))
-            if round_num % config.checkpoint_every == 0 or round_num == config.rounds or stopped:
-                with checkpoints.signals_deferred():  # Ctrl-C never half-writes a checkpoint
-                    checkpoints.run_sync(state_manager.save(algorithm.program_state(
-                        state, round_num, summary["wall_seconds"]), round_num))
-                    saved_round = round_num
             write_json_atomic(paths.summary, summary)
             bar.update(1)
             if evaluate:

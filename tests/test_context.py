@@ -1,5 +1,6 @@
 """The execution context owns its worker: it ends on exit, error, signals, even SIGKILL."""
 
+import collections
 import os
 import signal
 import subprocess
@@ -22,6 +23,13 @@ def federated_total(values):
     return tff.federated_sum(values)
 
 
+@tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS),
+                           tff.FederatedType(np.float32, tff.SERVER))
+def federated_pair(values, offset):
+    return collections.OrderedDict(total=tff.federated_sum(values), values=values,
+                                   offset=offset)
+
+
 def test_context_starts_and_stops_its_worker():
     before = worker_pids()
     with context.ExecutionContext() as ctx:
@@ -41,6 +49,19 @@ def test_a_killed_worker_fails_the_next_computation_instead_of_hanging():
         with pytest.raises(context.WorkerDiedError, match="killed by SIGKILL"):
             federated_total([1.0, 2.0])
         assert time.monotonic() - started < 30
+
+
+def test_a_value_kept_on_a_killed_worker_fails_to_fetch_with_worker_died():
+    """A `Resident` (client states kept on the worker) fetched after the worker died:
+    WorkerDiedError, which a run answers with a new worker, not gRPC's error."""
+    with context.ExecutionContext() as ctx:
+        kept = ctx.call_keeping(federated_pair, ([1.0, 2.0], 0.5), keep=("values",),
+                                num_clients=2)
+        assert kept["total"] == 3.0
+        os.kill(ctx.worker_pid, signal.SIGKILL)
+        assert wait_until_gone({ctx.worker_pid})
+        with pytest.raises(context.WorkerDiedError, match="killed by SIGKILL"):
+            kept["values"].fetch()
 
 
 def test_close_is_idempotent_and_restores_previous_context(tff_context):

@@ -18,7 +18,7 @@ import tensorflow as tf
 from orchestration import evaluation, experiment, training
 from orchestration.config import ExperimentConfig
 from orchestration.report import results
-from tff_byz import processes
+from tff_byz import context, processes
 from tff_byz.context import ExecutionContext
 from tff_byz.datasets import load_federated_dataset
 
@@ -225,6 +225,38 @@ def test_a_killed_worker_is_replaced_and_the_run_goes_back_to_its_checkpoint(tmp
     b = pd.read_csv(out / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
     pd.testing.assert_frame_equal(a, b)
     assert wait_until_gone(worker_pids() - before)
+
+
+def test_a_worker_killed_while_a_checkpoint_fetches_client_states_is_replaced(tmp_path,
+                                                                              monkeypatch,
+                                                                              tff_context):
+    """momentum_sgd keeps client states on the worker; a checkpoint fetches them. The worker
+    killed just before that fetch (round 4): the run starts a new worker, goes back to round
+    2's checkpoint and ends with the metrics of an uninterrupted run."""
+    from algorithms import base  # pylint: disable=import-outside-toplevel
+    settings = dict(client_work="momentum_sgd", rounds=6, checkpoint_every=2)
+    reference = training.run_experiment(small_config(tmp_path / "ref", **settings), progress=False)
+    original = base.StatefulAlgorithm.program_state
+    killed = []
+
+    def program_state(self, state, round_num, wall_seconds):
+        if round_num == 4 and not killed:
+            pid = context.current().worker_pid
+            os.kill(pid, signal.SIGKILL)
+            assert wait_until_gone({pid})
+            killed.append(pid)
+        return original(self, state, round_num, wall_seconds)
+
+    monkeypatch.setattr(base.StatefulAlgorithm, "program_state", program_state)
+    with ExecutionContext():
+        summary = training.run_experiment(small_config(tmp_path / "crash", **settings),
+                                          progress=False)
+    assert killed and summary["worker_restarts"] == 1
+    assert summary["status"] == "complete"
+    assert summary["final_test_accuracy"] == reference["final_test_accuracy"]
+    a = pd.read_csv(tmp_path / "ref" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
+    b = pd.read_csv(tmp_path / "crash" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
+    pd.testing.assert_frame_equal(a, b)
 
 
 def test_cli_exits_when_its_tff_worker_dies_and_restarts_are_off(tmp_path, tff_context):

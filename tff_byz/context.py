@@ -154,7 +154,11 @@ class Resident:
             if not self.valid:
                 raise RuntimeError("the TFF executor holding this value was replaced; "
                                    "its contents are lost")
-            value = self._context.run_coroutine(self._remote.compute())
+            try:
+                value = self._context.run_coroutine(self._remote.compute())
+            except Exception:
+                self._context.check_worker()  # a dead local worker: WorkerDiedError
+                raise
             self._fetched = type_conversions.type_to_py_container(value, self._type)
         return self._fetched
 
