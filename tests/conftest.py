@@ -5,7 +5,11 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Every process this session starts (TFF workers included) inherits this marker, so the
 # no-surviving-worker checks (tests/workers.py) ignore other jobs' workers on the machine.
+# Under pytest-xdist (`make test` runs two processes) each worker process is a session of
+# its own: it sees only the workers it started.
 os.environ.setdefault("TFF_BYZ_TEST_SESSION", f"{os.getpid()}")
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["TFF_BYZ_TEST_SESSION"] += f"-{os.environ['PYTEST_XDIST_WORKER']}"
 
 import pathlib  # noqa: E402
 
