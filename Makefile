@@ -35,8 +35,10 @@ demo-compare: install
 	$(PY) -m pipelines.compare examples/quick.toml --output_dir=$(OUT)/quick
 	$(PY) -m pipelines.report $(OUT)/quick
 
+# Two test processes (pytest-xdist), each with its own TFF worker, one per core of a
+# 2-core machine; --dist loadfile keeps a file's tests (and its module fixtures) together.
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench: install
 	$(PY) -m benchmarks.throughput

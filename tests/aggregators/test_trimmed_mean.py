@@ -125,7 +125,8 @@ def test_factory_with_sorting_network(tff_context, small_network_threshold):  # 
     rng = np.random.default_rng(4)
     values = [row for row in rng.standard_normal((9, 20)).astype(np.float32)]
     values[2] = np.full(20, np.inf, np.float32)
-    output = helpers.run_once(TrimmedMeanFactory(beta=2), values)
+    # n₀ = 12 expected: networks for m ≤ 16 only; the 9 rows take the padded m = 16 one.
+    output = helpers.run_once(TrimmedMeanFactory(beta=2, expected_clients=12), values)
     finite = np.sort(np.stack(values[:2] + values[3:]), axis=0)
     np.testing.assert_allclose(output.result, finite[2:6].mean(axis=0), rtol=1e-6)
     assert output.measurements["non_finite_clients"] == 1
