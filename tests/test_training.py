@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from algorithms import base
 from orchestration import evaluation, experiment, training
 from orchestration.config import ExperimentConfig
 from orchestration.report import results
@@ -233,7 +234,6 @@ def test_a_worker_killed_while_a_checkpoint_fetches_client_states_is_replaced(tm
     """momentum_sgd keeps client states on the worker; a checkpoint fetches them. The worker
     killed just before that fetch (round 4): the run starts a new worker, goes back to round
     2's checkpoint and ends with the metrics of an uninterrupted run."""
-    from algorithms import base  # pylint: disable=import-outside-toplevel
     settings = dict(client_work="momentum_sgd", rounds=6, checkpoint_every=2)
     reference = training.run_experiment(small_config(tmp_path / "ref", **settings), progress=False)
     original = base.StatefulAlgorithm.program_state
@@ -406,7 +406,7 @@ def test_an_interrupt_between_a_round_and_its_row_saves_no_checkpoint_of_that_ro
         tmp_path, tff_context, monkeypatch):
     """Ctrl-C after round 3 was computed but before its metrics row was written: round 3 must
     not be checkpointed (its row would be lost for good: --resume went on after it)."""
-    reference = training.run_experiment(small_config(tmp_path / "ref"), progress=False)
+    training.run_experiment(small_config(tmp_path / "ref"), progress=False)
     flatten, calls = training._flatten, []  # pylint: disable=protected-access
 
     def interrupt_in_round_3(metrics, prefix=""):
