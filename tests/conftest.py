@@ -42,3 +42,16 @@ def shared_data_dir():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATA} (set TFF_BYZ_DATA_DIR)")
     return str(SHARED_DATA)
+
+
+# The files that take longest, started first: `make test` hands whole files to its two
+# processes in collection order, so a long file collected last would run alone at the end.
+LONGEST_FILES = ("tests/test_training.py", "tests/fedlaw/test_end_to_end.py",
+                 "tests/grid/test_compare_end_to_end.py", "tests/pdmm/test_end_to_end.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        path = pathlib.Path(str(item.path)).relative_to(REPO).as_posix()
+        return LONGEST_FILES.index(path) if path in LONGEST_FILES else len(LONGEST_FILES)
+    items.sort(key=rank)  # stable: each file keeps its own order
