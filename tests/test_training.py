@@ -357,7 +357,9 @@ def test_a_second_run_into_a_busy_run_directory_exits_2_naming_the_holder(tmp_pa
     other = cli(*flags, *second)
     _, stderr = other.communicate(timeout=180)
     assert other.returncode == 2, stderr
-    (line,) = stderr.strip().splitlines()
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    (line,) = lines
     assert line == (f"error: run directory {out / 'run'} is in use by another run (pid "
                     f"{first.pid}); wait for it to end or stop it, then rerun")
     stdout, stderr = first.communicate(timeout=300)
