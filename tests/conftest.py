@@ -46,8 +46,9 @@ def shared_data_dir():
 
 # The files that take longest, started first: `make test` hands whole files to its two
 # processes in collection order, so a long file collected last would run alone at the end.
-LONGEST_FILES = ("tests/test_training.py", "tests/fedlaw/test_end_to_end.py",
-                 "tests/grid/test_compare_end_to_end.py", "tests/pdmm/test_end_to_end.py")
+LONGEST_FILES = ("tests/orchestration/test_interruptions.py", "tests/test_training.py",
+                 "tests/fedlaw/test_end_to_end.py", "tests/grid/test_compare_end_to_end.py",
+                 "tests/pdmm/test_end_to_end.py")
 
 
 def pytest_collection_modifyitems(config, items):
