@@ -149,14 +149,8 @@ def _run(config: ExperimentConfig, experiment: Experiment, paths: RunPaths, *, r
             # states for a checkpoint): a new worker goes back to the latest checkpoint.
             try:
                 t0 = time.monotonic()
-                try:
-                    new_state, metrics = algorithm.next(state, clients)
-                except Exception as error:  # pylint: disable=broad-except  (TFF wraps errors)
-                    reason = too_few_clients_reason(str(error))
-                    if reason is None:
-                        raise
-                    raise stopping.RoundFailedError(
-                        f"round {round_index + 1}: {config.aggregator}: {reason}") from None
+                new_state, metrics = _step(algorithm, state, clients, round_index + 1,
+                                           config.aggregator)
                 round_seconds = time.monotonic() - t0
                 state, round_num = new_state, round_index + 1
                 weights = algorithm.model_weights(state)
@@ -257,6 +251,20 @@ def _run(config: ExperimentConfig, experiment: Experiment, paths: RunPaths, *, r
     summary.pop("interrupted", None)
     write_json_atomic(paths.summary, summary)
     return summary
+
+
+def _step(algorithm, state, clients, round_num: int, aggregator: str):
+    """`algorithm.next`; a robust rule left with too few finite clients fails the round
+    (`RoundFailedError`, one line) instead of a worker traceback."""
+    try:
+        return algorithm.next(state, clients)
+    except context_lib.WorkerDiedError:
+        raise
+    except Exception as error:  # pylint: disable=broad-except  (TFF wraps the rule's error)
+        reason = too_few_clients_reason(str(error))
+        if reason is None:
+            raise
+        raise stopping.RoundFailedError(f"round {round_num}: {aggregator}: {reason}") from None
 
 
 # How often one run replaces a TFF worker that died under it before giving up

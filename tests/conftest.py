@@ -51,7 +51,7 @@ LONGEST_FILES = ("tests/orchestration/test_interruptions.py", "tests/test_traini
                  "tests/pdmm/test_end_to_end.py")
 
 
-def pytest_collection_modifyitems(config, items):
+def pytest_collection_modifyitems(items):
     def rank(item):
         path = pathlib.Path(str(item.path)).relative_to(REPO).as_posix()
         return LONGEST_FILES.index(path) if path in LONGEST_FILES else len(LONGEST_FILES)

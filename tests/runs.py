@@ -23,6 +23,14 @@ def small_config(tmp_path, **overrides):
     return ExperimentConfig(**values)
 
 
+def assert_same_metrics(reference_dir, run_dir):
+    """The `run` directories under both output directories hold the same metrics.csv, every
+    column that does not measure time."""
+    def read(output_dir):
+        return pd.read_csv(os.path.join(output_dir, "run", "metrics.csv"))[DETERMINISTIC_COLUMNS]
+    pd.testing.assert_frame_equal(read(reference_dir), read(run_dir))
+
+
 def _default_sigint():
     # A shell's background job (`make test &`, nohup) inherits SIGINT ignored, and Python then
     # installs no KeyboardInterrupt handler: the Ctrl-C test needs the terminal's default.

@@ -15,7 +15,7 @@ from orchestration.report import results
 from tff_byz.context import ExecutionContext
 from tff_byz.datasets import load_federated_dataset
 
-from tests.runs import DETERMINISTIC_COLUMNS, small_config
+from tests.runs import DETERMINISTIC_COLUMNS, assert_same_metrics, small_config
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +69,7 @@ def test_runs_are_deterministic_and_resume_extends_exactly(tmp_path, tff_context
     whole = training.run_experiment(small_config(tmp_path / "a"), progress=False)
     training.run_experiment(small_config(tmp_path / "b", rounds=3), progress=False)
     resumed = training.run_experiment(small_config(tmp_path / "b"), resume=True, progress=False)
-    a = pd.read_csv(tmp_path / "a" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
-    b = pd.read_csv(tmp_path / "b" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
-    pd.testing.assert_frame_equal(a, b)
+    assert_same_metrics(tmp_path / "a", tmp_path / "b")
     assert resumed["final_test_accuracy"] == whole["final_test_accuracy"]
     assert resumed["best_test_accuracy"] == whole["best_test_accuracy"]
 
@@ -124,9 +122,7 @@ def test_momentum_sgd_learns_and_resumes_with_client_state(tmp_path, tff_context
     training.run_experiment(small_config(tmp_path / "b", rounds=20, **settings), progress=False)
     training.run_experiment(small_config(tmp_path / "b", rounds=40, **settings), resume=True,
                             progress=False)
-    a = pd.read_csv(tmp_path / "a" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
-    b = pd.read_csv(tmp_path / "b" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
-    pd.testing.assert_frame_equal(a, b)
+    assert_same_metrics(tmp_path / "a", tmp_path / "b")
 
 
 def test_evaluator_equals_numpy_over_uneven_batches():
@@ -169,9 +165,7 @@ def test_resume_rebuilds_metrics_rows_the_checkpoints_lack(tmp_path, tff_context
         metrics.write_text("\n".join(lines[:3]) + "\n")
     resumed = training.run_experiment(small_config(out), resume=True, progress=False)
     assert resumed["status"] == "complete"
-    a = pd.read_csv(tmp_path / "ref" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
-    b = pd.read_csv(metrics)[DETERMINISTIC_COLUMNS]
-    pd.testing.assert_frame_equal(a, b)
+    assert_same_metrics(tmp_path / "ref", out)
     assert resumed["final_test_accuracy"] == reference["final_test_accuracy"]
 
 
@@ -198,9 +192,7 @@ def test_an_interrupt_between_a_round_and_its_row_saves_no_checkpoint_of_that_ro
                                                                      "program_state_2"]
     monkeypatch.setattr(training, "_flatten", flatten)
     training.run_experiment(config, resume=True, progress=False)
-    a = pd.read_csv(tmp_path / "ref" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
-    b = pd.read_csv(tmp_path / "cut" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
-    pd.testing.assert_frame_equal(a, b)
+    assert_same_metrics(tmp_path / "ref", tmp_path / "cut")
 
 
 def test_resume_removes_temporary_checkpoint_directories(tmp_path, tff_context):

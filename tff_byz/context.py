@@ -154,11 +154,7 @@ class Resident:
             if not self.valid:
                 raise RuntimeError("the TFF executor holding this value was replaced; "
                                    "its contents are lost")
-            try:
-                value = self._context.run_coroutine(self._remote.compute())
-            except Exception:
-                self._context.check_worker()  # a dead local worker: WorkerDiedError
-                raise
+            value = self._context.run_coroutine(self._remote.compute())
             self._fetched = type_conversions.type_to_py_container(value, self._type)
         return self._fetched
 
@@ -319,9 +315,15 @@ class ExecutionContext:
         return self._single_factory is not None and not self._closed
 
     def run_coroutine(self, coroutine):
+        """Runs `coroutine` on the worker; a failure because the local worker died raises
+        `WorkerDiedError` (naming how it died), not gRPC's words."""
         if self._runner is None:
             self._runner = async_utils.AsyncThreadRunner()
-        return self._runner.run_coro_and_return_result(coroutine)
+        try:
+            return self._runner.run_coro_and_return_result(coroutine)
+        except Exception:
+            self.check_worker()
+            raise
 
     def executor_for(self, cardinalities):
         """The worker executor for `cardinalities` (the one TFF's context uses too), or None."""
@@ -375,7 +377,6 @@ class ExecutionContext:
             return result
         except Exception:
             self._single_factory.clean_up_executor(dict(cardinalities))
-            self.check_worker()  # a dead local worker: say so (WorkerDiedError), not gRPC's words
             raise
 
     def check_worker(self) -> None:

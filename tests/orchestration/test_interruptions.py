@@ -20,7 +20,7 @@ from orchestration import training
 from tff_byz import context, processes
 from tff_byz.context import ExecutionContext
 
-from tests.runs import DETERMINISTIC_COLUMNS, cli, small_config, wait_for_round
+from tests.runs import assert_same_metrics, cli, small_config, wait_for_round
 from tests.workers import wait_until_gone, worker_pids
 
 
@@ -54,9 +54,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tff_context, h
     else:
         assert process.returncode == -signal.SIGKILL
     resumed = training.run_experiment(small_config(out, **settings), resume=True, progress=False)
-    a = pd.read_csv(tmp_path / "ref" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
-    b = pd.read_csv(out / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
-    pd.testing.assert_frame_equal(a, b)
+    assert_same_metrics(tmp_path / "ref", out)
     assert resumed["status"] == "complete"
     assert resumed["final_test_accuracy"] == reference["final_test_accuracy"]
 
@@ -87,9 +85,7 @@ def test_a_killed_worker_is_replaced_and_the_run_goes_back_to_its_checkpoint(tmp
     summary = json.loads((out / "run" / "summary.json").read_text())
     assert summary["worker_restarts"] == 1
     assert summary["final_test_accuracy"] == reference["final_test_accuracy"]
-    a = pd.read_csv(tmp_path / "ref" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
-    b = pd.read_csv(out / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
-    pd.testing.assert_frame_equal(a, b)
+    assert_same_metrics(tmp_path / "ref", out)
     assert wait_until_gone(worker_pids() - before)
 
 
@@ -119,9 +115,7 @@ def test_a_worker_killed_while_a_checkpoint_fetches_client_states_is_replaced(tm
     assert killed and summary["worker_restarts"] == 1
     assert summary["status"] == "complete"
     assert summary["final_test_accuracy"] == reference["final_test_accuracy"]
-    a = pd.read_csv(tmp_path / "ref" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
-    b = pd.read_csv(tmp_path / "crash" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
-    pd.testing.assert_frame_equal(a, b)
+    assert_same_metrics(tmp_path / "ref", tmp_path / "crash")
 
 
 def test_cli_exits_when_its_tff_worker_dies_and_restarts_are_off(tmp_path, tff_context):
@@ -233,9 +227,7 @@ def test_sigint_at_random_moments_never_loses_or_repeats_a_row(tmp_path, tff_con
         summary = _resume_until_complete(config, on_round=on_round)
         time.sleep(0.4)  # a timer still pending fires here, not in the next test
     assert summary["status"] == "complete" and len(fired) == 6
-    a = pd.read_csv(tmp_path / "ref" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
-    b = pd.read_csv(tmp_path / "faulty" / "run" / "metrics.csv")[DETERMINISTIC_COLUMNS]
-    pd.testing.assert_frame_equal(a, b)
+    assert_same_metrics(tmp_path / "ref", tmp_path / "faulty")
 
 
 def test_a_ctrl_c_swallowed_in_a_del_still_stops_the_run(tmp_path, tff_context, monkeypatch):
