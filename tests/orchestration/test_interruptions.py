@@ -212,20 +212,33 @@ def test_sigint_at_random_moments_never_loses_or_repeats_a_row(tmp_path, tff_con
         settings["server_lr"] = 0.5
     training.run_experiment(small_config(tmp_path / "ref", **settings), progress=False)
     rng = np.random.default_rng(7)
-    fired = []
+    fired, timers, done = [], [], threading.Event()
+
+    def interrupt():
+        if not done.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
 
     def on_round(round_num, row):
         del row
         if len(fired) < 6 and round_num < 10:
             fired.append(round_num)
-            timer = threading.Timer(rng.uniform(0.0, 0.3), os.kill, (os.getpid(), signal.SIGINT))
-            timer.daemon = True
-            timer.start()
+            timers.append(threading.Timer(rng.uniform(0.0, 0.3), interrupt))
+            timers[-1].daemon = True
+            timers[-1].start()
 
     config = small_config(tmp_path / "faulty", **settings)
+    summary = None
     with processes.noticing_interrupts():
-        summary = _resume_until_complete(config, on_round=on_round)
-        time.sleep(0.4)  # a timer still pending fires here, not in the next test
+        while True:  # a timer may fire after the run completed: it must not end the test
+            try:
+                if summary is None:
+                    summary = _resume_until_complete(config, on_round=on_round)
+                done.set()
+                for timer in timers:
+                    timer.join()
+                break
+            except KeyboardInterrupt:
+                continue
     assert summary["status"] == "complete" and len(fired) == 6
     assert_same_metrics(tmp_path / "ref", tmp_path / "faulty")
 
